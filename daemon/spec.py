@@ -1,0 +1,80 @@
+"""Plain, frozen descriptions of a supervision tree: what the config produces and the core consumes.
+
+Specs are values: the core never mutates them, and a reload compares old and new specs by equality
+to decide which children changed. Everything here is data; no I/O, no processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Strategy(StrEnum):
+    ONE_FOR_ONE = "one_for_one"
+    ONE_FOR_ALL = "one_for_all"
+    REST_FOR_ONE = "rest_for_one"
+
+
+class RestartType(StrEnum):
+    PERMANENT = "permanent"  # always restarted
+    TRANSIENT = "transient"  # restarted only after an abnormal exit
+    TEMPORARY = "temporary"  # never restarted
+
+
+# Shutdown is seconds from SIGTERM to SIGKILL; these two sentinels are OTP's other two choices.
+BRUTAL_KILL = "brutal_kill"
+INFINITY = "infinity"
+Shutdown = float | str
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Optional per-child restart delay: exponential with jitter, capped, reset after a stable run.
+
+    Off by default, as in OTP. The delay only postpones the respawn; the restart is counted toward
+    the supervisor's intensity when it is decided, so a crash loop still escalates.
+    """
+
+    initial: float = 0.1
+    factor: float = 2.0
+    max: float = 30.0
+    jitter: float = 0.1  # fraction of the delay, drawn uniformly in [-jitter, +jitter]
+    reset_after: float = 10.0  # a child running this long starts again from `initial`
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """A leaf of the tree: an OS command, or a Python agent class run by the agent runtime."""
+
+    name: str
+    command: tuple[str, ...] = ()
+    agent: str | None = None  # "module:Class"
+    restart: RestartType = RestartType.PERMANENT
+    shutdown: Shutdown = 5.0
+    env: tuple[tuple[str, str], ...] = ()
+    working_dir: str | None = None
+    backoff: Backoff | None = None
+
+    @property
+    def is_supervisor(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class SupervisorSpec:
+    """An inner node: restarts its children by `strategy`, fails upward past `intensity` in `period`."""
+
+    name: str
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    intensity: int = 3
+    period: float = 5.0
+    restart: RestartType = RestartType.PERMANENT
+    children: tuple[ChildSpec, ...] = field(default=())
+
+    @property
+    def is_supervisor(self) -> bool:
+        return True
+
+
+ChildSpec = WorkerSpec | SupervisorSpec

@@ -1,0 +1,122 @@
+"""Control protocol: JSON lines over a Unix stream socket (see docs/protocol.md).
+
+Request ``{"id": 1, "verb": "status", "args": {}}`` and reply ``{"id": 1, "ok": true, "result": {...}}`` or
+``{"id": 1, "ok": false, "error": {"code": "...", "message": "..."}}``, one JSON object per ``\\n``-terminated line.
+This module owns the framing, the size limit and request validation; the server and the client share it.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ipc.errors import ErrorCode, FoundationError
+
+SOCKET_NAME = "control.sock"
+MAX_LINE = 1 << 20  # one request or reply line, bytes, newline included
+
+
+@dataclass(frozen=True)
+class Request:
+    id: Any
+    verb: str
+    args: dict[str, Any]
+
+
+def encode(obj: Any) -> bytes:
+    return orjson.dumps(obj) + b"\n"
+
+
+def parse_request(line: bytes) -> Request:
+    """Validate one request line; raises FoundationError naming what is wrong."""
+    if len(line) > MAX_LINE:
+        raise FoundationError(ErrorCode.TOO_LARGE, f"request is {len(line)} bytes, the limit is {MAX_LINE}")
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise FoundationError(ErrorCode.BAD_REQUEST, f"request is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise FoundationError(ErrorCode.BAD_REQUEST, "request must be a JSON object")
+    verb = obj.get("verb")
+    if not isinstance(verb, str) or not verb:
+        raise FoundationError(ErrorCode.BAD_REQUEST, "request needs a string 'verb'")
+    args = obj.get("args", {})
+    if not isinstance(args, dict):
+        raise FoundationError(ErrorCode.BAD_REQUEST, "'args' must be a JSON object")
+    return Request(id=obj.get("id"), verb=verb, args=args)
+
+
+def ok_reply(req_id: Any, result: Any) -> bytes:
+    return encode({"id": req_id, "ok": True, "result": result})
+
+
+def error_reply(req_id: Any, err: FoundationError) -> bytes:
+    return encode({"id": req_id, "ok": False, "error": err.to_wire()})
+
+
+class ControlUnreachable(Exception):
+    """The daemon's control socket cannot be reached (not running, wrong runtime dir, no permission)."""
+
+
+class ControlClient:
+    """A blocking client: one connection, requests answered in order. Used by foundationctl and tests."""
+
+    def __init__(self, path: str, timeout: float | None = 30.0) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(path)
+        except OSError as exc:
+            self._sock.close()
+            raise ControlUnreachable(f"cannot connect to {path}: {exc.strerror or exc}") from exc
+        self._buf = b""
+        self._next_id = 0
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, verb: str, **args: Any) -> Any:
+        """Send one request; return its result or raise FoundationError with the daemon's code."""
+        reply = self.raw(encode({"id": self._bump(), "verb": verb, "args": args}))
+        if reply.get("ok"):
+            return reply.get("result")
+        err = reply.get("error") or {}
+        try:
+            code = ErrorCode(err.get("code"))
+        except ValueError:
+            code = ErrorCode.INTERNAL
+        raise FoundationError(code, str(err.get("message", "")))
+
+    def raw(self, payload: bytes) -> dict[str, Any]:
+        """Send raw bytes (tests use this for malformed requests) and read one reply line."""
+        try:
+            self._sock.sendall(payload)
+            line = self._read_line()
+        except OSError as exc:
+            raise ControlUnreachable(f"control connection failed: {exc.strerror or exc}") from exc
+        reply = orjson.loads(line)
+        if not isinstance(reply, dict):
+            raise ControlUnreachable("daemon sent a reply that is not an object")
+        return reply
+
+    def _bump(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _read_line(self) -> bytes:
+        while b"\n" not in self._buf:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError(0, "daemon closed the connection")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line

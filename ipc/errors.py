@@ -1,0 +1,35 @@
+"""Stable error codes shared by the daemon, the CLI and agents.
+
+Codes are part of the public interface (DESIGN 3.1): scripts match on them, so they are only ever added,
+never renamed. Every error crosses the wire as ``{"code": CODE, "message": text}``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"  # not JSON, not an object, a missing or mistyped field
+    TOO_LARGE = "too_large"  # a request or message over the size limit
+    UNKNOWN_VERB = "unknown_verb"
+    PERMISSION_DENIED = "permission_denied"  # peer credentials do not allow this verb
+    NO_SUCH_CHILD = "no_such_child"
+    ALREADY_EXISTS = "already_exists"
+    INVALID_SPEC = "invalid_spec"  # an attach request whose child spec does not validate
+    NOT_A_SUPERVISOR = "not_a_supervisor"
+    SPAWN_FAILED = "spawn_failed"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"  # a bug in the daemon; the request failed, the daemon keeps running
+
+
+class FoundationError(Exception):
+    """An error with a stable code; what a request handler raises and the boundary turns into a reply."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def to_wire(self) -> dict[str, str]:
+        return {"code": str(self.code), "message": self.message}
