@@ -1,0 +1,14 @@
+"""Per-child restart delay: exponential, jittered, capped; a pure function of the attempt number."""
+
+from __future__ import annotations
+
+import random
+
+from daemon.spec import Backoff
+
+
+def delay(policy: Backoff, attempt: int, rng: random.Random) -> float:
+    """Seconds to wait before restart number ``attempt`` (0-based) of a crash loop."""
+    base = min(policy.max, policy.initial * policy.factor**attempt)
+    spread = base * policy.jitter
+    return max(0.0, min(policy.max, base + rng.uniform(-spread, spread)))

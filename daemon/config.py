@@ -1,0 +1,385 @@
+"""Load the daemon's TOML config (DESIGN 3.2) into frozen specs, refusing anything it does not understand.
+
+Validation is strict on purpose: in a supervisor config a typo silently becomes a missing setting or a
+default restart policy, and that is only noticed when something crashes in production. Every error names the
+dotted key (`supervisor.children[1].strategy`) so that `foundationd` can exit 2 with one line pointing at the
+mistake.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from daemon.spec import (
+    BRUTAL_KILL,
+    INFINITY,
+    Backoff,
+    ChildSpec,
+    RestartType,
+    Shutdown,
+    Strategy,
+    SupervisorSpec,
+    WorkerSpec,
+)
+
+ROOT_NAME = "root"
+EMBEDDED = "<embedded>"
+REQUEST = "<request>"
+PYTHON_TOKEN = "@python@"  # in the embedded default, replaced by the daemon's own interpreter
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+AGENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+_TOP_KEYS = ("daemon", "supervisor")
+_DAEMON_KEYS = ("control_group", "runtime_dir", "state_dir")
+# Any of these keys makes a child table a supervisor rather than a worker.
+_SUPERVISOR_MARKERS = ("children", "strategy", "intensity", "period")
+_SUPERVISOR_KEYS = ("name", "restart", *_SUPERVISOR_MARKERS)
+_WORKER_KEYS = ("agent", "backoff", "command", "env", "name", "restart", "shutdown", "working_dir")
+_BACKOFF_KEYS = tuple(f.name for f in fields(Backoff))
+_ROOT_FORBIDDEN = {
+    "name": f"the root supervisor is always named {ROOT_NAME}",
+    "restart": "the root supervisor has no parent to restart it: its failure ends the daemon",
+}
+_KINDS = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
+
+_Check = Callable[[Any, str, str], Any]  # (value, dotted key, source) -> validated value, or ConfigError
+
+
+class ConfigError(Exception):
+    """An invalid config, told as one line: where it came from, which key, and what is wrong."""
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        super().__init__(source, key, message)
+        self.source = source
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.key}: " if self.key else f"{self.source}: "
+        # One line always: callers print it as the daemon's last word before exit 2.
+        return " ".join((where + self.message).splitlines())
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything a config file says: the tree to supervise and the daemon's own settings."""
+
+    root: SupervisorSpec
+    runtime_dir: str | None = None
+    state_dir: str | None = None
+    control_group: str | None = None
+    source: str = EMBEDDED
+
+
+def load_config(path: str | None) -> DaemonConfig:
+    """Read and validate a config file; None means the embedded demo tree (DESIGN 3.1, no --config)."""
+    if path is None:
+        return _embedded()
+    source = str(path)
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read the config file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    return parse_config(text, source)
+
+
+def parse_config(text: str, source: str) -> DaemonConfig:
+    """Validate TOML text; `source` only labels errors and the result (a path, or a name like <embedded>)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"invalid TOML: {exc}") from exc
+    _Table(data, "", source).reject_unknown(_TOP_KEYS)
+    settings = _daemon_settings(data.get("daemon"), source)
+    root = _root(data.get("supervisor"), source)
+    return DaemonConfig(root=root, source=source, **settings)
+
+
+def child_spec_from_dict(data: object, key: str = "spec", source: str = REQUEST) -> ChildSpec:
+    """Validate one child (worker or nested supervisor), as the file parser does, for the `attach` verb.
+
+    Names are checked for duplicates within `data` only: clashes with the running tree are the caller's.
+    """
+    return _child(data, key, source, {})
+
+
+# --- tables -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A table under validation; it knows its dotted key so that every error can point at the exact spot."""
+
+    data: dict[str, Any]
+    key: str
+    source: str
+
+    @classmethod
+    def of(cls, value: object, key: str, source: str, known: tuple[str, ...], expected: str) -> _Table:
+        table = cls(_expect(value, (dict,), expected, key, source), key, source)
+        table.reject_unknown(known)
+        return table
+
+    def at(self, name: str) -> str:
+        return _join(self.key, name)
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.source, self.at(name), message)
+
+    def reject_unknown(self, known: tuple[str, ...]) -> None:
+        """Typos must fail loudly: an unknown key is never ignored."""
+        for name in self.data:
+            if name not in known:
+                raise self.error(name, f"unknown key (known: {', '.join(sorted(known))})")
+
+    def take(self, out: dict[str, Any], name: str, check: _Check) -> None:
+        """Validate `name` into `out` if present, so absent keys keep the spec dataclass's own default."""
+        if name in self.data:
+            out[name] = check(self.data[name], self.at(name), self.source)
+
+
+def _join(key: str, name: str) -> str:
+    # Odd keys are quoted as TOML would quote them, which also keeps the error on one line.
+    part = name if _BARE_KEY.fullmatch(name) else json.dumps(name)
+    return f"{key}.{part}" if key else part
+
+
+def _daemon_settings(value: object, source: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    table = _Table.of(value, "daemon", source, _DAEMON_KEYS, "a table")
+    out: dict[str, str] = {}
+    for name in _DAEMON_KEYS:
+        table.take(out, name, _string)
+    return out
+
+
+# --- the tree -----------------------------------------------------------------------------------------------
+
+
+def _root(value: object, source: str) -> SupervisorSpec:
+    if value is None:
+        return SupervisorSpec(name=ROOT_NAME)
+    table = _Table(_expect(value, (dict,), "a table", "supervisor", source), "supervisor", source)
+    for name, why in _ROOT_FORBIDDEN.items():
+        if name in table.data:
+            raise table.error(name, why)
+    table.reject_unknown(_SUPERVISOR_MARKERS)
+    return _supervisor(table, ROOT_NAME, {})
+
+
+def _child(value: object, key: str, source: str, seen: dict[str, str]) -> ChildSpec:
+    table = _Table(_expect(value, (dict,), "a table", key, source), key, source)
+    is_supervisor = _is_supervisor(table)
+    table.reject_unknown(_SUPERVISOR_KEYS if is_supervisor else _WORKER_KEYS)
+    name = _claim_name(table, seen)
+    return _supervisor(table, name, seen) if is_supervisor else _worker(table, name)
+
+
+def _is_supervisor(table: _Table) -> bool:
+    """A child with any supervisor key is a supervisor; a worker key beside one deserves a precise error."""
+    markers = [name for name in _SUPERVISOR_MARKERS if name in table.data]
+    if not markers:
+        return False
+    for name in table.data:
+        if name in _WORKER_KEYS and name not in _SUPERVISOR_KEYS:
+            raise table.error(name, f"a worker key, but {markers[0]} makes this child a supervisor")
+    return True
+
+
+def _claim_name(table: _Table, seen: dict[str, str]) -> str:
+    """Names are global in the tree because the CLI addresses children by name alone."""
+    if "name" not in table.data:
+        raise table.error("name", "missing: every child needs a name")
+    key = table.at("name")
+    name = _name(table.data["name"], key, table.source)
+    if name == ROOT_NAME:
+        raise table.error("name", f'"{ROOT_NAME}" is reserved for the root supervisor')
+    if name in seen:
+        raise table.error("name", f'duplicate name "{name}" (first used at {seen[name]}); names are global')
+    seen[name] = key
+    return name
+
+
+def _supervisor(table: _Table, name: str, seen: dict[str, str]) -> SupervisorSpec:
+    out: dict[str, Any] = {}
+    table.take(out, "strategy", _choice(Strategy, "strategy"))
+    table.take(out, "intensity", _intensity)
+    table.take(out, "period", _positive)
+    table.take(out, "restart", _choice(RestartType, "restart type"))
+    key = table.at("children")
+    items = _expect(table.data.get("children", []), (list,), "an array of tables", key, table.source)
+    out["children"] = tuple(_child(item, f"{key}[{i}]", table.source, seen) for i, item in enumerate(items))
+    return SupervisorSpec(name=name, **out)
+
+
+def _worker(table: _Table, name: str) -> WorkerSpec:
+    has_command, has_agent = "command" in table.data, "agent" in table.data
+    if has_command and has_agent:
+        raise ConfigError(table.source, table.key, "a worker has either a command or an agent, not both")
+    if not has_command and not has_agent:
+        raise ConfigError(table.source, table.key, "a worker needs a command or an agent")
+    out: dict[str, Any] = {}
+    table.take(out, "command", _command)
+    table.take(out, "agent", _agent)
+    table.take(out, "restart", _choice(RestartType, "restart type"))
+    table.take(out, "shutdown", _shutdown)
+    table.take(out, "env", _env)
+    table.take(out, "working_dir", _string)
+    table.take(out, "backoff", _backoff)
+    return WorkerSpec(name=name, **out)
+
+
+# --- values -------------------------------------------------------------------------------------------------
+
+
+def _expect(value: Any, kinds: tuple[type, ...], expected: str, key: str, source: str) -> Any:
+    """Type check that does not let a TOML boolean pass for a number (bool is an int in Python)."""
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise ConfigError(source, key, f"expected {expected}, got {_describe(value)}")
+    return value
+
+
+def _describe(value: object) -> str:
+    kind = _KINDS.get(type(value), type(value).__name__)
+    if isinstance(value, bool | int | float | str):
+        shown = json.dumps(value)
+        return f"{kind} {shown if len(shown) <= 40 else shown[:37] + '...'}"
+    return kind
+
+
+def _string(value: object, key: str, source: str) -> str:
+    text = _expect(value, (str,), "a string", key, source)
+    if not text:
+        raise ConfigError(source, key, "must not be empty")
+    if "\0" in text:
+        raise ConfigError(source, key, "must not contain a NUL character")
+    return text
+
+
+def _name(value: object, key: str, source: str) -> str:
+    text = _expect(value, (str,), "a string", key, source)
+    if not NAME_RE.fullmatch(text):
+        rule = "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        raise ConfigError(source, key, f"invalid name {json.dumps(text)}: use {rule}")
+    return text
+
+
+def _agent(value: object, key: str, source: str) -> str:
+    text = _expect(value, (str,), 'a string "module.path:ClassName"', key, source)
+    if not AGENT_RE.fullmatch(text):
+        raise ConfigError(source, key, f'expected "module.path:ClassName", got {json.dumps(text)}')
+    return text
+
+
+def _command(value: object, key: str, source: str) -> tuple[str, ...]:
+    items = _expect(value, (list,), "an array of strings", key, source)
+    if not items:
+        raise ConfigError(source, key, "must not be empty: give the program and its arguments")
+    return tuple(_string(item, f"{key}[{i}]", source) for i, item in enumerate(items))
+
+
+def _env(value: object, key: str, source: str) -> tuple[tuple[str, str], ...]:
+    table = _expect(value, (dict,), "a table of strings", key, source)
+    for name, item in table.items():
+        if not name or "=" in name or "\0" in name:
+            raise ConfigError(source, _join(key, name), "not a valid environment variable name")
+        if "\0" in _expect(item, (str,), "a string", _join(key, name), source):
+            raise ConfigError(source, _join(key, name), "must not contain a NUL character")
+    return tuple(sorted(table.items()))
+
+
+def _number(value: object, key: str, source: str) -> float:
+    number = _expect(value, (int, float), "a number", key, source)
+    if not math.isfinite(number):
+        raise ConfigError(source, key, f"expected a finite number, got {_describe(number)}")
+    return float(number)
+
+
+def _positive(value: object, key: str, source: str) -> float:
+    number = _number(value, key, source)
+    if number <= 0:
+        raise ConfigError(source, key, f"must be > 0, got {number:g}")
+    return number
+
+
+def _intensity(value: object, key: str, source: str) -> int:
+    number = _expect(value, (int,), "an integer", key, source)
+    if number < 0:
+        raise ConfigError(source, key, f"must be >= 0, got {number}")
+    return number
+
+
+def _shutdown(value: object, key: str, source: str) -> Shutdown:
+    if isinstance(value, str) and value in (BRUTAL_KILL, INFINITY):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    expected = f'a positive number of seconds, "{BRUTAL_KILL}" or "{INFINITY}"'
+    raise ConfigError(source, key, f"expected {expected}, got {_describe(value)}")
+
+
+def _choice(enum: type[StrEnum], label: str) -> _Check:
+    def check(value: object, key: str, source: str) -> StrEnum:
+        text = _expect(value, (str,), "a string", key, source)
+        try:
+            return enum(text)
+        except ValueError:
+            options = ", ".join(member.value for member in enum)
+            message = f"unknown {label} {json.dumps(text)} (expected {options})"
+            raise ConfigError(source, key, message) from None
+
+    return check
+
+
+def _backoff(value: object, key: str, source: str) -> Backoff | None:
+    """`backoff = true` takes the defaults, `false` turns it off, a table sets some or all of the fields."""
+    if isinstance(value, bool):
+        return Backoff() if value else None
+    table = _Table.of(value, key, source, _BACKOFF_KEYS, "a table or a boolean")
+    backoff = Backoff(**{name: _number(table.data[name], table.at(name), source) for name in table.data})
+    rules = (
+        ("initial", backoff.initial > 0, "> 0"),
+        ("factor", backoff.factor >= 1, ">= 1"),
+        ("max", backoff.max >= backoff.initial, f">= initial ({backoff.initial:g})"),
+        ("jitter", 0 <= backoff.jitter <= 1, "between 0 and 1"),
+        ("reset_after", backoff.reset_after > 0, "> 0"),
+    )
+    for name, ok, rule in rules:
+        if not ok:
+            raise table.error(name, f"must be {rule}, got {getattr(backoff, name):g}")
+    return backoff
+
+
+# --- the embedded default -----------------------------------------------------------------------------------
+
+
+def _embedded() -> DaemonConfig:
+    """The demo tree shipped in the package; its children run on the daemon's own interpreter."""
+    text = resources.files("daemon").joinpath("default.toml").read_text(encoding="utf-8")
+    config = parse_config(text, EMBEDDED)
+    return replace(config, root=_with_python(config.root))
+
+
+def _with_python(spec: SupervisorSpec) -> SupervisorSpec:
+    children = tuple(
+        _with_python(child)
+        if isinstance(child, SupervisorSpec)
+        else replace(child, command=tuple(arg.replace(PYTHON_TOKEN, sys.executable) for arg in child.command))
+        for child in spec.children
+    )
+    return replace(spec, children=children)

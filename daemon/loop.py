@@ -1,0 +1,150 @@
+"""The daemon's one wait point: file descriptors, signals and a timer heap in a single epoll call.
+
+Nothing here polls: with no ready descriptor and no timer due, ``select`` sleeps until one is.
+Signal handlers do nothing but let CPython write the signal number to a wake-up socket, which the
+loop reads like any other descriptor (the uvicorn / CPython pattern), so every reaction to a signal
+runs on the loop, between other events, never inside a handler.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(order=True)
+class TimerHandle:
+    deadline: float
+    seq: int
+    callback: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventLoop:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._selector = selectors.DefaultSelector()
+        self._timers: list[TimerHandle] = []
+        self._seq = itertools.count()
+        self._signal_handlers: dict[int, Callable[[int], None]] = {}
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._old_handlers: dict[int, object] = {}
+        self.stopped = False
+
+    # ---- descriptors ----
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self._watch(fd, 0, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        self._watch(fd, 0, None)
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        self._watch(fd, 1, callback)
+
+    def remove_writer(self, fd: int) -> None:
+        self._watch(fd, 1, None)
+
+    def _watch(self, fd: int, slot: int, callback: Callable[[], None] | None) -> None:
+        try:
+            callbacks = self._selector.get_key(fd).data
+        except KeyError:
+            callbacks = [None, None]
+        callbacks[slot] = callback
+        mask = (selectors.EVENT_READ if callbacks[0] else 0) | (selectors.EVENT_WRITE if callbacks[1] else 0)
+        if fd in self._selector.get_map():
+            if mask:
+                self._selector.modify(fd, mask, callbacks)
+            else:
+                self._selector.unregister(fd)
+        elif mask:
+            self._selector.register(fd, mask, callbacks)
+
+    # ---- timers ----
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        handle = TimerHandle(self.clock() + max(0.0, delay), next(self._seq), callback)
+        heapq.heappush(self._timers, handle)
+        return handle
+
+    # ---- signals ----
+
+    def add_signal_handler(self, signum: int, callback: Callable[[int], None]) -> None:
+        if self._wake_r is None:
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+            self.add_reader(self._wake_r.fileno(), self._read_signals)
+        self._signal_handlers[signum] = callback
+        self._old_handlers[signum] = signal.signal(signum, _noop_handler)
+
+    def _read_signals(self) -> None:
+        assert self._wake_r is not None
+        try:
+            data = self._wake_r.recv(4096)
+        except BlockingIOError:
+            return
+        for signum in data:
+            handler = self._signal_handlers.get(signum)
+            if handler is not None:
+                handler(signum)
+
+    # ---- running ----
+
+    def run(self) -> None:
+        while not self.stopped:
+            self.run_once()
+
+    def run_once(self) -> None:
+        for key, mask in self._selector.select(self._timeout()):
+            if self.stopped:
+                return
+            reader, writer = key.data
+            if mask & selectors.EVENT_READ and reader is not None:
+                reader()
+            if mask & selectors.EVENT_WRITE and writer is not None and key.fd in self._selector.get_map():
+                writer()
+        self._fire_due_timers()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def close(self) -> None:
+        for signum, old in self._old_handlers.items():
+            signal.signal(signum, old)  # type: ignore[arg-type]
+        if self._wake_r is not None:
+            signal.set_wakeup_fd(-1)
+            self._wake_r.close()
+            assert self._wake_w is not None
+            self._wake_w.close()
+            self._wake_r = self._wake_w = None
+        self._selector.close()
+
+    def _timeout(self) -> float | None:
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0].deadline - self.clock())
+
+    def _fire_due_timers(self) -> None:
+        now = self.clock()
+        while self._timers and self._timers[0].deadline <= now:
+            handle = heapq.heappop(self._timers)
+            if not handle.cancelled:
+                handle.callback()
+
+
+def _noop_handler(signum: int, frame: object) -> None:
+    """The wake-up fd carries the signal; the handler must exist but has nothing to do."""

@@ -1,0 +1,321 @@
+"""``foundationd``: wires the pure supervision core to the loop, the process shell and the control socket.
+
+    signals ─┐                       ┌─> ProcessShell (spawn, signal, reap) ─┐
+    pidfds ──┼─> EventLoop ─> Daemon ┤                                       ├─> events ─> SupervisionTree
+    control ─┘                       └─> ControlServer (verbs)   <── actions ┘
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from daemon import __version__, paths
+from daemon.config import ConfigError, DaemonConfig, child_spec_from_dict, load_config
+from daemon.control_server import ControlServer, Peer, Reply
+from daemon.loop import EventLoop, TimerHandle
+from daemon.process import ProcessShell, SpawnError, become_subreaper
+from daemon.protocol import (
+    Action,
+    CancelTimer,
+    Event,
+    Exited,
+    Halt,
+    Log,
+    Signal,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    StartTimer,
+    TimerFired,
+)
+from daemon.states import DOWN, State
+from daemon.supervisor import SupervisionTree
+from ipc.control import Request
+from ipc.errors import ErrorCode, FoundationError
+
+log = logging.getLogger("foundationd")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+WAIT_LIMIT = 25.0  # longest a control request waits for its operation (the CLI gives up at 30 s)
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO,
+          "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class Waiter:
+    """A control request whose reply waits until the tree reaches the state it asked for."""
+
+    def __init__(self, done: Callable[[], bool], answer: Callable[[], Any], reply: Reply) -> None:
+        self.done, self.answer, self.reply = done, answer, reply
+        self.timer: TimerHandle | None = None
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, runtime_dir: Path, state_dir: Path) -> None:
+        self.config = config
+        self.runtime_dir = runtime_dir
+        self.state_dir = state_dir
+        self.loop = EventLoop()
+        self.started_at = time.monotonic()
+        self.tree = SupervisionTree(config.root, self.loop.clock)
+        self.shell = ProcessShell(
+            self.loop.add_reader,
+            self.loop.remove_reader,
+            self._on_exit,
+            _write_stdout,
+            base_env={"FOUNDATION_RUNTIME_DIR": str(runtime_dir), "FOUNDATION_STATE_DIR": str(state_dir)},
+        )
+        self.control: ControlServer | None = None
+        self._timers: dict[int, TimerHandle] = {}
+        self._pending: deque[Event] = deque()
+        self._waiters: list[Waiter] = []
+        self._exit_code = EXIT_OK
+
+    # ---- lifecycle ----
+
+    def run(self) -> int:
+        become_subreaper()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self._on_stop_signal)
+        self.loop.add_signal_handler(signal.SIGCHLD, lambda _: self.shell.reap())
+        self.control = ControlServer(self.runtime_dir, self._handlers(), self.loop, self.config.control_group)
+        log.info("foundationd %s (pid %d) starting; control socket %s", __version__, os.getpid(), self.control.path)
+        try:
+            self._apply(self.tree.boot())
+            self.loop.run()
+        finally:
+            self._close()
+        return self._exit_code
+
+    def _close(self) -> None:
+        if self.control is not None:
+            self.control.close()
+        self.shell.close()
+        self.loop.close()
+
+    def _on_stop_signal(self, signum: int) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        self._apply(self.tree.shutdown())
+
+    # ---- core <-> shell ----
+
+    def _on_exit(self, event: Exited) -> None:
+        self._apply(self.tree.handle(event))
+
+    def _apply(self, actions: list[Action]) -> None:
+        """Carry out the core's actions; the events they cause go straight back into the core."""
+        queue = deque(actions)
+        while queue:
+            self._act(queue.popleft())
+            while self._pending:
+                queue.extend(self.tree.handle(self._pending.popleft()))
+        self._check_waiters()
+
+    def _act(self, action: Action) -> None:
+        match action:
+            case Spawn(name, spec):
+                try:
+                    pid = self.shell.spawn(spec)
+                except SpawnError as exc:
+                    self._pending.append(SpawnFailed(name, str(exc)))
+                else:
+                    self._pending.append(Spawned(name, pid))
+            case Signal(_, pid, sig):
+                self.shell.signal(pid, sig)
+            case StartTimer(token, delay):
+                self._timers[token] = self.loop.call_later(delay, lambda t=token: self._fire(t))
+            case CancelTimer(token):
+                handle = self._timers.pop(token, None)
+                if handle is not None:
+                    handle.cancel()
+            case Log(level, message):
+                log.log(LEVELS.get(level, logging.INFO), "%s", message)
+            case Halt(code, reason):
+                log.log(logging.INFO if code == 0 else logging.ERROR, "halting: %s", reason)
+                self._exit_code = code
+                self.loop.stop()
+
+    def _fire(self, token: int) -> None:
+        self._timers.pop(token, None)
+        self._apply(self.tree.handle(TimerFired(token)))
+
+    # ---- control verbs ----
+
+    def _handlers(self) -> dict[str, Callable[[Request, Peer, Reply], None]]:
+        return {
+            "status": lambda req, peer, reply: reply(self.status()),
+            "start": self._verb_node,
+            "stop": self._verb_node,
+            "restart": self._verb_node,
+            "detach": self._verb_node,
+            "attach": self._verb_attach,
+            "shutdown": self._verb_shutdown,
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "daemon": {
+                "pid": os.getpid(),
+                "version": __version__,
+                "uptime_s": round(time.monotonic() - self.started_at, 3),
+                "runtime_dir": str(self.runtime_dir),
+                "state_dir": str(self.state_dir),
+            },
+            "tree": self.tree.snapshot(),
+        }
+
+    def _verb_node(self, req: Request, peer: Peer, reply: Reply) -> None:
+        name = _str_arg(req.args, "name")
+        node = self.tree.find(name)
+        before = node.incarnation
+        if req.verb == "start" and node.state is State.RUNNING:
+            reply(self._describe(node))
+            return
+        self._apply(self.tree.request(req.verb, name))
+        if req.verb == "stop":
+            done = lambda: node.state in DOWN  # noqa: E731
+        elif req.verb == "detach":
+            done = lambda: node.parent is None or node not in node.parent.children  # noqa: E731
+        else:
+            done = lambda: node.incarnation > before and node.state not in (State.STARTING, State.STOPPING)  # noqa: E731
+        self._wait(done, lambda: self._describe(node), reply)
+
+    def _verb_attach(self, req: Request, peer: Peer, reply: Reply) -> None:
+        parent = req.args.get("parent", "root")
+        if not isinstance(parent, str):
+            raise FoundationError(ErrorCode.BAD_REQUEST, "'parent' must be a string")
+        try:
+            spec = child_spec_from_dict(req.args.get("spec"), key="spec")
+        except ConfigError as exc:
+            raise FoundationError(ErrorCode.INVALID_SPEC, str(exc)) from None
+        self._apply(self.tree.attach(parent, spec))
+        node = self.tree.find(spec.name)
+        self._wait(lambda: node.incarnation > 0 and node.state is not State.STARTING,
+                   lambda: self._describe(node), reply)
+
+    def _verb_shutdown(self, req: Request, peer: Peer, reply: Reply) -> None:
+        reply({"stopping": True})
+        self.loop.call_later(0, lambda: self._apply(self.tree.shutdown()))
+
+    def _describe(self, node: Any) -> dict[str, Any]:
+        return {"name": node.name, "state": str(node.state), "pid": getattr(node, "pid", None)}
+
+    def _wait(self, done: Callable[[], bool], answer: Callable[[], Any], reply: Reply) -> None:
+        waiter = Waiter(done, answer, reply)
+        if done():
+            reply(answer())
+            return
+        self._waiters.append(waiter)
+        waiter.timer = self.loop.call_later(WAIT_LIMIT, lambda: self._expire(waiter))
+
+    def _expire(self, waiter: Waiter) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            waiter.reply({**waiter.answer(), "pending": True})
+
+    def _check_waiters(self) -> None:
+        for waiter in [w for w in self._waiters if w.done()]:
+            self._waiters.remove(waiter)
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+            waiter.reply(waiter.answer())
+
+
+def _str_arg(args: dict[str, Any], key: str) -> str:
+    value = args.get(key)
+    if not isinstance(value, str) or not value:
+        raise FoundationError(ErrorCode.BAD_REQUEST, f"'{key}' must be a non-empty string")
+    return value
+
+
+def _write_stdout(data: bytes) -> None:
+    try:
+        os.write(sys.stdout.fileno(), data)
+    except BlockingIOError:
+        pass  # a stalled reader of our stdout loses child output rather than stalling the loop
+    except OSError:
+        pass
+
+
+# ---- entry point ----
+
+
+def _prepare_dir(path: Path, mode: int) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    if path.stat().st_uid == os.getuid():
+        path.chmod(mode)
+
+
+def _lock_runtime_dir(runtime_dir: Path) -> int:
+    """One daemon per runtime directory: a second one would steal the control socket."""
+    fd = os.open(runtime_dir / "foundationd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SystemExit(f"foundationd: another foundationd is running with runtime dir {runtime_dir}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _raise_fd_limit() -> None:
+    # Each worker holds a pidfd and an output pipe; the default soft limit of 1024 caps a fleet at ~500.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="foundationd: %(levelname)s: %(message)s")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="foundationd", description="Foundation's supervision daemon.")
+    parser.add_argument("--config", help="TOML config (default: the embedded demo tree)")
+    parser.add_argument("--runtime-dir", help="directory for the control socket")
+    parser.add_argument("--state-dir", help="directory for persistent state")
+    parser.add_argument("--version", action="version", version=f"foundationd {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _setup_logging()
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"foundationd: invalid config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    runtime_dir = paths.runtime_dir(args.runtime_dir, config.runtime_dir)
+    state_dir = paths.state_dir(args.state_dir, config.state_dir)
+    try:
+        _prepare_dir(runtime_dir, 0o700)
+        _prepare_dir(state_dir, 0o700)
+    except OSError as exc:
+        print(f"foundationd: cannot prepare directories: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    lock_fd = _lock_runtime_dir(runtime_dir)
+    _raise_fd_limit()
+    try:
+        return Daemon(config, runtime_dir, state_dir).run()
+    finally:
+        os.close(lock_fd)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,224 @@
+"""The process shell: fork/exec, signals, reaping and output capture for worker processes.
+
+    spawn ──> Popen(process_group=0, setpriv --pdeathsig KILL) ──> pidfd + output pipe on the loop
+    pidfd readable / SIGCHLD ──> reap(): waitid(WNOWAIT) ─> SIGKILL leftover group ─> waitpid ─> Exited
+
+* No Python code runs between fork and exec (no preexec_fn): once libzmq's I/O threads exist the
+  daemon is multi-threaded, and only async-signal-safe work is allowed in the child. The parent-death
+  signal is set by util-linux ``setpriv`` exec'd in front of the command.
+* The daemon is a child subreaper, so a child's orphaned grandchildren come back to it; ``reap``
+  collects every zombie, ours or adopted, and kills what is left of a dead worker's process group,
+  while the dead leader's zombie still pins the group id against reuse.
+* A pidfd names each worker for its whole life: signals to the leader go through it, so a recycled
+  PID can never be hit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from daemon.protocol import Exited
+from daemon.spec import WorkerSpec
+
+PR_SET_CHILD_SUBREAPER = 36
+MAX_PARTIAL_LINE = 64 * 1024
+# Only these pass from the daemon's environment to a child; the config adds the rest.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "TMPDIR")
+
+
+class SpawnError(Exception):
+    """The command could not be started (not found, not executable, bad working directory)."""
+
+
+def become_subreaper() -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+@dataclass
+class ProcessHandle:
+    name: str
+    pid: int
+    pidfd: int
+    popen: subprocess.Popen[bytes]
+    output_fd: int | None
+    partial: bytearray = field(default_factory=bytearray)
+
+
+class ProcessShell:
+    """Spawns workers, signals their groups and turns their deaths into ``Exited`` events."""
+
+    def __init__(
+        self,
+        add_reader: Callable[[int, Callable[[], None]], None],
+        remove_reader: Callable[[int], None],
+        on_exit: Callable[[Exited], None],
+        write_output: Callable[[bytes], None],
+        base_env: dict[str, str] | None = None,
+    ) -> None:
+        self._add_reader = add_reader
+        self._remove_reader = remove_reader
+        self._on_exit = on_exit
+        self._write_output = write_output
+        self._base_env = base_env or {}
+        self._by_pid: dict[int, ProcessHandle] = {}
+        self._setpriv = shutil.which("setpriv")
+
+    @property
+    def live(self) -> dict[int, ProcessHandle]:
+        return self._by_pid
+
+    def spawn(self, spec: WorkerSpec) -> int:
+        argv = self._argv(spec)
+        env = self._env(spec)
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                env=env,
+                cwd=spec.working_dir,
+                process_group=0,
+                close_fds=True,
+            )
+        except OSError as exc:
+            os.close(read_fd)
+            raise SpawnError(f"{argv[0]}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(write_fd)
+        pidfd = os.pidfd_open(popen.pid)
+        os.set_blocking(read_fd, False)
+        handle = ProcessHandle(spec.name, popen.pid, pidfd, popen, read_fd)
+        self._by_pid[popen.pid] = handle
+        self._add_reader(pidfd, self.reap)
+        self._add_reader(read_fd, lambda: self._read_output(handle))
+        return popen.pid
+
+    def signal(self, pid: int, sig: int) -> None:
+        """Signal the worker's whole process group; the leader through its pidfd."""
+        handle = self._by_pid.get(pid)
+        if handle is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(handle.pidfd, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+    def reap(self) -> None:
+        """Collect every child that has exited: workers become Exited events, adopted orphans vanish."""
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None:
+                return
+            handle = self._by_pid.pop(info.si_pid, None)
+            if handle is not None:
+                # The zombie leader still holds the group id: nothing else can have taken it.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(handle.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.si_pid, 0)
+            if handle is not None:
+                self._finish(handle, info)
+
+    def _finish(self, handle: ProcessHandle, info: os.waitid_result) -> None:
+        self._remove_reader(handle.pidfd)
+        os.close(handle.pidfd)
+        killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+        handle.popen.returncode = -info.si_status if killed else info.si_status
+        self._drain_output(handle)
+        self._on_exit(
+            Exited(
+                handle.name,
+                handle.pid,
+                status=None if killed else info.si_status,
+                signal=info.si_status if killed else None,
+            )
+        )
+
+    def close(self) -> None:
+        """Kill and reap whatever is still running; only used when the daemon itself is going away."""
+        for handle in list(self._by_pid.values()):
+            self.signal(handle.pid, signal.SIGKILL)
+        for handle in list(self._by_pid.values()):
+            os.waitid(os.P_PIDFD, handle.pidfd, os.WEXITED | os.WNOWAIT)
+        self.reap()
+
+    # ---- output ----
+
+    def _read_output(self, handle: ProcessHandle) -> None:
+        assert handle.output_fd is not None
+        try:
+            data = os.read(handle.output_fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            self._close_output(handle)
+            return
+        self._emit_lines(handle, data)
+
+    def _drain_output(self, handle: ProcessHandle) -> None:
+        """Read what the dead worker left in the pipe; grandchildren were killed with its group."""
+        while handle.output_fd is not None:
+            try:
+                data = os.read(handle.output_fd, 65536)
+            except BlockingIOError:
+                return  # a writer outside the group still holds the pipe; the reader stays registered
+            if not data:
+                self._close_output(handle)
+                return
+            self._emit_lines(handle, data)
+
+    def _emit_lines(self, handle: ProcessHandle, data: bytes) -> None:
+        handle.partial += data
+        cut = handle.partial.rfind(b"\n") + 1
+        if cut == 0 and len(handle.partial) < MAX_PARTIAL_LINE:
+            return
+        if cut == 0:
+            cut = len(handle.partial)
+        complete, handle.partial = bytes(handle.partial[:cut]), handle.partial[cut:]
+        prefix = handle.name.encode() + b" | "
+        lines = complete.rstrip(b"\n").split(b"\n")
+        self._write_output(b"".join(prefix + line + b"\n" for line in lines))
+
+    def _close_output(self, handle: ProcessHandle) -> None:
+        if handle.partial:
+            self._emit_lines(handle, b"\n")
+        assert handle.output_fd is not None
+        self._remove_reader(handle.output_fd)
+        os.close(handle.output_fd)
+        handle.output_fd = None
+
+    # ---- argv and environment ----
+
+    def _argv(self, spec: WorkerSpec) -> list[str]:
+        if spec.agent is not None:
+            # The agent runtime (messaging + state) is not built yet: refuse clearly instead of half-running.
+            raise SpawnError(f"agent workers ({spec.agent}) need the agent runtime, which is not available yet")
+        command = list(spec.command)
+        path = dict(spec.env).get("PATH", os.environ.get("PATH", os.defpath))
+        resolved = shutil.which(command[0], path=path) if "/" not in command[0] else command[0]
+        if resolved is None:
+            raise SpawnError(f"{command[0]}: command not found on PATH")
+        command[0] = resolved
+        if self._setpriv is None:
+            return command
+        return [self._setpriv, "--pdeathsig", "KILL", "--", *command]
+
+    def _env(self, spec: WorkerSpec) -> dict[str, str]:
+        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        env.update(self._base_env)
+        env["FOUNDATION_NAME"] = spec.name
+        env.update(dict(spec.env))
+        return env

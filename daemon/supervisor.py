@@ -1,0 +1,597 @@
+"""The supervision core: OTP's supervisor rules as a pure state machine over plain data.
+
+No processes, sockets or clocks here: the shell feeds events, the core returns actions.
+
+    events ──> handle() ──> worker/supervisor nodes ──> inbox items ──> plan steps ──> actions
+                                   ^                                        │
+                                   └────────── completion (settle) ─────────┘
+
+Each supervisor works through its ``plan`` one step at a time (start this child, stop that one,
+wait, finish) and blocks on the step's completion, the way an OTP supervisor blocks in
+terminate_child/start_child. Whatever arrives while it is busy (a crash, an operator request, a
+backoff timer) waits in its ``inbox`` and is decided when the plan is done; a crash report whose
+child has been restarted since is stale and dropped, as OTP drops EXITs from old pids.
+
+Rules (DESIGN 4):
+  * restart types: permanent always, transient after an abnormal exit, temporary never;
+  * strategies: one_for_one restarts the child, one_for_all all running siblings, rest_for_one the
+    child and the running ones after it; others stop in reverse order, then start in order;
+  * intensity: every restart is recorded; more than ``intensity`` within ``period`` seconds and the
+    supervisor stops its children in reverse order and fails, a crash in its parent; the root's
+    failure halts the daemon non-zero;
+  * a child that fails to start while its supervisor first starts fails that supervisor (escalated,
+    no tight loop); failing to start during a restart counts as one more crash.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from daemon import backoff, intensity
+from daemon.protocol import (
+    Action,
+    CancelTimer,
+    Event,
+    Exited,
+    Halt,
+    Log,
+    Signal,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    StartTimer,
+    TimerFired,
+)
+from daemon.spec import BRUTAL_KILL, INFINITY, ChildSpec, RestartType, Strategy, SupervisorSpec, WorkerSpec
+from daemon.states import ALIVE, ALLOWED, DOWN, IllegalTransition, State
+from ipc.errors import ErrorCode, FoundationError
+
+ROOT = "root"
+
+
+def should_restart(restart: RestartType, normal_exit: bool) -> bool:
+    """OTP's do_restart/3 decision table."""
+    match restart, normal_exit:
+        case RestartType.PERMANENT, _:
+            return True
+        case RestartType.TRANSIENT, normal:
+            return not normal
+        case _:
+            return False
+
+
+# ---- nodes ----
+
+
+@dataclass(eq=False)
+class Node:
+    parent: Supervisor | None
+    state: State = State.STOPPED
+    restarts: int = 0
+    held: bool = False  # stopped by the operator: strategies leave it down until started again
+    incarnation: int = 0
+    backoff_timer: int | None = None
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def transition(self, new: State) -> None:
+        if new not in ALLOWED[self.state]:
+            raise IllegalTransition(f"{self.name}: {self.state} -> {new}")
+        self.state = new
+
+
+@dataclass(eq=False)
+class Worker(Node):
+    spec: WorkerSpec = field(default_factory=lambda: WorkerSpec(name="?"))
+    pid: int | None = None
+    started_at: float | None = None
+    kill_timer: int | None = None
+    backoff_attempt: int = 0
+    last_exit: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(eq=False)
+class Supervisor(Node):
+    spec: SupervisorSpec = field(default_factory=lambda: SupervisorSpec(name="?"))
+    children: list[Worker | Supervisor] = field(default_factory=list)
+    history: tuple[float, ...] = ()
+    plan: deque[Step] = field(default_factory=deque)
+    inbox: deque[Item] = field(default_factory=deque)
+    waiting: Node | None = None
+    wait_kind: str = ""  # "start" | "stop" | "sleep"
+    sleep_timer: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+AnyNode = Worker | Supervisor
+
+# ---- plan steps and inbox items ----
+
+
+@dataclass(frozen=True)
+class StartStep:
+    node: AnyNode
+
+
+@dataclass(frozen=True)
+class StopStep:
+    node: AnyNode
+
+
+@dataclass(frozen=True)
+class SleepStep:
+    delay: float
+
+
+@dataclass(frozen=True)
+class RemoveStep:
+    node: AnyNode
+
+
+@dataclass(frozen=True)
+class FinishStart:
+    pass
+
+
+@dataclass(frozen=True)
+class FinishStop:
+    failed: bool
+
+
+Step = StartStep | StopStep | SleepStep | RemoveStep | FinishStart | FinishStop
+
+
+@dataclass(frozen=True)
+class ExitItem:
+    node: AnyNode
+    incarnation: int
+    normal: bool
+
+
+@dataclass(frozen=True)
+class RequestItem:
+    verb: str  # start | stop | restart | detach
+    node: AnyNode
+
+
+@dataclass(frozen=True)
+class BackoffDone:
+    node: AnyNode
+    incarnation: int
+
+
+Item = ExitItem | RequestItem | BackoffDone
+
+
+# ---- the tree ----
+
+
+class SupervisionTree:
+    """Owns every node; the only way in is ``boot``, ``handle`` and the request methods."""
+
+    def __init__(
+        self, root: SupervisorSpec, clock: Callable[[], float], rng: random.Random | None = None
+    ) -> None:
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._out: list[Action] = []
+        self._runq: deque[Supervisor] = deque()
+        self._timers: dict[int, Callable[[], None]] = {}
+        self._next_token = 0
+        self._index: dict[str, AnyNode] = {}
+        self.root = self._build(root, None)
+        self.halted: Halt | None = None
+        self.shutting_down = False
+
+    # ---- public surface ----
+
+    def boot(self) -> list[Action]:
+        """Start the whole tree, children in order."""
+        self._begin_start(self.root)
+        return self._drain()
+
+    def handle(self, event: Event) -> list[Action]:
+        match event:
+            case Spawned(name, pid):
+                self._on_spawned(name, pid)
+            case SpawnFailed(name, reason):
+                self._on_spawn_failed(name, reason)
+            case Exited():
+                self._on_exited(event)
+            case TimerFired(token):
+                callback = self._timers.pop(token, None)
+                if callback is not None:
+                    callback()
+        return self._drain()
+
+    def find(self, name: str) -> AnyNode:
+        node = self._index.get(name)
+        if node is None:
+            raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no child named {name!r}")
+        return node
+
+    def request(self, verb: str, name: str) -> list[Action]:
+        """Operator verbs start/stop/restart/detach; validated now, carried out in order."""
+        self._refuse_while_shutting_down()
+        node = self.find(name)
+        if node.parent is None:
+            raise FoundationError(ErrorCode.BAD_REQUEST, f"cannot {verb} the root supervisor; use shutdown")
+        self._post(node.parent, RequestItem(verb, node))
+        return self._drain()
+
+    def attach(self, parent: str, spec: ChildSpec) -> list[Action]:
+        """Add a dynamic child at the end of ``parent`` and start it."""
+        self._refuse_while_shutting_down()
+        sup = self.find(parent)
+        if not isinstance(sup, Supervisor):
+            raise FoundationError(ErrorCode.NOT_A_SUPERVISOR, f"{parent!r} is a worker, not a supervisor")
+        clash = [n for n in _names(spec) if n in self._index or n == ROOT]
+        if clash:
+            raise FoundationError(ErrorCode.ALREADY_EXISTS, f"a child named {clash[0]!r} already exists")
+        node = self._build(spec, sup)
+        sup.children.append(node)
+        self._post(sup, RequestItem("start", node))
+        return self._drain()
+
+    def shutdown(self) -> list[Action]:
+        """Orderly stop of the whole tree, children in reverse order; ends with Halt(0)."""
+        if not self.shutting_down and self.halted is None:
+            self.shutting_down = True
+            self._emit_log("notice", "shutting down the tree")
+            if self.root.state is not State.STOPPING:  # a failing root keeps its failure
+                self._begin_stop(self.root, failed=False)
+        return self._drain()
+
+    def snapshot(self) -> dict:
+        return self._describe(self.root)
+
+    def workers(self) -> list[Worker]:
+        return [n for n in self._index.values() if isinstance(n, Worker)]
+
+    # ---- events ----
+
+    def _on_spawned(self, name: str, pid: int) -> None:
+        node = self._index.get(name)
+        if not isinstance(node, Worker) or node.state is not State.STARTING:
+            return
+        node.pid = pid
+        node.started_at = self._clock()
+        node.transition(State.RUNNING)
+        self._emit_log("info", f"started {name} (pid {pid})")
+        self._settle(node, started=True)
+
+    def _on_spawn_failed(self, name: str, reason: str) -> None:
+        node = self._index.get(name)
+        if not isinstance(node, Worker) or node.state is not State.STARTING:
+            return
+        node.transition(State.FAILED)
+        node.last_exit = f"failed to start: {reason}"
+        self._emit_log("error", f"{name} failed to start: {reason}")
+        self._settle(node, started=False)
+
+    def _on_exited(self, ev: Exited) -> None:
+        node = self._find_worker_by_pid(ev.name, ev.pid)
+        if node is None:
+            return
+        self._cancel(node.kill_timer)
+        node.kill_timer = None
+        node.pid = None
+        node.last_exit = ev.describe()
+        if node.state is State.STOPPING:
+            node.transition(State.STOPPED)
+            self._emit_log("info", f"stopped {node.name} ({node.last_exit})")
+            self._settle(node, started=False)
+        elif node.state is State.STARTING:
+            node.transition(State.FAILED)
+            self._emit_log("error", f"{node.name} {node.last_exit} before it was ready")
+            self._settle(node, started=False)
+        else:
+            normal = ev.status == 0
+            node.transition(State.STOPPED if normal else State.FAILED)
+            self._emit_log("info" if normal else "warning", f"{node.name} {node.last_exit}")
+            self._settle(node, started=False, normal=normal)
+
+    def _find_worker_by_pid(self, name: str, pid: int) -> Worker | None:
+        node = self._index.get(name)
+        return node if isinstance(node, Worker) and node.pid == pid else None
+
+    # ---- completion ----
+
+    def _settle(self, node: AnyNode, *, started: bool, normal: bool = False) -> None:
+        """A node finished starting, finished stopping, or went down by itself: tell its parent."""
+        parent = node.parent
+        if parent is None:
+            return
+        if parent.waiting is node:
+            kind = parent.wait_kind
+            parent.waiting = None
+            self._runq.append(parent)
+            if kind == "start" and not started:
+                self._on_start_failure(parent, node)
+            return
+        if not started and node.state in DOWN:
+            self._post(parent, ExitItem(node, node.incarnation, normal))
+
+    def _on_start_failure(self, sup: Supervisor, child: AnyNode) -> None:
+        if sup.state is State.STARTING:
+            self._fail(sup, f"child {child.name} failed to start")
+        else:
+            sup.inbox.appendleft(ExitItem(child, child.incarnation, normal=False))
+
+    # ---- the scheduler ----
+
+    def _post(self, sup: Supervisor, item: Item) -> None:
+        sup.inbox.append(item)
+        self._runq.append(sup)
+
+    def _drain(self) -> list[Action]:
+        while self._runq:
+            self._pump(self._runq.popleft())
+        out, self._out = self._out, []
+        return out
+
+    def _pump(self, sup: Supervisor) -> None:
+        while sup.waiting is None and sup.sleep_timer is None:
+            if sup.plan:
+                self._run_step(sup, sup.plan.popleft())
+            elif sup.inbox:
+                self._run_item(sup, sup.inbox.popleft())
+            else:
+                return
+
+    def _run_step(self, sup: Supervisor, step: Step) -> None:
+        match step:
+            case StartStep(node):
+                self._step_start(sup, node)
+            case StopStep(node):
+                self._step_stop(sup, node)
+            case SleepStep(delay):
+                sup.sleep_timer = self._start_timer(delay, lambda: self._wake(sup))
+            case RemoveStep(node):
+                if node in sup.children:
+                    sup.children.remove(node)
+                for name in _names(node.spec):
+                    self._index.pop(name, None)
+                self._emit_log("notice", f"detached {node.name}")
+            case FinishStart():
+                sup.transition(State.RUNNING)
+                self._settle(sup, started=True)
+            case FinishStop(failed):
+                self._finish_stop(sup, failed)
+
+    def _wake(self, sup: Supervisor) -> None:
+        sup.sleep_timer = None
+        self._runq.append(sup)
+
+    def _step_start(self, sup: Supervisor, node: AnyNode) -> None:
+        if node.state in ALIVE or node.held or node not in sup.children:
+            return
+        self._cancel(node.backoff_timer)
+        node.backoff_timer = None
+        node.incarnation += 1
+        if isinstance(node, Worker):
+            node.transition(State.STARTING)
+            self._out.append(Spawn(node.name, node.spec))
+        else:
+            self._begin_start(node)
+        sup.waiting, sup.wait_kind = node, "start"
+
+    def _step_stop(self, sup: Supervisor, node: AnyNode) -> None:
+        self._cancel(node.backoff_timer)
+        node.backoff_timer = None
+        if node.state in DOWN:
+            return
+        sup.waiting, sup.wait_kind = node, "stop"
+        if isinstance(node, Supervisor):
+            if node.state is not State.STOPPING:
+                self._begin_stop(node, failed=False)
+            return
+        if node.state is State.STOPPING:
+            return
+        node.transition(State.STOPPING)
+        assert node.pid is not None
+        shutdown = node.spec.shutdown
+        sig = signal.SIGKILL if shutdown == BRUTAL_KILL else signal.SIGTERM
+        self._out.append(Signal(node.name, node.pid, sig))
+        if shutdown not in (BRUTAL_KILL, INFINITY):
+            node.kill_timer = self._start_timer(float(shutdown), lambda: self._kill_overdue(node))
+
+    def _kill_overdue(self, node: Worker) -> None:
+        node.kill_timer = None
+        if node.state is State.STOPPING and node.pid is not None:
+            self._emit_log("warning", f"{node.name} did not stop within {node.spec.shutdown}s; sending SIGKILL")
+            self._out.append(Signal(node.name, node.pid, signal.SIGKILL))
+
+    def _begin_start(self, sup: Supervisor) -> None:
+        sup.transition(State.STARTING)
+        sup.history = ()
+        sup.plan = deque([*(StartStep(c) for c in sup.children), FinishStart()])
+        self._runq.append(sup)
+
+    def _begin_stop(self, sup: Supervisor, *, failed: bool) -> None:
+        """Replace whatever the supervisor planned with: stop all children in reverse order, then finish."""
+        if sup.state is not State.STOPPING:
+            sup.transition(State.STOPPING)
+        sup.inbox.clear()
+        self._cancel(sup.sleep_timer)
+        sup.sleep_timer = None
+        sup.plan = deque([*(StopStep(c) for c in reversed(sup.children)), FinishStop(failed)])
+        self._runq.append(sup)
+
+    def _fail(self, sup: Supervisor, reason: str) -> None:
+        self._emit_log("error", f"supervisor {sup.name} failed: {reason}; stopping its children")
+        self._begin_stop(sup, failed=True)
+
+    def _finish_stop(self, sup: Supervisor, failed: bool) -> None:
+        sup.transition(State.FAILED if failed else State.STOPPED)
+        if sup.parent is None:
+            if failed:
+                self.halted = Halt(1, "root supervisor failed: restart intensity exceeded")
+            else:
+                self.halted = Halt(0, "orderly shutdown")
+            self._out.append(self.halted)
+            return
+        self._settle(sup, started=False, normal=not failed)
+
+    # ---- deciding ----
+
+    def _run_item(self, sup: Supervisor, item: Item) -> None:
+        match item:
+            case ExitItem(node, incarnation, normal):
+                self._decide_restart(sup, node, incarnation, normal)
+            case RequestItem(verb, node):
+                self._operator(sup, verb, node)
+            case BackoffDone(node, incarnation):
+                node.backoff_timer = None
+                if node.incarnation == incarnation and node.state in DOWN:
+                    sup.plan.append(StartStep(node))
+
+    def _operator(self, sup: Supervisor, verb: str, node: AnyNode) -> None:
+        if verb in ("start", "restart"):
+            node.held = False
+        if verb in ("stop", "detach"):
+            node.held = True
+        if verb in ("stop", "restart", "detach"):
+            sup.plan.append(StopStep(node))
+        if verb in ("start", "restart"):
+            sup.plan.append(StartStep(node))
+        if verb == "detach":
+            sup.plan.append(RemoveStep(node))
+
+    def _decide_restart(self, sup: Supervisor, node: AnyNode, incarnation: int, normal: bool) -> None:
+        stale = node.incarnation != incarnation or node.state in ALIVE or node not in sup.children
+        if stale or sup.state is not State.RUNNING or node.held:
+            return
+        if not should_restart(node.spec.restart, normal):
+            self._emit_log("info", f"{node.name} is {node.spec.restart}: not restarted")
+            return
+        now = self._clock()
+        sup.history = intensity.add_restart(sup.history, now, sup.spec.period)
+        if intensity.exceeded(sup.history, sup.spec.intensity):
+            self._fail(
+                sup,
+                f"more than {sup.spec.intensity} restarts in {sup.spec.period}s (last: {node.name})",
+            )
+            return
+        sup.restarts += 1
+        wait = self._backoff_delay(node, now)
+        if sup.spec.strategy is Strategy.ONE_FOR_ONE:
+            self._restart_one(sup, node, wait)
+        else:
+            self._restart_group(sup, node, wait)
+
+    def _restart_one(self, sup: Supervisor, node: AnyNode, wait: float) -> None:
+        node.restarts += 1
+        if wait > 0:
+            self._emit_log("notice", f"restarting {node.name} in {wait:.3f}s (backoff)")
+            token = node.incarnation
+            node.backoff_timer = self._start_timer(wait, lambda: self._post(sup, BackoffDone(node, token)))
+        else:
+            self._emit_log("notice", f"restarting {node.name}")
+            sup.plan.append(StartStep(node))
+
+    def _restart_group(self, sup: Supervisor, node: AnyNode, wait: float) -> None:
+        first = 0 if sup.spec.strategy is Strategy.ONE_FOR_ALL else sup.children.index(node)
+        group = [
+            c
+            for c in sup.children[first:]
+            if c is node or (not c.held and (c.state in ALIVE or c.backoff_timer is not None))
+        ]
+        self._emit_log("notice", f"{sup.spec.strategy}: restarting {', '.join(c.name for c in group)}")
+        for child in reversed(group):
+            if child is not node:
+                sup.plan.append(StopStep(child))
+        if wait > 0:
+            sup.plan.append(SleepStep(wait))
+        for child in group:
+            child.restarts += 1
+            sup.plan.append(StartStep(child))
+
+    def _backoff_delay(self, node: AnyNode, now: float) -> float:
+        if not isinstance(node, Worker) or node.spec.backoff is None:
+            return 0.0
+        policy = node.spec.backoff
+        if node.started_at is not None and now - node.started_at >= policy.reset_after:
+            node.backoff_attempt = 0
+        wait = backoff.delay(policy, node.backoff_attempt, self._rng)
+        node.backoff_attempt += 1
+        return wait
+
+    # ---- helpers ----
+
+    def _build(self, spec: ChildSpec, parent: Supervisor | None) -> AnyNode:
+        node: AnyNode
+        if isinstance(spec, SupervisorSpec):
+            node = Supervisor(parent=parent, spec=spec)
+            node.children = [self._build(c, node) for c in spec.children]
+        else:
+            node = Worker(parent=parent, spec=spec)
+        self._index[spec.name] = node
+        return node
+
+    def _refuse_while_shutting_down(self) -> None:
+        if self.shutting_down or self.halted is not None:
+            raise FoundationError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
+
+    def _start_timer(self, delay: float, callback: Callable[[], None]) -> int:
+        self._next_token += 1
+        self._timers[self._next_token] = callback
+        self._out.append(StartTimer(self._next_token, delay))
+        return self._next_token
+
+    def _cancel(self, token: int | None) -> None:
+        if token is not None and self._timers.pop(token, None) is not None:
+            self._out.append(CancelTimer(token))
+
+    def _emit_log(self, level: str, message: str) -> None:
+        self._out.append(Log(level, message))
+
+    def _describe(self, node: AnyNode) -> dict:
+        if isinstance(node, Supervisor):
+            return {
+                "name": node.name,
+                "type": "supervisor",
+                "strategy": str(node.spec.strategy),
+                "intensity": node.spec.intensity,
+                "period": node.spec.period,
+                "state": str(node.state),
+                "restarts": node.restarts,
+                "restart": str(node.spec.restart),
+                "children": [self._describe(c) for c in node.children],
+            }
+        now = self._clock()
+        running = node.state is State.RUNNING and node.started_at is not None
+        out = {
+            "name": node.name,
+            "type": "worker",
+            "pid": node.pid,
+            "state": str(node.state),
+            "restart": str(node.spec.restart),
+            "restarts": node.restarts,
+            "uptime_s": round(now - node.started_at, 3) if running and node.started_at is not None else None,
+            "last_exit": node.last_exit,
+        }
+        if node.spec.agent:
+            out["agent"] = node.spec.agent
+        else:
+            out["command"] = list(node.spec.command)
+        return out
+
+
+def _names(spec: ChildSpec) -> list[str]:
+    if isinstance(spec, SupervisorSpec):
+        return [spec.name, *(n for c in spec.children for n in _names(c))]
+    return [spec.name]
