@@ -1,0 +1,169 @@
+"""Testing helpers for Foundation users and for Foundation's own suite.
+
+* ``wait_for(predicate, timeout)``: poll a condition with a deadline instead of sleeping and hoping.
+* ``DaemonProcess``: a real ``foundationd`` in a temporary directory, with a control client and a
+  teardown that fails loudly if any process it started is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+
+from ipc.control import SOCKET_NAME, ControlClient, ControlUnreachable
+
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError):
+    """The condition did not hold before the deadline."""
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.005, what: str = "") -> T:
+    """Return the first truthy value of ``predicate()``; raise WaitTimeout after ``timeout`` seconds.
+
+    Exceptions from the predicate count as "not yet" until the deadline, then the last one is chained.
+    """
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout}s waiting for {what or predicate}") from last_exc
+        time.sleep(interval)
+
+
+def processes_with_marker(marker: str) -> list[psutil.Process]:
+    """Live (non-zombie) processes whose environment carries FOUNDATION_RUNTIME_DIR=marker."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get("FOUNDATION_RUNTIME_DIR") == marker:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+class DaemonProcess:
+    """A foundationd started in its own runtime/state directories under ``base``."""
+
+    def __init__(self, base: Path, config: str | None = None, name: str = "d") -> None:
+        self.base = base
+        self.runtime_dir = base / f"{name}-run"
+        self.state_dir = base / f"{name}-state"
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = base / f"{name}.toml"
+            self.config_path.write_text(textwrap.dedent(config))
+        self.log_path = base / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_path(self) -> str:
+        return str(self.runtime_dir / SOCKET_NAME)
+
+    def start(self, wait: bool = True) -> DaemonProcess:
+        argv = [sys.executable, "-m", "daemon.main", "--runtime-dir", str(self.runtime_dir),
+                "--state-dir", str(self.state_dir)]
+        if self.config_path is not None:
+            argv += ["--config", str(self.config_path)]
+        env = {**os.environ, "FOUNDATION_RUNTIME_DIR": str(self.runtime_dir)}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if wait:
+            wait_for(self._reachable, timeout=15, what=f"foundationd control socket (log: {self.log()})")
+        return self
+
+    def _reachable(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"foundationd exited with {self.proc.returncode}: {self.log()}")
+        try:
+            with ControlClient(self.socket_path, timeout=5) as client:
+                client.request("status")
+            return True
+        except ControlUnreachable:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def client(self, timeout: float = 30) -> ControlClient:
+        return ControlClient(self.socket_path, timeout=timeout)
+
+    def request(self, verb: str, **args: Any) -> Any:
+        with self.client() as client:
+            return client.request(verb, **args)
+
+    def status(self) -> dict[str, Any]:
+        return self.request("status")
+
+    def node(self, name: str) -> dict[str, Any]:
+        """The status entry of one child, searched through the whole tree."""
+        todo = [self.status()["tree"]]
+        while todo:
+            node = todo.pop()
+            if node["name"] == name:
+                return node
+            todo.extend(node.get("children", []))
+        raise KeyError(name)
+
+    def pid(self, name: str) -> int | None:
+        return self.node(name).get("pid")
+
+    def wait_running(self, name: str, not_pid: int | None = None, timeout: float = 10) -> int:
+        """Wait until ``name`` runs (with a pid other than ``not_pid``); return its pid."""
+
+        def check() -> int | None:
+            node = self.node(name)
+            pid = node.get("pid")
+            if node["state"] == "running" and pid and pid != not_pid:
+                return pid
+            return None
+
+        return wait_for(check, timeout=timeout, what=f"{name} running")
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise WaitTimeout(f"foundationd did not exit within {timeout}s: {self.log()}") from None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+
+    def leftovers(self) -> list[psutil.Process]:
+        return processes_with_marker(str(self.runtime_dir))
+
+    def stop(self) -> None:
+        """Stop the daemon if it still runs, then insist that nothing it started is left."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"foundationd ignored SIGTERM: {self.log()}") from None
+        # Children die by PDEATHSIG or by the daemon's own stop; give the kernel a moment to deliver.
+        wait_for(lambda: not self.leftovers(), timeout=10, what="no process left behind")
