@@ -74,6 +74,12 @@ class ControlServer:
             self._listener.bind(str(self.path))
         finally:
             os.umask(old_umask)
+        if self._read_gid is not None:
+            # The read-only group must be able to reach the socket; the credential check limits what it may do.
+            os.chown(self.path, -1, self._read_gid)
+            os.chmod(self.path, 0o660)
+            os.chown(self.path.parent, -1, self._read_gid)
+            os.chmod(self.path.parent, 0o710)
         self._listener.listen(128)
         self._listener.setblocking(False)
         loop.add_reader(self._listener.fileno(), self._accept)
