@@ -9,6 +9,10 @@ from daemon.spec import Backoff
 
 def delay(policy: Backoff, attempt: int, rng: random.Random) -> float:
     """Seconds to wait before restart number ``attempt`` (0-based) of a crash loop."""
-    base = min(policy.max, policy.initial * policy.factor**attempt)
+    try:
+        grown = policy.initial * policy.factor**attempt
+    except OverflowError:  # a long crash loop: factor**attempt is past the float range, so past max
+        grown = policy.max
+    base = min(policy.max, grown)
     spread = base * policy.jitter
     return max(0.0, min(policy.max, base + rng.uniform(-spread, spread)))

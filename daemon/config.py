@@ -46,7 +46,7 @@ _DAEMON_KEYS = ("control_group", "runtime_dir", "state_dir")
 # Any of these keys makes a child table a supervisor rather than a worker.
 _SUPERVISOR_MARKERS = ("children", "strategy", "intensity", "period")
 _SUPERVISOR_KEYS = ("name", "restart", *_SUPERVISOR_MARKERS)
-_WORKER_KEYS = ("agent", "backoff", "command", "env", "name", "restart", "shutdown", "working_dir")
+_WORKER_KEYS = ("agent", "backoff", "command", "env", "mailbox", "name", "restart", "shutdown", "working_dir")
 _BACKOFF_KEYS = tuple(f.name for f in fields(Backoff))
 _ROOT_FORBIDDEN = {
     "name": f"the root supervisor is always named {ROOT_NAME}",
@@ -241,6 +241,7 @@ def _worker(table: _Table, name: str) -> WorkerSpec:
     table.take(out, "env", _env)
     table.take(out, "working_dir", _string)
     table.take(out, "backoff", _backoff)
+    table.take(out, "mailbox", _mailbox)
     return WorkerSpec(name=name, **out)
 
 
@@ -321,6 +322,13 @@ def _intensity(value: object, key: str, source: str) -> int:
     number = _expect(value, (int,), "an integer", key, source)
     if number < 0:
         raise ConfigError(source, key, f"must be >= 0, got {number}")
+    return number
+
+
+def _mailbox(value: object, key: str, source: str) -> int:
+    number = _expect(value, (int,), "an integer", key, source)
+    if number < 1:
+        raise ConfigError(source, key, f"must be >= 1, got {number}")
     return number
 
 

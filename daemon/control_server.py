@@ -29,6 +29,8 @@ from ipc.errors import ErrorCode, FoundationError
 log = logging.getLogger("foundationd.control")
 
 READ_VERBS = frozenset({"status", "state", "logs", "metrics", "events", "doctor", "flags"})
+# Data-plane verbs: allowed like any mutating verb, but logged at debug level (thousands a second).
+QUIET_VERBS = frozenset({"send", "call"})
 Reply = Callable[[Any], None]
 # A handler answers through ``reply`` (a result) or raises FoundationError; it may keep ``reply``
 # and call it later, when the operation it started has finished.
@@ -149,9 +151,11 @@ class ControlServer:
             if handler is None:
                 raise FoundationError(ErrorCode.UNKNOWN_VERB, f"unknown verb {req.verb!r}")
             self._authorize(conn.peer, req.verb)
-            if req.verb not in READ_VERBS:
+            if req.verb in QUIET_VERBS:
+                log.debug("control: %s %s by %r", req.verb, _brief(req.args), conn.peer)
+            elif req.verb not in READ_VERBS:
                 log.info("control: %s %s by %r", req.verb, _brief(req.args), conn.peer)
-            handler(req, conn.peer, lambda result, rid=req_id: self._send(conn, ok_reply(rid, result)))
+            handler(req, conn.peer, lambda result, rid=req_id: self._send(conn, _reply(rid, result)))
         except FoundationError as err:
             self._send(conn, error_reply(req_id, err))
         except Exception as exc:  # a bug in a handler must not take the daemon down
@@ -210,6 +214,13 @@ class ControlServer:
         self._loop.remove_writer(conn.sock.fileno())
         self._conns.pop(conn.sock.fileno(), None)
         conn.sock.close()
+
+
+def _reply(req_id: Any, result: Any) -> bytes:
+    """A handler answers later with a result, or with a FoundationError for a structured failure."""
+    if isinstance(result, FoundationError):
+        return error_reply(req_id, result)
+    return ok_reply(req_id, result)
 
 
 def _group_id(name: str | None) -> int | None:

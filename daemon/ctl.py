@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -199,6 +199,86 @@ def _run_shutdown(client: ControlClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# send / call
+
+
+def _setup_send(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the recipient agent")
+    parser.add_argument("body", metavar="JSON", help="the message, a JSON value; - reads one per line of stdin")
+    parser.set_defaults(verb_name="send")
+    _add_json(parser)
+
+
+def _run_send(client: ControlClient, args: argparse.Namespace) -> int:
+    if args.body != "-":
+        result = client.request("send", name=args.name, body=_json_arg(args))
+        _print_result(args, result, lambda: str(result.get("id")))
+        return EXIT_OK
+    failed = 0
+    lines = (line for line in sys.stdin if line.strip())
+    bodies = ((n, _json_line(n, line)) for n, line in enumerate(lines, 1))
+    valid = []
+
+    def requests() -> Iterator[tuple[str, dict[str, Any]]]:
+        nonlocal failed
+        for n, body in bodies:
+            if isinstance(body, ValueError):
+                failed += 1
+                print(f"error: bad_request: line {n}: {body}", file=sys.stderr)
+                continue
+            valid.append(n)
+            yield "send", {"name": args.name, "body": body}
+
+    out = sys.stdout
+    for index, result in enumerate(client.pipeline(requests())):
+        if isinstance(result, FoundationError):
+            failed += 1
+            print(f"error: {result.code}: line {valid[index]}: {result.message}", file=sys.stderr)
+        else:
+            out.write(f"{result['id']}\n")
+    out.flush()
+    return EXIT_DAEMON_ERROR if failed else EXIT_OK
+
+
+def _setup_call(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the agent to ask")
+    parser.add_argument("body", metavar="JSON", help="the request, a JSON value")
+    parser.set_defaults(verb_name="call")
+    parser.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait (5)")
+    _add_json(parser)
+
+
+def _run_call(client: ControlClient, args: argparse.Namespace) -> int:
+    result = client.request("call", name=args.name, body=_json_arg(args), timeout=args.timeout)
+    reply = result.get("reply") if isinstance(result, dict) else result
+    if getattr(args, "json", False):
+        _print_result(args, result, str)
+    else:
+        print(orjson.dumps(reply).decode())
+    return EXIT_OK
+
+
+def _check_json(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A message that is not JSON is a usage error (exit 2), caught before the daemon is contacted."""
+    if args.body == "-" and args.verb_name == "send":
+        return
+    try:
+        args.parsed_body = orjson.loads(args.body)
+    except orjson.JSONDecodeError as exc:
+        parser.error(f"JSON argument is not valid JSON: {exc}")
+
+
+def _json_arg(args: argparse.Namespace) -> Any:
+    return args.parsed_body
+
+
+def _json_line(n: int, line: str) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return ValueError(f"not valid JSON: {exc}")
+
+
 VERBS: dict[str, Verb] = {
     verb.name: verb
     for verb in (
@@ -227,6 +307,9 @@ VERBS: dict[str, Verb] = {
         ),
         Verb("detach", "stop a child and remove it from the tree", _run_detach, setup=_add_name),
         Verb("shutdown", "stop every child and the daemon", _run_shutdown, setup=_add_json),
+        Verb("send", "cast a JSON message to an agent; prints its id once durably accepted", _run_send,
+             setup=_setup_send, check=_check_json),
+        Verb("call", "ask an agent and print its reply", _run_call, setup=_setup_call, check=_check_json),
     )
 }
 

@@ -39,6 +39,7 @@ class EventLoop:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._old_handlers: dict[int, object] = {}
+        self._soon: list[Callable[[], None]] = []
         self.stopped = False
 
     # ---- descriptors ----
@@ -77,6 +78,13 @@ class EventLoop:
         heapq.heappush(self._timers, handle)
         return handle
 
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` at the end of this loop turn, after every ready descriptor has been handled.
+
+        This is where group commit happens: all work of one turn is collected, then flushed once.
+        """
+        self._soon.append(callback)
+
     # ---- signals ----
 
     def add_signal_handler(self, signum: int, callback: Callable[[int], None]) -> None:
@@ -107,7 +115,7 @@ class EventLoop:
             self.run_once()
 
     def run_once(self) -> None:
-        for key, mask in self._selector.select(self._timeout()):
+        for key, mask in self._selector.select(0 if self._soon else self._timeout()):
             if self.stopped:
                 return
             reader, writer = key.data
@@ -116,6 +124,15 @@ class EventLoop:
             if mask & selectors.EVENT_WRITE and writer is not None and key.fd in self._selector.get_map():
                 writer()
         self._fire_due_timers()
+        self._run_soon()
+
+    def _run_soon(self) -> None:
+        rounds = 0
+        while self._soon and rounds < 8 and not self.stopped:  # callbacks may add more; bounded per turn
+            batch, self._soon = self._soon, []
+            for callback in batch:
+                callback()
+            rounds += 1
 
     def stop(self) -> None:
         self.stopped = True

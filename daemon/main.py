@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import __version__, paths
+from daemon.broker import Broker
 from daemon.config import ConfigError, DaemonConfig, child_spec_from_dict, load_config
 from daemon.control_server import ControlServer, Peer, Reply
 from daemon.loop import EventLoop, TimerHandle
@@ -33,6 +34,7 @@ from daemon.protocol import (
     Exited,
     Halt,
     Log,
+    Removed,
     Signal,
     Spawn,
     Spawned,
@@ -40,8 +42,9 @@ from daemon.protocol import (
     StartTimer,
     TimerFired,
 )
+from daemon.spec import ChildSpec, SupervisorSpec, WorkerSpec
 from daemon.states import DOWN, State
-from daemon.supervisor import SupervisionTree
+from daemon.supervisor import SupervisionTree, Worker
 from ipc.control import Request
 from ipc.errors import ErrorCode, FoundationError
 
@@ -79,6 +82,7 @@ class Daemon:
             base_env={"FOUNDATION_RUNTIME_DIR": str(runtime_dir), "FOUNDATION_STATE_DIR": str(state_dir)},
         )
         self.control: ControlServer | None = None
+        self.broker: Broker | None = None
         self._timers: dict[int, TimerHandle] = {}
         self._pending: deque[Event] = deque()
         self._waiters: list[Waiter] = []
@@ -91,6 +95,14 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self._on_stop_signal)
         self.loop.add_signal_handler(signal.SIGCHLD, lambda _: self.shell.reap())
+        self.broker = Broker(
+            self.runtime_dir,
+            self.state_dir,
+            self.loop,
+            agent_alive=self._agent_alive,
+            kill=self._kill_agent,
+            mailbox_bound=self._mailbox_bound,
+        )
         self.control = ControlServer(self.runtime_dir, self._handlers(), self.loop, self.config.control_group)
         log.info("foundationd %s (pid %d) starting; control socket %s", __version__, os.getpid(), self.control.path)
         try:
@@ -104,6 +116,8 @@ class Daemon:
         if self.control is not None:
             self.control.close()
         self.shell.close()
+        if self.broker is not None:
+            self.broker.close()
         self.loop.close()
 
     def _on_stop_signal(self, signum: int) -> None:
@@ -113,7 +127,28 @@ class Daemon:
     # ---- core <-> shell ----
 
     def _on_exit(self, event: Exited) -> None:
+        node = self.tree.find_quiet(event.name)
+        if self.broker is not None and isinstance(node, Worker) and node.spec.agent and node.pid == event.pid:
+            self.broker.agent_exited(event.name, event.describe())
         self._apply(self.tree.handle(event))
+
+    # ---- what the broker asks of the tree ----
+
+    def _agent_alive(self, name: str) -> bool | None:
+        node = self.tree.find_quiet(name)
+        if not isinstance(node, Worker) or not node.spec.agent:
+            return None
+        return node.state in (State.STARTING, State.RUNNING)
+
+    def _kill_agent(self, name: str, reason: str) -> None:
+        node = self.tree.find_quiet(name)
+        if isinstance(node, Worker) and node.pid is not None:
+            log.warning("killing %s: %s", name, reason)
+            self.shell.signal(node.pid, signal.SIGKILL)
+
+    def _mailbox_bound(self, name: str) -> int:
+        node = self.tree.find_quiet(name)
+        return node.spec.mailbox if isinstance(node, Worker) else 1
 
     def _apply(self, actions: list[Action]) -> None:
         """Carry out the core's actions; the events they cause go straight back into the core."""
@@ -127,8 +162,12 @@ class Daemon:
     def _act(self, action: Action) -> None:
         match action:
             case Spawn(name, spec):
+                extra = {}
+                if spec.agent and self.broker is not None:
+                    token = self.broker.expect(name)
+                    extra = {"FOUNDATION_BROKER": self.broker.endpoint, "FOUNDATION_AGENT_TOKEN": token}
                 try:
-                    pid = self.shell.spawn(spec)
+                    pid = self.shell.spawn(spec, extra)
                 except SpawnError as exc:
                     self._pending.append(SpawnFailed(name, str(exc)))
                 else:
@@ -143,6 +182,10 @@ class Daemon:
                     handle.cancel()
             case Log(level, message):
                 log.log(LEVELS.get(level, logging.INFO), "%s", message)
+            case Removed(names):
+                if self.broker is not None:
+                    for name in names:
+                        self.broker.forget(name)
             case Halt(code, reason):
                 log.log(logging.INFO if code == 0 else logging.ERROR, "halting: %s", reason)
                 self._exit_code = code
@@ -163,6 +206,8 @@ class Daemon:
             "detach": self._verb_node,
             "attach": self._verb_attach,
             "shutdown": self._verb_shutdown,
+            "send": self._verb_send,
+            "call": self._verb_call,
         }
 
     def status(self) -> dict[str, Any]:
@@ -175,6 +220,7 @@ class Daemon:
                 "state_dir": str(self.state_dir),
             },
             "tree": self.tree.snapshot(),
+            "broker": self.broker.stats() if self.broker is not None else None,
         }
 
     def _verb_node(self, req: Request, peer: Peer, reply: Reply) -> None:
@@ -201,10 +247,33 @@ class Daemon:
             spec = child_spec_from_dict(req.args.get("spec"), key="spec")
         except ConfigError as exc:
             raise FoundationError(ErrorCode.INVALID_SPEC, str(exc)) from None
+        for worker in _workers(spec):
+            # A child that cannot even be spawned would fail in a tight restart loop up to the root.
+            try:
+                self.shell.check(worker)
+            except SpawnError as exc:
+                raise FoundationError(ErrorCode.SPAWN_FAILED, f"{worker.name}: {exc}") from None
         self._apply(self.tree.attach(parent, spec))
         node = self.tree.find(spec.name)
         self._wait(lambda: node.incarnation > 0 and node.state is not State.STARTING,
                    lambda: self._describe(node), reply)
+
+    def _verb_send(self, req: Request, peer: Peer, reply: Reply) -> None:
+        """Cast one message; answered once the daemon has durably accepted it (after the group commit)."""
+        assert self.broker is not None
+        if "body" not in req.args:
+            raise FoundationError(ErrorCode.BAD_REQUEST, "'body' is required (any JSON value)")
+        self.broker.send(_str_arg(req.args, "name"), req.args["body"], _answer(reply, lambda mid: {"id": mid}))
+
+    def _verb_call(self, req: Request, peer: Peer, reply: Reply) -> None:
+        assert self.broker is not None
+        timeout = req.args.get("timeout", 5.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+            raise FoundationError(ErrorCode.BAD_REQUEST, "'timeout' must be a number of seconds in (0, 3600]")
+        if "body" not in req.args:
+            raise FoundationError(ErrorCode.BAD_REQUEST, "'body' is required (any JSON value)")
+        self.broker.call(_str_arg(req.args, "name"), req.args["body"], float(timeout),
+                         _answer(reply, lambda body: {"reply": body}))
 
     def _verb_shutdown(self, req: Request, peer: Peer, reply: Reply) -> None:
         reply({"stopping": True})
@@ -232,6 +301,21 @@ class Daemon:
             if waiter.timer is not None:
                 waiter.timer.cancel()
             waiter.reply(waiter.answer())
+
+
+def _workers(spec: ChildSpec) -> list[WorkerSpec]:
+    if isinstance(spec, SupervisorSpec):
+        return [worker for child in spec.children for worker in _workers(child)]
+    return [spec]
+
+
+def _answer(reply: Reply, shape: Callable[[Any], Any]) -> Callable[[Any, FoundationError | None], None]:
+    """Adapt the broker's (result, error) callback to a control reply."""
+
+    def respond(result: Any, err: FoundationError | None) -> None:
+        reply(err if err is not None else shape(result))
+
+    return respond
 
 
 def _str_arg(args: dict[str, Any], key: str) -> str:

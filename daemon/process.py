@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -75,9 +76,10 @@ class ProcessShell:
     def live(self) -> dict[int, ProcessHandle]:
         return self._by_pid
 
-    def spawn(self, spec: WorkerSpec) -> int:
+    def spawn(self, spec: WorkerSpec, extra_env: dict[str, str] | None = None) -> int:
         argv = self._argv(spec)
         env = self._env(spec)
+        env.update(extra_env or {})
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
             popen = subprocess.Popen(
@@ -102,6 +104,12 @@ class ProcessShell:
         self._add_reader(pidfd, self.reap)
         self._add_reader(read_fd, lambda: self._read_output(handle))
         return popen.pid
+
+    def check(self, spec: WorkerSpec) -> None:
+        """Raise SpawnError now if ``spawn(spec)`` could not start the command (for the attach verb)."""
+        self._argv(spec)
+        if spec.working_dir is not None and not os.path.isdir(spec.working_dir):
+            raise SpawnError(f"{spec.working_dir}: working directory does not exist")
 
     def signal(self, pid: int, sig: int) -> None:
         """Signal the worker's whole process group; the leader through its pidfd."""
@@ -203,14 +211,18 @@ class ProcessShell:
     # ---- argv and environment ----
 
     def _argv(self, spec: WorkerSpec) -> list[str]:
-        if spec.agent is not None:
-            # The agent runtime (messaging + state) is not built yet: refuse clearly instead of half-running.
-            raise SpawnError(f"agent workers ({spec.agent}) need the agent runtime, which is not available yet")
-        command = list(spec.command)
+        # An agent runs under the daemon's own interpreter, never a `python3` found on PATH (a pyenv shim
+        # costs ~80 ms a start).
+        agent_argv = [sys.executable, "-m", "agents.runtime", spec.agent] if spec.agent else None
+        command = agent_argv or list(spec.command)
         path = dict(spec.env).get("PATH", os.environ.get("PATH", os.defpath))
         resolved = shutil.which(command[0], path=path) if "/" not in command[0] else command[0]
         if resolved is None:
             raise SpawnError(f"{command[0]}: command not found on PATH")
+        # With setpriv in front, exec of a bad path would fail only in the child, as an exit 127 crash.
+        target = os.path.join(spec.working_dir or "", resolved) if "/" in command[0] else resolved
+        if not (os.path.isfile(target) and os.access(target, os.X_OK)):
+            raise SpawnError(f"{command[0]}: not an executable file")
         command[0] = resolved
         if self._setpriv is None:
             return command

@@ -4,7 +4,7 @@ Events flow into ``SupervisionTree.handle``; actions flow out. All are frozen va
 feed a script of events and compare the actions with plain equality.
 
     shell ── Spawned / SpawnFailed / Exited / TimerFired ──> core
-    shell <── Spawn / Signal / StartTimer / CancelTimer / Log / Halt ── core
+    shell <── Spawn / Signal / StartTimer / CancelTimer / Log / Removed / Halt ── core
 """
 
 from __future__ import annotations
@@ -90,6 +90,13 @@ class Log:
 
 
 @dataclass(frozen=True)
+class Removed:
+    """A detached child has stopped and left the tree; the shell forgets what it kept for these names."""
+
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Halt:
     """The root supervisor is done: 0 after an orderly shutdown, non-zero after it failed."""
 
@@ -97,4 +104,4 @@ class Halt:
     reason: str
 
 
-Action = Spawn | Signal | StartTimer | CancelTimer | Log | Halt
+Action = Spawn | Signal | StartTimer | CancelTimer | Log | Removed | Halt

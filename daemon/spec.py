@@ -55,6 +55,7 @@ class WorkerSpec:
     env: tuple[tuple[str, str], ...] = ()
     working_dir: str | None = None
     backoff: Backoff | None = None
+    mailbox: int = 10_000  # an agent's bound on undone messages; past it, send fails with mailbox_full
 
     @property
     def is_supervisor(self) -> bool:

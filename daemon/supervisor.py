@@ -39,6 +39,7 @@ from daemon.protocol import (
     Exited,
     Halt,
     Log,
+    Removed,
     Signal,
     Spawn,
     Spawned,
@@ -223,6 +224,9 @@ class SupervisionTree:
             raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no child named {name!r}")
         return node
 
+    def find_quiet(self, name: str) -> AnyNode | None:
+        return self._index.get(name)
+
     def request(self, verb: str, name: str) -> list[Action]:
         """Operator verbs start/stop/restart/detach; validated now, carried out in order."""
         self._refuse_while_shutting_down()
@@ -363,9 +367,11 @@ class SupervisionTree:
             case RemoveStep(node):
                 if node in sup.children:
                     sup.children.remove(node)
-                for name in _names(node.spec):
+                names = tuple(_names(node.spec))
+                for name in names:
                     self._index.pop(name, None)
                 self._emit_log("notice", f"detached {node.name}")
+                self._out.append(Removed(names))
             case FinishStart():
                 sup.transition(State.RUNNING)
                 self._settle(sup, started=True)
@@ -379,6 +385,8 @@ class SupervisionTree:
     def _step_start(self, sup: Supervisor, node: AnyNode) -> None:
         if node.state in ALIVE or node.held or node not in sup.children:
             return
+        if sup.state not in (State.STARTING, State.RUNNING):
+            return  # a stopped or failed supervisor starts nothing; its next start brings the child up
         self._cancel(node.backoff_timer)
         node.backoff_timer = None
         node.incarnation += 1
@@ -517,6 +525,8 @@ class SupervisionTree:
         if wait > 0:
             sup.plan.append(SleepStep(wait))
         for child in group:
+            if child is not node and child.spec.restart is RestartType.TEMPORARY:
+                continue  # OTP: a temporary sibling is stopped with the group, never started again
             child.restarts += 1
             sup.plan.append(StartStep(child))
 

@@ -8,6 +8,8 @@ This module owns the framing, the size limit and request validation; the server 
 from __future__ import annotations
 
 import socket
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,18 @@ def error_reply(req_id: Any, err: FoundationError) -> bytes:
     return encode({"id": req_id, "ok": False, "error": err.to_wire()})
 
 
+def _result(reply: dict[str, Any]) -> Any:
+    """A reply's result, or its error as a FoundationError value (not raised)."""
+    if reply.get("ok"):
+        return reply.get("result")
+    err = reply.get("error") or {}
+    try:
+        code = ErrorCode(err.get("code"))
+    except ValueError:
+        code = ErrorCode.INTERNAL
+    return FoundationError(code, str(err.get("message", "")))
+
+
 class ControlUnreachable(Exception):
     """The daemon's control socket cannot be reached (not running, wrong runtime dir, no permission)."""
 
@@ -86,15 +100,48 @@ class ControlClient:
 
     def request(self, verb: str, **args: Any) -> Any:
         """Send one request; return its result or raise FoundationError with the daemon's code."""
-        reply = self.raw(encode({"id": self._bump(), "verb": verb, "args": args}))
-        if reply.get("ok"):
-            return reply.get("result")
-        err = reply.get("error") or {}
+        result = _result(self.raw(encode({"id": self._bump(), "verb": verb, "args": args})))
+        if isinstance(result, FoundationError):
+            raise result
+        return result
+
+    def pipeline(self, requests: Iterable[tuple[str, dict[str, Any]]], window: int = 512) -> Iterator[Any]:
+        """Send many requests with up to ``window`` unanswered; yield each result or FoundationError, in order.
+
+        Replies may come back out of order (a quick error overtakes a send waiting for its group commit),
+        so they are matched by id.
+        """
+        it = iter(requests)
+        waiting: dict[int, Any] = {}
+        order: deque[int] = deque()
+        exhausted = False
+        while order or not exhausted:
+            while not exhausted and len(order) < window:
+                try:
+                    verb, args = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                req_id = self._bump()
+                order.append(req_id)
+                self._send_raw(encode({"id": req_id, "verb": verb, "args": args}))
+            while order and order[0] not in waiting:
+                reply = orjson.loads(self._read_line_or_fail())
+                waiting[reply.get("id")] = reply
+            while order and order[0] in waiting:
+                yield _result(waiting.pop(order.popleft()))
+
+    def _send_raw(self, payload: bytes) -> None:
         try:
-            code = ErrorCode(err.get("code"))
-        except ValueError:
-            code = ErrorCode.INTERNAL
-        raise FoundationError(code, str(err.get("message", "")))
+            self._sock.sendall(payload)
+        except OSError as exc:
+            raise ControlUnreachable(f"control connection failed: {exc.strerror or exc}") from exc
+
+    def _read_line_or_fail(self) -> bytes:
+        try:
+            return self._read_line()
+        except OSError as exc:
+            raise ControlUnreachable(f"control connection failed: {exc.strerror or exc}") from exc
 
     def raw(self, payload: bytes) -> dict[str, Any]:
         """Send raw bytes (tests use this for malformed requests) and read one reply line."""

@@ -20,6 +20,13 @@ class ErrorCode(StrEnum):
     NOT_A_SUPERVISOR = "not_a_supervisor"
     SPAWN_FAILED = "spawn_failed"
     SHUTTING_DOWN = "shutting_down"
+    NO_SUCH_AGENT = "no_such_agent"  # a message to a name that is not an agent in the tree
+    MAILBOX_FULL = "mailbox_full"  # the recipient's mailbox is at its bound: back off and retry
+    TIMEOUT = "timeout"  # a call got no reply in time
+    AGENT_DOWN = "agent_down"  # the callee died before it answered
+    UNAUTHORIZED = "unauthorized"  # a hello with a wrong or reused token
+    HANDLER_ERROR = "handler_error"  # the recipient's handler raised; the message failed, its state is unchanged
+    INVALID_STATE = "invalid_state"  # a handler returned a state its schema rejects; the old state stays
     INTERNAL = "internal"  # a bug in the daemon; the request failed, the daemon keeps running
 
 

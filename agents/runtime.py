@@ -1,0 +1,293 @@
+"""The process an SDK agent runs in: ``python -m agents.runtime package.module:Class``.
+
+    foundationd ──spawn (env: name, one-time token, broker endpoint, state dir)──> runtime
+    runtime: open LMDB state ─> init/mount ─> DEALER connect ─> hello ─> loop:
+        deliver ─> seq already handled? done : handler ─> validate ─> commit(state, seq) ─> done[+reply]
+
+The order inside the loop is the exactly-once argument: the state and the handled ``seq`` commit in one
+LMDB transaction, and ``done`` leaves only after that commit. A crash before the commit loses the effect
+and the message comes again; a crash after it makes the message come again with a ``seq`` the state
+already covers, and it is skipped. Fork safety: the ZeroMQ context and the LMDB environment are made
+here, after exec, never inherited.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from agents.sdk import Agent, InvalidState, load_agent_class, validate_state
+from agents.state import StateStore, agent_state_path
+from ipc import wire
+from ipc.errors import ErrorCode, FoundationError
+
+log = logging.getLogger("agent")
+
+REQUEST_TIMEOUT = 30.0  # how long a send waits for the daemon's accept
+
+
+class Stop(Exception):
+    """SIGTERM arrived while the runtime was waiting: leave the loop in order."""
+
+
+class AgentRuntime:
+    def __init__(self, agent: Agent, name: str, endpoint: str, token: str | None, store: StateStore) -> None:
+        self.agent = agent
+        self.name = name
+        self._endpoint = endpoint
+        self._token = token
+        self._store = store
+        self._ctx = zmq.Context(io_threads=1)
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 2000)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE)
+        self._inbox: deque[dict[str, Any]] = deque()  # deliveries that arrived while we waited for a reply
+        self._ref = 0
+        self._heartbeat = 1.0
+        self._next_beat = 0.0
+        self._cause: int | None = None
+        self._sends_in_cause = 0
+        self._stopping = False
+        self._waiting = False
+        self.state: Any = None
+        self.last_seq = 0
+        agent._runtime = self
+
+    # ---- lifecycle ----
+
+    def run(self) -> int:
+        state, self.last_seq = self._store.load()
+        self.state = self.agent.init() if state is None else state
+        validate_state(self.agent, self.state)
+        self.agent.mount(self.state)
+        self._sock.connect(self._endpoint)
+        self._hello()
+        try:
+            while not self._stopping:
+                if self._inbox:
+                    self._handle(self._inbox.popleft())
+                else:
+                    self._wait_and_dispatch()
+        except Stop:
+            pass
+        self.agent.shutdown(self.state)
+        return 0
+
+    def close(self) -> None:
+        self._sock.close(linger=500)
+        self._ctx.term()
+        self._store.close()
+
+    def on_sigterm(self, signum: int, frame: object) -> None:
+        self._stopping = True
+        if self._waiting:
+            raise Stop
+
+    def _hello(self) -> None:
+        self._send("hello", name=self.name, token=self._token)
+        msg = self._receive_until(lambda m: m["kind"] in ("welcome", "error"), timeout=REQUEST_TIMEOUT)
+        if msg is None or msg["kind"] == "error":
+            detail = msg["error"] if msg else "no answer"
+            raise SystemExit(f"agent {self.name}: the daemon refused hello: {detail}")
+        self._heartbeat = float(msg["heartbeat"])
+        self._next_beat = time.monotonic() + self._heartbeat
+
+    # ---- receiving ----
+
+    def _wait_and_dispatch(self) -> None:
+        frame = self._poll(max(0.0, self._next_beat - time.monotonic()))
+        self._beat_if_due()
+        if frame is not None:
+            self._dispatch(frame)
+
+    def _poll(self, timeout: float) -> dict[str, Any] | None:
+        self._waiting = True
+        try:
+            if self._stopping:
+                raise Stop
+            if not self._sock.poll(int(timeout * 1000) + 1, zmq.POLLIN):
+                return None
+            raw = self._sock.recv(zmq.NOBLOCK)
+        finally:
+            self._waiting = False
+        try:
+            return wire.decode(raw)
+        except wire.WireError as err:
+            log.warning("agent %s: bad frame from the daemon: %s", self.name, err)
+            return None
+
+    def _beat_if_due(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_beat:
+            self._send("heartbeat")
+            self._next_beat = now + self._heartbeat
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind = msg["kind"]
+        if kind == "deliver":
+            self._handle(msg)
+        elif kind == "error":
+            log.error("agent %s: daemon says: %s", self.name, msg["error"])
+
+    def _receive_until(self, match: Any, timeout: float) -> dict[str, Any] | None:
+        """Wait for the frame ``match`` accepts; deliveries meanwhile are kept, in order, for later."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            msg = self._poll(min(left, max(0.0, self._next_beat - time.monotonic())))
+            self._beat_if_due()
+            if msg is None:
+                continue
+            if match(msg):
+                return msg
+            if msg["kind"] == "deliver":
+                self._inbox.append(msg)
+
+    # ---- handling ----
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        seq = msg["seq"]
+        if seq is not None and seq <= self.last_seq:
+            self._send("done", id=msg["id"])  # handled before a crash: its effect is in the state already
+            return
+        self._cause, self._sends_in_cause = seq, 0
+        reply: Any = None
+        try:
+            new_state, reply = self._run_handler(msg)
+            validate_state(self.agent, new_state)
+        except Exception as exc:
+            self._fail(msg, seq, exc)
+            return
+        finally:
+            self._cause = None
+        if seq is not None or new_state != self.state:
+            self._store.commit(new_state, seq if seq is not None else self.last_seq)
+        self.state = new_state
+        if seq is not None:
+            self.last_seq = seq
+        self.agent.on_after_validate_state(self.state)
+        fields = {"reply": reply} if msg["call"] else {}
+        self._send("done", id=msg["id"], **fields)
+
+    def _run_handler(self, msg: dict[str, Any]) -> tuple[Any, Any]:
+        body = msg["body"]
+        if msg["call"]:
+            reply, state = self.agent.handle_call(body, self.state)
+            return state, reply
+        if msg["info"]:
+            return self.agent.handle_info(body, self.state), None
+        return self.agent.handle_cast(body, self.state), None
+
+    def _fail(self, msg: dict[str, Any], seq: int | None, exc: Exception) -> None:
+        """The message failed; the old state stays. It is marked handled so it cannot poison the mailbox."""
+        if isinstance(exc, FoundationError):
+            error = exc.to_wire()
+        else:
+            error = wire.error_body(ErrorCode.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
+        kind = "invalid state" if isinstance(exc, InvalidState) else "handler error"
+        print(f"agent {self.name}: {kind} on {msg['id']}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        if seq is not None:
+            self._store.commit(self.state, seq)
+            self.last_seq = seq
+        self._send("done", id=msg["id"], error=error)
+
+    # ---- the Runtime protocol (what Agent.send & co. call) ----
+
+    def send(self, to: str, body: Any) -> str:
+        extra: dict[str, Any] = {}
+        if self._cause is not None:
+            self._sends_in_cause += 1
+            extra["chan"] = [self._cause, self._sends_in_cause]
+        ref = self._next_ref()
+        self._send("cast", ref=ref, to=to, body=body, **extra)
+        answer = self._await_ref(ref, ("accept", "reject"), REQUEST_TIMEOUT)
+        if answer["kind"] == "reject":
+            raise _error(answer["error"])
+        return answer["id"]
+
+    def call(self, to: str, body: Any, timeout: float) -> Any:
+        ref = self._next_ref()
+        self._send("call", ref=ref, to=to, body=body, timeout=timeout)
+        answer = self._await_ref(ref, ("reply",), timeout + 1.0)
+        if "error" in answer:
+            raise _error(answer["error"])
+        return answer.get("body")
+
+    def monitor(self, target: str) -> int:
+        ref = self._next_ref()
+        self._send("monitor", ref=ref, target=target)
+        answer = self._await_ref(ref, ("accept", "reject"), REQUEST_TIMEOUT)
+        if answer["kind"] == "reject":
+            raise _error(answer["error"])
+        return ref
+
+    def demonitor(self, ref: int) -> None:
+        self._send("demonitor", ref=ref)
+
+    def set_timer(self, after: float, every: float | None) -> int:
+        ref = self._next_ref()
+        self._send("timer", ref=ref, after=after, every=every)
+        return ref
+
+    def cancel_timer(self, ref: int) -> None:
+        self._send("cancel_timer", ref=ref)
+
+    def _await_ref(self, ref: int, kinds: tuple[str, ...], timeout: float) -> dict[str, Any]:
+        msg = self._receive_until(lambda m: m["kind"] in kinds and m.get("ref") == ref, timeout)
+        if msg is None:
+            raise FoundationError(ErrorCode.TIMEOUT, f"no answer from the daemon within {timeout}s")
+        return msg
+
+    def _next_ref(self) -> int:
+        self._ref += 1
+        return self._ref
+
+    def _send(self, kind: str, **fields: Any) -> None:
+        self._sock.send(wire.encode(kind, **fields))
+
+
+def _error(error: dict[str, Any]) -> FoundationError:
+    try:
+        code = ErrorCode(error.get("code"))
+    except ValueError:
+        code = ErrorCode.INTERNAL
+    return FoundationError(code, str(error.get("message", "")))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or ":" not in args[0]:
+        print("usage: python -m agents.runtime package.module:Class", file=sys.stderr)
+        return 2
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+    env = os.environ
+    name = env.get("FOUNDATION_NAME", "")
+    endpoint = env.get("FOUNDATION_BROKER", "")
+    if not name or not endpoint:
+        print("agents.runtime: FOUNDATION_NAME and FOUNDATION_BROKER must be set (run me under foundationd)",
+              file=sys.stderr)
+        return 2
+    agent = load_agent_class(args[0])()
+    state_dir = Path(env.get("FOUNDATION_STATE_DIR", "."))
+    store = StateStore(agent_state_path(state_dir, name))
+    runtime = AgentRuntime(agent, name, endpoint, env.get("FOUNDATION_AGENT_TOKEN"), store)
+    signal.signal(signal.SIGTERM, runtime.on_sigterm)
+    try:
+        return runtime.run()
+    finally:
+        runtime.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The agent SDK: subclass ``Agent``, name it in the config as ``agent = "module:Class"``.
+
+    class Counter(Agent):
+        def init(self):                      return {"count": 0}
+        def handle_cast(self, msg, state):   return {"count": state["count"] + msg["add"]}
+        def handle_call(self, msg, state):   return {"count": state["count"]}, state
+
+The runtime (agents/runtime.py) loads the last committed state (or calls ``init``), calls ``mount``,
+then hands every message to a handler. A handler returns the new state; the runtime validates it
+(``schema``), commits it in LMDB together with the message's sequence number, and only then tells the
+daemon the message is done. If the handler raises or the state is invalid, that one message fails with
+a structured error, the old state stays and the agent carries on.
+
+Hooks, as in OTP's gen_server plus the state-persistence plan this project grew from:
+``init``, ``mount``, ``handle_cast``, ``handle_call``, ``handle_info`` (ticks and down notices),
+``on_after_validate_state``, ``shutdown``. From a handler, ``self.send``, ``self.call``,
+``self.monitor`` and ``self.set_timer`` reach other agents and the daemon.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ipc.errors import ErrorCode, FoundationError
+
+
+class Runtime(Protocol):
+    """What an agent may ask of whatever runs it: the real runtime, or the in-process test harness."""
+
+    name: str
+
+    def send(self, to: str, body: Any) -> str: ...
+    def call(self, to: str, body: Any, timeout: float) -> Any: ...
+    def monitor(self, target: str) -> int: ...
+    def demonitor(self, ref: int) -> None: ...
+    def set_timer(self, after: float, every: float | None) -> int: ...
+    def cancel_timer(self, ref: int) -> None: ...
+
+
+class InvalidState(FoundationError):
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INVALID_STATE, message)
+
+
+class Agent:
+    """Base class of Python agents. Override what you need; every hook has a sensible default."""
+
+    # Validates every new state: a dataclass (the state must be a dict of its fields) or a callable that
+    # raises or returns False for an invalid state. None: anything JSON-serialisable is accepted.
+    schema: type | Callable[[Any], Any] | None = None
+
+    _runtime: Runtime | None = None
+
+    # ---- hooks ----
+
+    def init(self) -> Any:
+        """The first state, used when nothing has been persisted yet."""
+        return {}
+
+    def mount(self, state: Any) -> None:
+        """Called once the state is loaded, before the first message."""
+
+    def handle_cast(self, msg: Any, state: Any) -> Any:
+        """A one-way message; return the new state."""
+        return state
+
+    def handle_call(self, msg: Any, state: Any) -> tuple[Any, Any]:
+        """A request; return (reply, new state)."""
+        raise FoundationError(ErrorCode.BAD_REQUEST, f"{type(self).__name__} does not answer calls")
+
+    def handle_info(self, info: Any, state: Any) -> Any:
+        """``{"tick": ref}`` from a timer, ``{"down": {"ref", "target", "reason"}}`` from a monitor."""
+        return state
+
+    def on_after_validate_state(self, state: Any) -> None:
+        """Called after every accepted (validated and committed) state change."""
+
+    def shutdown(self, state: Any) -> None:
+        """Called on an orderly stop (SIGTERM), after the last message."""
+
+    # ---- reaching out ----
+
+    @property
+    def name(self) -> str:
+        return self._rt().name
+
+    def send(self, to: str, body: Any) -> str:
+        """Cast to another agent; returns the message id once the daemon has durably accepted it."""
+        return self._rt().send(to, body)
+
+    def call(self, to: str, body: Any, timeout: float = 5.0) -> Any:
+        return self._rt().call(to, body, timeout)
+
+    def monitor(self, target: str) -> int:
+        """Ask for ``{"down": ...}`` in handle_info when ``target`` dies; returns the monitor's ref."""
+        return self._rt().monitor(target)
+
+    def demonitor(self, ref: int) -> None:
+        self._rt().demonitor(ref)
+
+    def set_timer(self, after: float, every: float | None = None) -> int:
+        """The daemon sends ``{"tick": ref}`` after ``after`` seconds (then every ``every``)."""
+        return self._rt().set_timer(after, every)
+
+    def cancel_timer(self, ref: int) -> None:
+        self._rt().cancel_timer(ref)
+
+    def _rt(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError("this agent is not running under a runtime or harness")
+        return self._runtime
+
+
+def validate_state(agent: Agent, state: Any) -> None:
+    """Raise InvalidState if ``agent.schema`` rejects ``state``."""
+    schema = agent.schema
+    if schema is None:
+        return
+    try:
+        if dataclasses.is_dataclass(schema) and isinstance(schema, type):
+            if not isinstance(state, dict):
+                raise TypeError(f"expected an object, got {type(state).__name__}")
+            schema(**state)
+            return
+        ok = schema(state)
+    except Exception as exc:
+        raise InvalidState(f"state rejected by schema: {exc}") from exc
+    if ok is False:
+        raise InvalidState("state rejected by schema")
+
+
+def load_agent_class(ref: str) -> type[Agent]:
+    """``"package.module:Class"`` -> the class, checked to be an Agent."""
+    module_name, _, class_name = ref.partition(":")
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise TypeError(f"{ref} is not an Agent subclass")
+    return cls
