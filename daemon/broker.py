@@ -106,6 +106,7 @@ class Broker:
         self._boxes: dict[str, Mailbox] = {}
         self._staged: list[Staged] = []
         self._staged_count: dict[str, int] = {}
+        self._after_flush: list[Callable[[], None]] = []
         self._batch = Batch()
         self._flush_scheduled = False
         self._next_seq: dict[str, int] = {}
@@ -190,8 +191,13 @@ class Broker:
 
     # ---- the control socket's entry points (anonymous sender) ----
 
-    def send(self, to: str, body: Any, respond: Respond) -> None:
-        self._cast(None, to, body, None, respond)
+    def send(self, to: str, body: Any, respond: Respond, producer: str | None = None, seq: int | None = None) -> None:
+        """A cast from outside the tree. With ``producer`` and ``seq`` (increasing per producer) a resend
+        after a lost answer is recognised and answered with the first id instead of being queued twice."""
+        if producer is not None and seq is not None:
+            self._cast(f"ctl:{producer}", to, body, [seq, 0], respond)
+        else:
+            self._cast(None, to, body, None, respond)
 
     def call(self, to: str, body: Any, timeout: float, respond: Respond) -> None:
         self._call(None, to, body, timeout, respond)
@@ -361,7 +367,10 @@ class Broker:
         if chan is not None and sender is not None:
             mark = self._chans.get((sender, to))
             if mark is not None and chan <= mark[:2]:
-                respond(mark[2] if chan == mark[:2] else "duplicate", None)
+                # Answer only after this turn's commit: the first copy may still be staged, not yet on disk.
+                first = mark[2] if chan == mark[:2] else "duplicate"
+                self._after_flush.append(lambda: respond(first, None))
+                self._schedule_flush()
                 return
         seq = self._next_seq.get(to, 1)
         self._next_seq[to] = seq + 1
@@ -400,8 +409,8 @@ class Broker:
     def _flush(self) -> None:
         """Group commit: one durable transaction for the turn, then accepts and deliveries."""
         self._flush_scheduled = False
-        batch, staged = self._batch, self._staged
-        self._batch, self._staged, self._staged_count = Batch(), [], {}
+        batch, staged, after = self._batch, self._staged, self._after_flush
+        self._batch, self._staged, self._staged_count, self._after_flush = Batch(), [], {}, []
         if batch:
             try:
                 self._outbox.commit(batch)
@@ -418,6 +427,8 @@ class Broker:
             touched.add(item.recipient)
             if item.respond is not None:
                 item.respond(item.entry.id, None)
+        for callback in after:
+            callback()
         for name in touched:
             self._pump(name)
         # Sending may have consumed the socket's edge-triggered readiness: look again.

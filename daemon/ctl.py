@@ -206,6 +206,9 @@ def _setup_send(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="the recipient agent")
     parser.add_argument("body", metavar="JSON", help="the message, a JSON value; - reads one per line of stdin")
     parser.set_defaults(verb_name="send")
+    parser.add_argument("--producer", metavar="ID",
+                        help="with -: number the lines 1, 2, ... under this producer id, so that running the same "
+                        "input again after a failure skips what was already accepted")
     _add_json(parser)
 
 
@@ -227,7 +230,8 @@ def _run_send(client: ControlClient, args: argparse.Namespace) -> int:
                 print(f"error: bad_request: line {n}: {body}", file=sys.stderr)
                 continue
             valid.append(n)
-            yield "send", {"name": args.name, "body": body}
+            extra = {"producer": args.producer, "seq": n} if args.producer else {}
+            yield "send", {"name": args.name, "body": body, **extra}
 
     out = sys.stdout
     for index, result in enumerate(client.pipeline(requests())):

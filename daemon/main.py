@@ -263,7 +263,12 @@ class Daemon:
         assert self.broker is not None
         if "body" not in req.args:
             raise FoundationError(ErrorCode.BAD_REQUEST, "'body' is required (any JSON value)")
-        self.broker.send(_str_arg(req.args, "name"), req.args["body"], _answer(reply, lambda mid: {"id": mid}))
+        producer, seq = req.args.get("producer"), req.args.get("seq")
+        paired = isinstance(producer, str) and producer and isinstance(seq, int) and not isinstance(seq, bool)
+        if (producer is not None or seq is not None) and not paired:
+            raise FoundationError(ErrorCode.BAD_REQUEST, "'producer' (string) and 'seq' (integer) go together")
+        self.broker.send(_str_arg(req.args, "name"), req.args["body"], _answer(reply, lambda mid: {"id": mid}),
+                         producer=producer, seq=seq)
 
     def _verb_call(self, req: Request, peer: Peer, reply: Reply) -> None:
         assert self.broker is not None
