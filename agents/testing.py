@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import psutil
 
+from agents.sdk import validate_state
 from ipc.control import SOCKET_NAME, ControlClient, ControlUnreachable
 
 T = TypeVar("T")
@@ -167,3 +168,102 @@ class DaemonProcess:
                 raise AssertionError(f"foundationd ignored SIGTERM: {self.log()}") from None
         # Children die by PDEATHSIG or by the daemon's own stop; give the kernel a moment to deliver.
         wait_for(lambda: not self.leftovers(), timeout=10, what="no process left behind")
+
+
+# ---- an in-process harness for unit tests of user agents ----
+
+
+class AgentHarness:
+    """Drive an Agent class synchronously, without a daemon: fast unit tests for user agents.
+
+    It applies the same rules as the real runtime: ``init`` when no state is given, ``mount``, schema
+    validation of every new state, the old state kept when a handler raises or returns an invalid state
+    (the error is raised to the test as the runtime would report it), ``on_after_validate_state``
+    after every accepted change. What the agent sends, calls, monitors or schedules is recorded;
+    ``call_replies`` answers its calls.
+
+        h = AgentHarness(Counter)
+        h.cast({"add": 2})
+        assert h.call({"get": True}) == {"count": 2}
+    """
+
+    def __init__(self, agent_class: type, state: Any = None, name: str = "agent-under-test",
+                 call_replies: Callable[[str, Any], Any] | None = None) -> None:
+        self._validate = validate_state
+        self.name = name
+        self.agent = agent_class()
+        self.agent._runtime = _HarnessRuntime(self)
+        self.sent: list[tuple[str, Any]] = []
+        self.calls: list[tuple[str, Any]] = []
+        self.monitors: dict[int, str] = {}
+        self.timers: dict[int, tuple[float, float | None]] = {}
+        self._call_replies = call_replies
+        self._ref = 0
+        self.state = self.agent.init() if state is None else state
+        self._validate(self.agent, self.state)
+        self.agent.mount(self.state)
+
+    def cast(self, body: Any) -> Any:
+        return self._apply(lambda: (self.agent.handle_cast(body, self.state), None))[0]
+
+    def call(self, body: Any) -> Any:
+        return self._apply(lambda: _swap(self.agent.handle_call(body, self.state)))[1]
+
+    def info(self, body: Any) -> Any:
+        return self._apply(lambda: (self.agent.handle_info(body, self.state), None))[0]
+
+    def tick(self, ref: int) -> Any:
+        return self.info({"tick": ref})
+
+    def down(self, ref: int, reason: str = "killed") -> Any:
+        target = self.monitors.pop(ref)
+        return self.info({"down": {"ref": ref, "target": target, "reason": reason}})
+
+    def stop(self) -> None:
+        self.agent.shutdown(self.state)
+
+    def _apply(self, run: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+        new_state, reply = run()
+        self._validate(self.agent, new_state)
+        self.state = new_state
+        self.agent.on_after_validate_state(self.state)
+        return self.state, reply
+
+
+class _HarnessRuntime:
+    """What the agent sees as its runtime inside an AgentHarness: records instead of sending."""
+
+    def __init__(self, harness: AgentHarness) -> None:
+        self.h = harness
+        self.name = harness.name
+
+    def send(self, to: str, body: Any) -> str:
+        self.h.sent.append((to, body))
+        return f"{to}/{len(self.h.sent)}"
+
+    def call(self, to: str, body: Any, timeout: float) -> Any:
+        self.h.calls.append((to, body))
+        if self.h._call_replies is None:
+            raise AssertionError(f"the agent called {to!r} but the harness has no call_replies")
+        return self.h._call_replies(to, body)
+
+    def monitor(self, target: str) -> int:
+        self.h._ref += 1
+        self.h.monitors[self.h._ref] = target
+        return self.h._ref
+
+    def demonitor(self, ref: int) -> None:
+        self.h.monitors.pop(ref, None)
+
+    def set_timer(self, after: float, every: float | None) -> int:
+        self.h._ref += 1
+        self.h.timers[self.h._ref] = (after, every)
+        return self.h._ref
+
+    def cancel_timer(self, ref: int) -> None:
+        self.h.timers.pop(ref, None)
+
+
+def _swap(pair: tuple[Any, Any]) -> tuple[Any, Any]:
+    reply, state = pair
+    return state, reply

@@ -262,6 +262,12 @@ def _run_call(client: ControlClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_state(client: ControlClient, args: argparse.Namespace) -> int:
+    result = client.request("state", name=args.name)
+    _print_result(args, result, lambda: orjson.dumps(result.get("state")).decode())
+    return EXIT_OK
+
+
 def _check_json(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """A message that is not JSON is a usage error (exit 2), caught before the daemon is contacted."""
     if args.body == "-" and args.verb_name == "send":
@@ -314,6 +320,7 @@ VERBS: dict[str, Verb] = {
         Verb("send", "cast a JSON message to an agent; prints its id once durably accepted", _run_send,
              setup=_setup_send, check=_check_json),
         Verb("call", "ask an agent and print its reply", _run_call, setup=_setup_call, check=_check_json),
+        Verb("state", "print an agent's persisted state", _run_state, setup=_add_name),
     )
 }
 

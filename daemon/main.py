@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agents.state import StateError, StateStore, agent_state_path
 from daemon import __version__, paths
 from daemon.broker import Broker
 from daemon.config import ConfigError, DaemonConfig, child_spec_from_dict, load_config
@@ -206,6 +207,7 @@ class Daemon:
             "detach": self._verb_node,
             "attach": self._verb_attach,
             "shutdown": self._verb_shutdown,
+            "state": self._verb_state,
             "send": self._verb_send,
             "call": self._verb_call,
         }
@@ -257,6 +259,23 @@ class Daemon:
         node = self.tree.find(spec.name)
         self._wait(lambda: node.incarnation > 0 and node.state is not State.STARTING,
                    lambda: self._describe(node), reply)
+
+    def _verb_state(self, req: Request, peer: Peer, reply: Reply) -> None:
+        """An agent's last committed state, read from its LMDB store (a short read transaction)."""
+        name = _str_arg(req.args, "name")
+        node = self.tree.find(name)
+        if not isinstance(node, Worker) or not node.spec.agent:
+            raise FoundationError(ErrorCode.NO_SUCH_AGENT, f"{name!r} is not an agent")
+        path = agent_state_path(self.state_dir, name)
+        if not (path / "data.mdb").exists():
+            reply({"name": name, "state": None, "last_seq": 0})
+            return
+        try:
+            with StateStore(path) as store:
+                state, last_seq = store.load()
+        except StateError as exc:
+            raise FoundationError(ErrorCode.INTERNAL, f"cannot read the state of {name!r}: {exc}") from None
+        reply({"name": name, "state": state, "last_seq": last_seq})
 
     def _verb_send(self, req: Request, peer: Peer, reply: Reply) -> None:
         """Cast one message; answered once the daemon has durably accepted it (after the group commit)."""

@@ -553,7 +553,8 @@ class SupervisionTree:
         return node
 
     def _refuse_while_shutting_down(self) -> None:
-        if self.shutting_down or self.halted is not None:
+        failing = self.root.state is State.STOPPING  # the root is stopping its children to halt(1)
+        if self.shutting_down or self.halted is not None or failing:
             raise FoundationError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
 
     def _start_timer(self, delay: float, callback: Callable[[], None]) -> int:
