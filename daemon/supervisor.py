@@ -229,6 +229,8 @@ class SupervisionTree:
 
     def request(self, verb: str, name: str) -> list[Action]:
         """Operator verbs start/stop/restart/detach; validated now, carried out in order."""
+        if verb not in ("start", "stop", "restart", "detach"):
+            raise FoundationError(ErrorCode.UNKNOWN_VERB, f"the tree knows no verb {verb!r}")
         self._refuse_while_shutting_down()
         node = self.find(name)
         if node.parent is None:

@@ -12,6 +12,7 @@ import re
 import signal
 
 import pytest
+from fakeshell import SIGKILL, SIGTERM, FakeShell, halts, kinds, spawns, timers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +30,6 @@ from daemon.spec import (
 from daemon.states import ALIVE, DOWN
 from daemon.supervisor import Supervisor, Worker, should_restart
 from ipc.errors import ErrorCode, FoundationError
-from fakeshell import SIGKILL, SIGTERM, FakeShell, halts, kinds, spawns, timers
 
 PERMANENT, TRANSIENT, TEMPORARY = RestartType.PERMANENT, RestartType.TRANSIENT, RestartType.TEMPORARY
 ONE_FOR_ONE, ONE_FOR_ALL, REST_FOR_ONE = Strategy.ONE_FOR_ONE, Strategy.ONE_FOR_ALL, Strategy.REST_FOR_ONE
@@ -46,7 +46,7 @@ def S(name: str, *children, **kw) -> SupervisorSpec:
 def booted(*children, **kw) -> FakeShell:
     sh = FakeShell(S("root", *children, **kw))
     sh.boot()
-    assert set(sh.live) == {n for n in _worker_names(sh.tree.root)}, "boot did not start every worker"
+    assert set(sh.live) == set(_worker_names(sh.tree.root)), "boot did not start every worker"
     return sh
 
 
@@ -86,7 +86,7 @@ def test_boot_starts_children_in_order_depth_first():
     assert kinds(actions) == ["spawn a", "spawn x", "spawn y", "spawn b"]
     assert [sh.state(n) for n in ("root", "a", "n", "x", "y", "b")] == ["running"] * 6
     assert sh.live["a"] < sh.live["x"] < sh.live["y"] < sh.live["b"]
-    assert [a.spec for a in actions if isinstance(a, Spawn)][0] == W("a")
+    assert next(a.spec for a in actions if isinstance(a, Spawn)) == W("a")
 
 
 def test_should_restart_decision_table():
@@ -619,6 +619,17 @@ def test_requests_during_shutdown_raise_shutting_down():
     assert info.value.code is ErrorCode.SHUTTING_DOWN
 
 
+def test_requests_while_the_root_is_failing_raise_shutting_down():
+    sh = booted(W("a"), W("b"), intensity=0)
+    assert kinds(sh.crash("a")) == ["term b"]  # root is failing, waiting for b
+    for call in (lambda: sh.request("start", "a"), lambda: sh.attach("root", W("c"))):
+        with pytest.raises(FoundationError) as info:
+            call()
+        assert info.value.code is ErrorCode.SHUTTING_DOWN
+    assert kinds(sh.exit_after_signal("b")) == ["halt 1"]
+    assert "a" not in sh.live
+
+
 def test_attach_to_a_stopped_supervisor_starts_nothing_until_the_supervisor_starts():
     sh = booted(W("a"), S("n", W("x")))
     sh.request("stop", "n")
@@ -806,31 +817,50 @@ def tree_specs(draw) -> SupervisorSpec:
 
 
 crash_step = st.tuples(st.just("crash"), st.integers(0, 99), st.sampled_from([0, 1, 2, -9, -11]))
-steps = st.lists(
-    st.one_of(
-        st.tuples(st.just("advance"), st.integers(0, 80).map(lambda t: t / 10)),
-        crash_step,
-        crash_step,
-        st.tuples(st.just("exit_signalled"), st.integers(0, 99)),
-        st.tuples(st.just("fail_spawn"), st.integers(0, 99)),
-    ),
-    min_size=6,
-    max_size=40,
+step = st.one_of(
+    st.tuples(st.just("advance"), st.integers(0, 80).map(lambda t: t / 10)),
+    crash_step,
+    crash_step,
+    st.tuples(st.just("exit_signalled"), st.integers(0, 99)),
+    st.tuples(st.just("fail_spawn"), st.integers(0, 99)),
 )
+steps = st.lists(step, min_size=6, max_size=40)
+OPERATOR_VERBS = ("start", "stop", "restart", "detach", "attach")
+operator_step = st.tuples(st.sampled_from(OPERATOR_VERBS), st.integers(0, 99))
 
 
 class Invariants:
-    """Watches every action the shell carries out and checks the tree after every step."""
+    """Watches the tree as it decides and as the shell carries out actions; checks it after every step.
 
-    def __init__(self, sh: FakeShell) -> None:
+    Restart decisions are observed when they are made, through the core's log call (the core returns its
+    actions only after a whole drain, by when a deciding supervisor may have been restarted or a child
+    detached); signals and spawns are checked as the shell carries them out.
+    """
+
+    def __init__(self, sh: FakeShell, *, operator: bool = False) -> None:
         self.sh = sh
+        self.operator = operator  # operator stops and starts go in any order, and may start temporaries
         self.decisions: dict[tuple[str, int], list[float]] = {}  # (supervisor, its incarnation) -> times
         self.temporary_starts: dict[tuple[str, str, int], int] = {}
+        self.temporary_sups: dict[tuple[str, int], int] = {}  # (name, parent incarnation) -> first seen
         self.spawns = 0
+        self.known = {n.name: n for n in self.all_nodes()}  # detached nodes stay findable here
         sh.on_action = self.on_action
+        emit = sh.tree._emit_log
+
+        def spy(level: str, message: str) -> None:
+            if m := DECISION.match(message):
+                self.on_decision(self.node(m["one"] or m["group"]).parent)
+            emit(level, message)
+
+        sh.tree._emit_log = spy
 
     def node(self, name: str):
-        return self.sh.tree.find(name)
+        try:
+            self.known[name] = self.sh.tree.find(name)
+        except FoundationError:
+            pass  # detached since
+        return self.known[name]
 
     def all_nodes(self) -> list:
         out, todo = [], [self.sh.tree.root]
@@ -841,19 +871,21 @@ class Invariants:
                 todo.extend(n.children)
         return out
 
+    def on_decision(self, sup: Supervisor) -> None:
+        # (1) restarts a supervisor decides, per window of `period`, never exceed `intensity`;
+        # a restarted supervisor starts with a clean slate, as a new OTP supervisor process does
+        assert sup.state.value == "running"
+        times = self.decisions.setdefault((sup.name, sup.incarnation), [])
+        now = self.sh.now
+        times.append(now)
+        horizon = now - sup.spec.period
+        assert len([t for t in times if t > horizon]) <= sup.spec.intensity, (sup.name, times)
+
     def on_action(self, action) -> None:
         match action:
-            case Log(_, message) if (m := DECISION.match(message)):
-                # (1) restarts a supervisor decides, per window of `period`, never exceed `intensity`
-                sup = self.node(m["one"] or m["group"]).parent
-                assert sup.state.value == "running"
-                times = self.decisions.setdefault((sup.name, sup.incarnation), [])
-                now = self.sh.now
-                times.append(now)
-                horizon = now - sup.spec.period
-                assert len([t for t in times if t > horizon]) <= sup.spec.intensity, (sup.name, times)
-            case Signal(name, _, _):
-                # (2) a stop goes in reverse start order: every later sibling is already down
+            case Signal(name, _, _) if not self.operator:
+                # (2) a stop goes in reverse start order: every later sibling is already down. Checked when
+                # the shell acts, which is sound: after a Signal its supervisor waits for an Exited event.
                 node = self.node(name)
                 siblings = node.parent.children
                 for later in siblings[siblings.index(node) + 1 :]:
@@ -862,7 +894,7 @@ class Invariants:
             case Spawn(name, spec):
                 self.spawns += 1
                 node = self.node(name)
-                if spec.restart is TEMPORARY:
+                if spec.restart is TEMPORARY and not self.operator:
                     # (3) a temporary worker starts at most once per start of its supervisor
                     key = (name, node.parent.name, node.parent.incarnation)
                     self.temporary_starts[key] = self.temporary_starts.get(key, 0) + 1
@@ -875,8 +907,10 @@ class Invariants:
                 # (4) the core's pid is the one live fake process, and only alive states have one
                 assert n.pid == self.sh.live.get(n.name), (n.name, n.pid, self.sh.live.get(n.name))
                 assert (n.state in ALIVE) == (n.name in self.sh.live), (n.name, n.state)
-            elif n.parent is not None and n.spec.restart is TEMPORARY:
-                assert n.incarnation <= 1, f"temporary supervisor {n.name} started {n.incarnation} times"
+            elif n.parent is not None and n.spec.restart is TEMPORARY and not self.operator:
+                # (3) for supervisors: at most one start per start of its parent
+                first = self.temporary_sups.setdefault((n.name, n.parent.incarnation), n.incarnation)
+                assert n.incarnation <= first + 1, f"temporary supervisor {n.name} started again"
             if n.state in DOWN and isinstance(n, Supervisor):
                 assert not set(_worker_names(n)) & set(self.sh.live), f"{n.name} is down with live children"
         root_decisions = sum(len(v) for (s, _), v in self.decisions.items() if s == "root")
@@ -898,13 +932,12 @@ def apply_step(sh: FakeShell, step: tuple) -> None:
         signalled = [n for n in live if sh.signalled.get(n)]
         if signalled:
             sh.exit_after_signal(signalled[step[1] % len(signalled)])
-    elif kind == "fail_spawn":
-        names = sorted(n.name for n in sh.tree.workers())
+    elif kind == "fail_spawn" and (names := sorted(n.name for n in sh.tree.workers())):
         name = names[step[1] % len(names)]
         sh.fail_next_spawns[name] = sh.fail_next_spawns.get(name, 0) + 1
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=tree_specs(), script=steps)
 def test_property_random_crashes_keep_the_invariants(spec, script):
     sh = FakeShell(spec)
@@ -915,6 +948,46 @@ def test_property_random_crashes_keep_the_invariants(spec, script):
     for step in script:
         apply_step(sh, step)
         inv.check_tree()
+    shutdown_and_check(sh, inv)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=tree_specs(), script=st.lists(st.one_of(step, operator_step), min_size=6, max_size=40))
+def test_property_operator_requests_mixed_with_crashes_keep_the_invariants(spec, script):
+    sh = FakeShell(spec)
+    inv = Invariants(sh, operator=True)
+    sh.boot()
+    extra = iter(f"d{i}" for i in range(100))
+    for item in script:
+        if item[0] in OPERATOR_VERBS:
+            apply_operator_step(sh, inv, item, extra)
+        else:
+            apply_step(sh, item)
+        inv.check_tree()
+    shutdown_and_check(sh, inv)
+
+
+def apply_operator_step(sh: FakeShell, inv: Invariants, item: tuple, extra) -> None:
+    verb, i = item
+    if verb == "attach":
+        sups = sorted(n.name for n in inv.all_nodes() if isinstance(n, Supervisor))
+        parent = sups[i % len(sups)]
+        call = lambda: sh.attach(parent, W(next(extra), restart=TRANSIENT))  # noqa: E731
+    else:
+        names = sorted(n.name for n in inv.all_nodes() if n.parent is not None)
+        if not names:
+            return
+        name = names[i % len(names)]
+        call = lambda: sh.request(verb, name)  # noqa: E731
+    if sh.tree.shutting_down or sh.halt is not None or sh.tree.root.state.value == "stopping":
+        with pytest.raises(FoundationError) as info:
+            call()
+        assert info.value.code is ErrorCode.SHUTTING_DOWN
+    else:
+        call()
+
+
+def shutdown_and_check(sh: FakeShell, inv: Invariants) -> None:
     root = sh.tree.root
     root_failed = root.state.value in ("failed", "stopping")  # no shutdown yet: stopping means failing
     sh.fail_next_spawns.clear()
