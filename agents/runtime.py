@@ -1,7 +1,7 @@
 """The process an SDK agent runs in: ``python -m agents.runtime package.module:Class``.
 
     foundationd ──spawn (env: name, one-time token, broker endpoint, state dir)──> runtime
-    runtime: open LMDB state ─> init/mount ─> DEALER connect ─> hello ─> loop:
+    runtime: open LMDB state ─> init ─> DEALER connect ─> hello ─> mount ─> loop:
         deliver ─> seq already handled? done : handler ─> validate ─> commit(state, seq) ─> done[+reply]
 
 The order inside the loop is the exactly-once argument: the state and the handled ``seq`` commit in one
@@ -68,10 +68,12 @@ class AgentRuntime:
         state, self.last_seq = self._store.load()
         self.state = self.agent.init() if state is None else state
         validate_state(self.agent, self.state)
-        self.agent.mount(self.state)
         self._sock.connect(self._endpoint)
-        self._hello()
         try:
+            self._hello()
+            # After hello: mount may ask the daemon for things (set_timer, monitor, send); before it, a DEALER
+            # with no connection blocks every send and the agent would hang forever.
+            self.agent.mount(self.state)
             while not self._stopping:
                 if self._inbox:
                     self._handle(self._inbox.popleft())

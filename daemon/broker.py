@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import secrets
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ class AgentInfo:
     token: str | None = None
     session: Session | None = None
     timers: dict[int, TimerHandle] = field(default_factory=dict)
+    ticking: set[int] = field(default_factory=set)  # timer refs with a tick in the mailbox, not yet done
 
 
 class Broker:
@@ -113,7 +115,7 @@ class Broker:
         self._chans: dict[tuple[str, str], list[Any]] = {}
         self._calls: dict[str, TimerHandle] = {}  # call id -> its timeout
         self._call_counter = 0
-        self._monitors: dict[int, tuple[str, str]] = {}  # ref -> (watcher, target)
+        self._monitors: dict[tuple[str, int], str] = {}  # (watcher, ref) -> target; each agent numbers its refs
         self._heartbeat_timer: TimerHandle | None = None
         self._recover()
         self._fd = self._sock.getsockopt(zmq.FD)
@@ -162,11 +164,15 @@ class Broker:
         for handle in info.timers.values():
             handle.cancel()
         info.timers.clear()
-        for ref, (watcher, target) in list(self._monitors.items()):
+        info.ticking.clear()
+        box = self._boxes.get(name)
+        if box is not None:  # ticks and down notices were for this incarnation's refs: the next one has its own
+            box.queue = deque(e for e in box.queue if e.kind != "info")
+        for (watcher, ref), target in list(self._monitors.items()):
             if watcher == name:
-                del self._monitors[ref]
+                del self._monitors[(watcher, ref)]
             elif target == name:
-                del self._monitors[ref]
+                del self._monitors[(watcher, ref)]
                 self._stage_info(watcher, {"down": {"ref": ref, "target": name, "reason": reason}})
 
     def forget(self, name: str) -> None:
@@ -213,6 +219,9 @@ class Broker:
                 break
             if len(frames) == 2:
                 self._on_frame(frames[0], frames[1])
+            elif len(frames) > 2:  # a peer's multipart message: one JSON frame per message is the protocol
+                self._send(frames[0], "error", error=wire.error_body(
+                    ErrorCode.BAD_REQUEST, f"a message is one frame, not {len(frames) - 1}"))
             handled += 1
             if handled >= 20_000:  # let other descriptors have a turn; come back at the end of it
                 self._loop.call_soon(self._on_readable)
@@ -290,6 +299,10 @@ class Broker:
             self._schedule_flush()
         if entry.kind == "call":
             self._finish_call(entry, msg)
+        elif entry.kind == "info" and isinstance(entry.body, dict) and "tick" in entry.body:
+            info = self._agents.get(session.name)
+            if info is not None:
+                info.ticking.discard(entry.body["tick"])
         self._pump(session.name)
 
     def _on_heartbeat(self, session: Session, msg: dict[str, Any]) -> None:
@@ -303,14 +316,13 @@ class Broker:
             return
         self._send(session.identity, "accept", ref=ref, id=f"monitor/{ref}")
         if self._agent_alive(target):
-            self._monitors[ref] = (session.name, target)
+            self._monitors[(session.name, ref)] = target
         else:
             self._stage_info(session.name, {"down": {"ref": ref, "target": target, "reason": "noproc"}})
 
     def _on_demonitor(self, session: Session, msg: dict[str, Any]) -> None:
-        watcher = self._monitors.get(msg["ref"])
-        if watcher is not None and watcher[0] == session.name:
-            del self._monitors[msg["ref"]]
+        if session.name is not None:
+            self._monitors.pop((session.name, msg["ref"]), None)
 
     def _on_timer(self, session: Session, msg: dict[str, Any]) -> None:
         if session.name is None:
@@ -321,7 +333,9 @@ class Broker:
 
         def fire() -> None:
             info.timers.pop(ref, None)
-            self._stage_info(name, {"tick": ref})
+            if ref not in info.ticking:  # a slow agent gets one tick, not a growing pile of them
+                info.ticking.add(ref)
+                self._stage_info(name, {"tick": ref})
             if every is not None and every > 0:
                 info.timers[ref] = self._loop.call_later(float(every), fire)
 
@@ -359,12 +373,8 @@ class Broker:
         return box
 
     def _cast(self, sender: str | None, to: str, body: Any, chan: list[int] | None, respond: Respond) -> None:
-        try:
-            self._admit(to)
-        except FoundationError as err:
-            respond(None, err)
-            return
-        if chan is not None and sender is not None:
+        # A resend of an accepted cast is answered as such before the mailbox's bound is looked at: it adds nothing.
+        if chan is not None and sender is not None and self._agent_alive(to) is not None:
             mark = self._chans.get((sender, to))
             if mark is not None and chan <= mark[:2]:
                 # Answer only after this turn's commit: the first copy may still be staged, not yet on disk.
@@ -372,9 +382,16 @@ class Broker:
                 self._after_flush.append(lambda: respond(first, None))
                 self._schedule_flush()
                 return
+        try:
+            self._admit(to)
+        except FoundationError as err:
+            respond(None, err)
+            return
         seq = self._next_seq.get(to, 1)
-        self._next_seq[to] = seq + 1
         entry = Entry(f"{to}/{seq}", seq, sender, body)
+        if not self._fits(entry, respond):
+            return
+        self._next_seq[to] = seq + 1
         self._batch.puts.append((to, seq, {"id": entry.id, "from": sender, "body": body}))
         self._batch.seqs[to] = seq + 1
         if chan is not None and sender is not None:
@@ -389,8 +406,21 @@ class Broker:
             return
         self._call_counter += 1
         entry = Entry(f"{to}/call-{self._call_counter}", None, sender, body, kind="call", caller=respond)
+        if not self._fits(entry, respond):
+            return
         self._calls[entry.id] = self._loop.call_later(timeout, lambda: self._expire_call(entry, timeout))
         self._stage(to, entry, None)
+
+    def _fits(self, entry: Entry, respond: Respond) -> bool:
+        """Whether the frame that will deliver ``entry`` is within the size limit; if not, refuse it now: once
+        accepted, a message that can never be delivered would stay in flight forever."""
+        try:
+            wire.encode("deliver", id=entry.id, seq=entry.seq, sender=entry.sender, body=entry.body,
+                        call=entry.kind == "call", info=entry.kind == "info")
+        except wire.WireError as err:
+            respond(None, err)
+            return False
+        return True
 
     def _stage_info(self, to: str, body: Any) -> None:
         self._call_counter += 1

@@ -1,0 +1,152 @@
+"""Agents used by the messaging and persistence tests, run by real daemons as ``tests.agents_for_tests:Name``.
+
+``tests`` has no ``__init__.py``: it is importable in an agent process as a namespace package because the
+test configs give those agents ``working_dir`` = the repository root (``python -m`` puts the working
+directory first on ``sys.path``). Each agent answers the call ``{"get": true}`` with its whole state.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from agents.sdk import Agent
+
+
+def _get(msg: Any) -> bool:
+    return isinstance(msg, dict) and bool(msg.get("get"))
+
+
+class Recorder(Agent):
+    """Appends every cast's body to ``state["got"]``: shows order and exactly-once at a glance."""
+
+    def init(self) -> dict[str, Any]:
+        return {"got": []}
+
+    def handle_cast(self, msg: Any, state: dict[str, Any]) -> dict[str, Any]:
+        return {"got": [*state["got"], msg]}
+
+    def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if isinstance(msg, dict) and msg.get("len"):
+            return len(state["got"]), state
+        return state, state
+
+
+class Sleepy(Agent):
+    """``{"sleep": S}`` (cast or call) sleeps S seconds in the handler; ``{"block": true}`` never returns;
+    ``{"crash": true}`` SIGKILLs its own process in the middle of the handler."""
+
+    def init(self) -> dict[str, int]:
+        return {"handled": 0}
+
+    def _work(self, msg: Any) -> None:
+        if not isinstance(msg, dict):
+            return
+        if msg.get("crash"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if msg.get("block"):
+            while True:
+                time.sleep(3600)
+        if "sleep" in msg:
+            time.sleep(float(msg["sleep"]))
+
+    def handle_cast(self, msg: Any, state: dict[str, int]) -> dict[str, int]:
+        self._work(msg)
+        return {"handled": state["handled"] + 1}
+
+    def handle_call(self, msg: Any, state: dict[str, int]) -> tuple[Any, dict[str, int]]:
+        if _get(msg):
+            return state, state
+        self._work(msg)
+        return "done", {"handled": state["handled"] + 1}
+
+
+def _non_negative(state: Any) -> bool:
+    return isinstance(state, dict) and set(state) == {"value"} and isinstance(state["value"], int) \
+        and state["value"] >= 0
+
+
+class Picky(Agent):
+    """State ``{"value": V}`` with V >= 0 (its schema). ``{"set": V}`` sets V; ``{"raise": text}`` raises."""
+
+    schema = staticmethod(_non_negative)
+
+    def init(self) -> dict[str, int]:
+        return {"value": 0}
+
+    def _apply(self, msg: Any, state: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(msg, dict) and "raise" in msg:
+            raise ValueError(msg["raise"])
+        if isinstance(msg, dict) and "set" in msg:
+            return {"value": msg["set"]}
+        return state
+
+    def handle_cast(self, msg: Any, state: dict[str, Any]) -> dict[str, Any]:
+        return self._apply(msg, state)
+
+    def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if _get(msg):
+            return state, state
+        return "ok", self._apply(msg, state)
+
+
+class Watcher(Agent):
+    """``{"monitor": NAME}`` monitors NAME (replies with the ref); down notices are kept in ``state["downs"]``."""
+
+    def init(self) -> dict[str, Any]:
+        return {"downs": []}
+
+    def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if isinstance(msg, dict) and "monitor" in msg:
+            return self.monitor(msg["monitor"]), state
+        if isinstance(msg, dict) and "demonitor" in msg:
+            self.demonitor(msg["demonitor"])
+            return "ok", state
+        return state, state
+
+    def handle_info(self, info: Any, state: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(info, dict) and "down" in info:
+            return {"downs": [*state["downs"], info["down"]]}
+        return state
+
+
+class Ticker(Agent):
+    """Asks for a tick every ``TICK_EVERY`` seconds (env, default 0.05) when it starts (in ``mount``) and counts
+    the ticks it gets in ``state["ticks"]``, spending ``TICK_WORK`` seconds (default 0) on each.
+    ``{"cancel": true}`` cancels the timer."""
+
+    def init(self) -> dict[str, int]:
+        return {"ticks": 0}
+
+    def mount(self, state: dict[str, int]) -> None:
+        every = float(os.environ.get("TICK_EVERY", "0.05"))
+        self.work = float(os.environ.get("TICK_WORK", "0"))
+        self.timer = self.set_timer(every, every)
+
+    def handle_info(self, info: Any, state: dict[str, int]) -> dict[str, int]:
+        if isinstance(info, dict) and info.get("tick") == self.timer:
+            time.sleep(self.work)
+            return {"ticks": state["ticks"] + 1}
+        return state
+
+    def handle_call(self, msg: Any, state: dict[str, int]) -> tuple[Any, dict[str, int]]:
+        if isinstance(msg, dict) and msg.get("cancel"):
+            self.cancel_timer(self.timer)
+            return "ok", state
+        return state, state
+
+
+class Relay(Agent):
+    """Forwards every cast ``{"to": NAME, "body": B}`` to NAME with ``self.send`` (an agent-originated send)."""
+
+    def init(self) -> dict[str, int]:
+        return {"relayed": 0}
+
+    def handle_cast(self, msg: Any, state: dict[str, int]) -> dict[str, int]:
+        self.send(msg["to"], msg["body"])
+        return {"relayed": state["relayed"] + 1}
+
+    def handle_call(self, msg: Any, state: dict[str, int]) -> tuple[Any, dict[str, int]]:
+        return state, state
