@@ -78,7 +78,7 @@ class Broker:
         kill: Callable[[str, str], None],
         mailbox_bound: Callable[[str], int],
         heartbeat: float = 1.0,
-        liveness: float = 10.0,
+        liveness: Callable[[str], float] = lambda name: 10.0,
         window: int = 64,
     ) -> None:
         """``agent_alive(name)``: None if no agent of that name is in the tree, else whether it runs."""
@@ -109,6 +109,7 @@ class Broker:
         self._staged: list[Staged] = []
         self._staged_count: dict[str, int] = {}
         self._after_flush: list[Callable[[], None]] = []
+        self._gaps: dict[tuple[str, str], list[int]] = {}  # an external producer's first refused number
         self._batch = Batch()
         self._flush_scheduled = False
         self._next_seq: dict[str, int] = {}
@@ -201,7 +202,7 @@ class Broker:
         """A cast from outside the tree. With ``producer`` and ``seq`` (increasing per producer) a resend
         after a lost answer is recognised and answered with the first id instead of being queued twice."""
         if producer is not None and seq is not None:
-            self._cast(f"ctl:{producer}", to, body, [seq, 0], respond)
+            self._cast(f"ctl:{producer}", to, body, [seq, 0], respond, gapless=True)
         else:
             self._cast(None, to, body, None, respond)
 
@@ -372,7 +373,11 @@ class Broker:
             raise FoundationError(ErrorCode.MAILBOX_FULL, f"mailbox of {to!r} is full ({box.bound} messages)")
         return box
 
-    def _cast(self, sender: str | None, to: str, body: Any, chan: list[int] | None, respond: Respond) -> None:
+    def _cast(
+        self, sender: str | None, to: str, body: Any, chan: list[int] | None, respond: Respond, *, gapless: bool = False
+    ) -> None:
+        """Accept one cast. ``gapless`` (external producers): after a refusal, later numbers of the same producer
+        are refused too until the refused one is sent again, so a resend from the gap loses nothing."""
         # A resend of an accepted cast is answered as such before the mailbox's bound is looked at: it adds nothing.
         if chan is not None and sender is not None and self._agent_alive(to) is not None:
             mark = self._chans.get((sender, to))
@@ -382,45 +387,51 @@ class Broker:
                 self._after_flush.append(lambda: respond(first, None))
                 self._schedule_flush()
                 return
+        key = (sender or "", to)
+        gap = self._gaps.get(key) if gapless else None
+        if gap is not None and chan is not None and chan > gap:
+            respond(None, FoundationError(ErrorCode.MAILBOX_FULL,
+                                          f"message {gap[0]} of this producer was refused; send again from there"))
+            return
         try:
             self._admit(to)
+            seq = self._next_seq.get(to, 1)
+            entry = Entry(f"{to}/{seq}", seq, sender, body)
+            self._fits(entry)
         except FoundationError as err:
+            if gapless and chan is not None and (gap is None or chan < gap):
+                self._gaps[key] = chan
             respond(None, err)
             return
-        seq = self._next_seq.get(to, 1)
-        entry = Entry(f"{to}/{seq}", seq, sender, body)
-        if not self._fits(entry, respond):
-            return
+        if gap is not None and chan == gap:
+            del self._gaps[key]
+        self._batch.undo_seqs.setdefault(to, self._next_seq.get(to))
         self._next_seq[to] = seq + 1
         self._batch.puts.append((to, seq, {"id": entry.id, "from": sender, "body": body}))
         self._batch.seqs[to] = seq + 1
         if chan is not None and sender is not None:
+            self._batch.undo_chans.setdefault((sender, to), self._chans.get((sender, to)))
             self._chans[(sender, to)] = self._batch.chans[(sender, to)] = [*chan, entry.id]
         self._stage(to, entry, respond)
 
     def _call(self, sender: str | None, to: str, body: Any, timeout: float, respond: Respond) -> None:
-        try:
-            self._admit(to)
-        except FoundationError as err:
-            respond(None, err)
-            return
         self._call_counter += 1
         entry = Entry(f"{to}/call-{self._call_counter}", None, sender, body, kind="call", caller=respond)
-        if not self._fits(entry, respond):
+        try:
+            self._admit(to)
+            self._fits(entry)
+        except FoundationError as err:
+            respond(None, err)
             return
         self._calls[entry.id] = self._loop.call_later(timeout, lambda: self._expire_call(entry, timeout))
         self._stage(to, entry, None)
 
-    def _fits(self, entry: Entry, respond: Respond) -> bool:
-        """Whether the frame that will deliver ``entry`` is within the size limit; if not, refuse it now: once
-        accepted, a message that can never be delivered would stay in flight forever."""
-        try:
-            wire.encode("deliver", id=entry.id, seq=entry.seq, sender=entry.sender, body=entry.body,
-                        call=entry.kind == "call", info=entry.kind == "info")
-        except wire.WireError as err:
-            respond(None, err)
-            return False
-        return True
+    @staticmethod
+    def _fits(entry: Entry) -> None:
+        """Raise unless the frame that will deliver ``entry`` is within the size limit: once accepted, a message
+        that can never be delivered would stay in flight forever."""
+        wire.encode("deliver", id=entry.id, seq=entry.seq, sender=entry.sender, body=entry.body,
+                    call=entry.kind == "call", info=entry.kind == "info")
 
     def _stage_info(self, to: str, body: Any) -> None:
         self._call_counter += 1
@@ -446,6 +457,7 @@ class Broker:
                 self._outbox.commit(batch)
             except lmdb.Error as exc:
                 log.exception("outbox commit failed")
+                self._undo(batch)
                 err = FoundationError(ErrorCode.INTERNAL, f"could not persist the message: {exc}")
                 for item in staged:
                     if item.entry.persisted and item.respond is not None:
@@ -464,6 +476,19 @@ class Broker:
         # Sending may have consumed the socket's edge-triggered readiness: look again.
         if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._loop.call_soon(self._on_readable)
+
+    def _undo(self, batch: Batch) -> None:
+        """A failed commit: forget the seqs and channel marks it would have written, so a resend is taken anew."""
+        for name, old in batch.undo_seqs.items():
+            if old is None:
+                self._next_seq.pop(name, None)
+            else:
+                self._next_seq[name] = old
+        for key, mark in batch.undo_chans.items():
+            if mark is None:
+                self._chans.pop(key, None)
+            else:
+                self._chans[key] = mark
 
     # ---- delivering ----
 
@@ -521,7 +546,7 @@ class Broker:
         now = self._loop.clock()
         connected = [i.session for i in self._agents.values() if i.session is not None]
         for session in connected:
-            if session is not None and session.name and now - session.last_seen > self.liveness:
+            if session is not None and session.name and now - session.last_seen > self.liveness(session.name):
                 log.warning("%s sent no heartbeat for %.1fs; killing it", session.name, now - session.last_seen)
                 self._disconnect(session.name)
                 self._kill(session.name, "missed heartbeats")

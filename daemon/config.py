@@ -46,7 +46,9 @@ _DAEMON_KEYS = ("control_group", "runtime_dir", "state_dir")
 # Any of these keys makes a child table a supervisor rather than a worker.
 _SUPERVISOR_MARKERS = ("children", "strategy", "intensity", "period")
 _SUPERVISOR_KEYS = ("name", "restart", *_SUPERVISOR_MARKERS)
-_WORKER_KEYS = ("agent", "backoff", "command", "env", "mailbox", "name", "restart", "shutdown", "working_dir")
+_WORKER_KEYS = (
+    "agent", "backoff", "command", "env", "liveness", "mailbox", "name", "restart", "shutdown", "working_dir",
+)
 _BACKOFF_KEYS = tuple(f.name for f in fields(Backoff))
 _ROOT_FORBIDDEN = {
     "name": f"the root supervisor is always named {ROOT_NAME}",
@@ -242,6 +244,7 @@ def _worker(table: _Table, name: str) -> WorkerSpec:
     table.take(out, "working_dir", _string)
     table.take(out, "backoff", _backoff)
     table.take(out, "mailbox", _mailbox)
+    table.take(out, "liveness", _positive)
     return WorkerSpec(name=name, **out)
 
 

@@ -131,7 +131,7 @@ class ControlServer:
                 conn.discarding = not sep
                 continue
             conn.inbuf += head
-            if len(conn.inbuf) > MAX_LINE:
+            if len(conn.inbuf) >= MAX_LINE:  # the newline still to come counts toward the limit
                 conn.inbuf.clear()
                 conn.discarding = not sep
                 self._send(conn, error_reply(None, FoundationError(ErrorCode.TOO_LARGE, _too_large())))
@@ -157,7 +157,7 @@ class ControlServer:
                 log.info("control: %s %s by %r", req.verb, _brief(req.args), conn.peer)
             handler(req, conn.peer, lambda result, rid=req_id: self._send(conn, _reply(rid, result)))
         except FoundationError as err:
-            self._send(conn, error_reply(req_id, err))
+            self._send(conn, error_reply(getattr(err, "req_id", req_id), err))
         except Exception as exc:  # a bug in a handler must not take the daemon down
             log.exception("control: %s failed", line[:200])
             self._send(conn, error_reply(req_id, FoundationError(ErrorCode.INTERNAL, repr(exc))))

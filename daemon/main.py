@@ -103,6 +103,7 @@ class Daemon:
             agent_alive=self._agent_alive,
             kill=self._kill_agent,
             mailbox_bound=self._mailbox_bound,
+            liveness=self._liveness,
         )
         self.control = ControlServer(self.runtime_dir, self._handlers(), self.loop, self.config.control_group)
         log.info("foundationd %s (pid %d) starting; control socket %s", __version__, os.getpid(), self.control.path)
@@ -146,6 +147,10 @@ class Daemon:
         if isinstance(node, Worker) and node.pid is not None:
             log.warning("killing %s: %s", name, reason)
             self.shell.signal(node.pid, signal.SIGKILL)
+
+    def _liveness(self, name: str) -> float:
+        node = self.tree.find_quiet(name)
+        return node.spec.liveness if isinstance(node, Worker) else 10.0
 
     def _mailbox_bound(self, name: str) -> int:
         node = self.tree.find_quiet(name)
@@ -232,14 +237,27 @@ class Daemon:
         if req.verb == "start" and node.state is State.RUNNING:
             reply(self._describe(node))
             return
+        if req.verb in ("start", "restart") and node.parent is not None:
+            self._check_spawnable(node.spec)
         self._apply(self.tree.request(req.verb, name))
         if req.verb == "stop":
             done = lambda: node.state in DOWN  # noqa: E731
         elif req.verb == "detach":
             done = lambda: node.parent is None or node not in node.parent.children  # noqa: E731
         else:
-            done = lambda: node.incarnation > before and node.state not in (State.STARTING, State.STOPPING)  # noqa: E731
+            done = lambda: (  # noqa: E731
+                node.incarnation > before and node.state not in (State.STARTING, State.STOPPING)
+            ) or _parked(node)
         self._wait(done, lambda: self._describe(node), reply)
+
+    def _check_spawnable(self, spec: ChildSpec) -> None:
+        """Refuse an operator's start/attach of a command that cannot be spawned: each failed spawn counts as
+        a crash, so it would loop synchronously through the restart intensity and fail up to the root."""
+        for worker in _workers(spec):
+            try:
+                self.shell.check(worker)
+            except SpawnError as exc:
+                raise FoundationError(ErrorCode.SPAWN_FAILED, f"{worker.name}: {exc}") from None
 
     def _verb_attach(self, req: Request, peer: Peer, reply: Reply) -> None:
         parent = req.args.get("parent", "root")
@@ -249,15 +267,10 @@ class Daemon:
             spec = child_spec_from_dict(req.args.get("spec"), key="spec")
         except ConfigError as exc:
             raise FoundationError(ErrorCode.INVALID_SPEC, str(exc)) from None
-        for worker in _workers(spec):
-            # A child that cannot even be spawned would fail in a tight restart loop up to the root.
-            try:
-                self.shell.check(worker)
-            except SpawnError as exc:
-                raise FoundationError(ErrorCode.SPAWN_FAILED, f"{worker.name}: {exc}") from None
+        self._check_spawnable(spec)
         self._apply(self.tree.attach(parent, spec))
         node = self.tree.find(spec.name)
-        self._wait(lambda: node.incarnation > 0 and node.state is not State.STARTING,
+        self._wait(lambda: (node.incarnation > 0 and node.state is not State.STARTING) or _parked(node),
                    lambda: self._describe(node), reply)
 
     def _verb_state(self, req: Request, peer: Peer, reply: Reply) -> None:
@@ -325,6 +338,11 @@ class Daemon:
             if waiter.timer is not None:
                 waiter.timer.cancel()
             waiter.reply(waiter.answer())
+
+
+def _parked(node: Any) -> bool:
+    """Down under a supervisor that is down: the core starts it with its supervisor, so waiting is pointless."""
+    return node.state in DOWN and node.parent is not None and node.parent.state in DOWN
 
 
 def _workers(spec: ChildSpec) -> list[WorkerSpec]:

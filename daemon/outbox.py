@@ -33,6 +33,9 @@ class Batch:
     deletes: list[tuple[str, int]] = field(default_factory=list)
     seqs: dict[str, int] = field(default_factory=dict)
     chans: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    # What the broker's memory held before this batch, to put back if the commit fails.
+    undo_seqs: dict[str, int | None] = field(default_factory=dict)
+    undo_chans: dict[tuple[str, str], list[Any] | None] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.puts or self.deletes or self.seqs or self.chans)

@@ -5,7 +5,8 @@
 
 * No Python code runs between fork and exec (no preexec_fn): once libzmq's I/O threads exist the
   daemon is multi-threaded, and only async-signal-safe work is allowed in the child. The parent-death
-  signal is set by util-linux ``setpriv`` exec'd in front of the command.
+  signal is set by util-linux ``setpriv`` exec'd in front of the command; a ``/bin/sh`` guard then checks
+  that the daemon is still the parent (it may have died before the signal was armed) and execs the command.
 * The daemon is a child subreaper, so a child's orphaned grandchildren come back to it; ``reap``
   collects every zombie, ours or adopted, and kills what is left of a dead worker's process group,
   while the dead leader's zombie still pins the group id against reuse.
@@ -30,6 +31,7 @@ from daemon.spec import WorkerSpec
 
 PR_SET_CHILD_SUBREAPER = 36
 MAX_PARTIAL_LINE = 64 * 1024
+PDEATH_GUARD = '[ "$PPID" = "$0" ] && exec "$@"'  # sh -c GUARD DAEMON_PID COMMAND...
 # Only these pass from the daemon's environment to a child; the config adds the rest.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "TMPDIR")
 
@@ -71,6 +73,7 @@ class ProcessShell:
         self._base_env = base_env or {}
         self._by_pid: dict[int, ProcessHandle] = {}
         self._setpriv = shutil.which("setpriv")
+        self._sh = shutil.which("sh")
 
     @property
     def live(self) -> dict[int, ProcessHandle]:
@@ -226,7 +229,11 @@ class ProcessShell:
         command[0] = resolved
         if self._setpriv is None:
             return command
-        return [self._setpriv, "--pdeathsig", "KILL", "--", *command]
+        if self._sh is None:
+            return [self._setpriv, "--pdeathsig", "KILL", "--", *command]
+        # PDEATHSIG only covers a death after setpriv armed it: the guard, run after that, exits unless its
+        # parent is still this daemon, so a daemon SIGKILLed right after a spawn leaves no orphan behind.
+        return [self._setpriv, "--pdeathsig", "KILL", "--", self._sh, "-c", PDEATH_GUARD, str(os.getpid()), *command]
 
     def _env(self, spec: WorkerSpec) -> dict[str, str]:
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}

@@ -56,6 +56,7 @@ class WorkerSpec:
     working_dir: str | None = None
     backoff: Backoff | None = None
     mailbox: int = 10_000  # an agent's bound on undone messages; past it, send fails with mailbox_full
+    liveness: float = 10.0  # an agent silent (no heartbeat) this long is killed and restarted
 
     @property
     def is_supervisor(self) -> bool:

@@ -33,8 +33,11 @@ def encode(obj: Any) -> bytes:
 
 
 def parse_request(line: bytes) -> Request:
-    """Validate one request line; raises FoundationError naming what is wrong."""
-    if len(line) > MAX_LINE:
+    """Validate one request line (without its newline); raises FoundationError naming what is wrong.
+
+    When the line is a JSON object, the error carries its ``id`` as ``req_id`` so the reply can echo it.
+    """
+    if len(line) >= MAX_LINE:
         raise FoundationError(ErrorCode.TOO_LARGE, f"request is {len(line)} bytes, the limit is {MAX_LINE}")
     try:
         obj = orjson.loads(line)
@@ -43,11 +46,16 @@ def parse_request(line: bytes) -> Request:
     if not isinstance(obj, dict):
         raise FoundationError(ErrorCode.BAD_REQUEST, "request must be a JSON object")
     verb = obj.get("verb")
-    if not isinstance(verb, str) or not verb:
-        raise FoundationError(ErrorCode.BAD_REQUEST, "request needs a string 'verb'")
     args = obj.get("args", {})
-    if not isinstance(args, dict):
-        raise FoundationError(ErrorCode.BAD_REQUEST, "'args' must be a JSON object")
+    problem = None
+    if not isinstance(verb, str) or not verb:
+        problem = "request needs a string 'verb'"
+    elif not isinstance(args, dict):
+        problem = "'args' must be a JSON object"
+    if problem is not None:
+        err = FoundationError(ErrorCode.BAD_REQUEST, problem)
+        err.req_id = obj.get("id")  # type: ignore[attr-defined]
+        raise err
     return Request(id=obj.get("id"), verb=verb, args=args)
 
 

@@ -317,23 +317,27 @@ def test_a_resend_under_a_producer_is_recognised_even_when_the_mailbox_is_full(s
     assert settled(daemon, "counter") == {"count": 13}
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a producer seq refused with mailbox_full is answered "
-                   "'duplicate' (and never delivered) once a later seq of that producer was accepted")
-def test_a_producer_line_refused_with_mailbox_full_can_be_sent_again_later(start_daemon) -> None:
+def test_after_a_refusal_a_producer_must_resend_from_the_gap(start_daemon) -> None:
+    """A refused number blocks the producer's later numbers, so a rerun from the gap loses nothing."""
     daemon = start_daemon(config(agent("counter", COUNTER, mailbox=2)))
     daemon.wait_running("counter")
     assert ctl(daemon, "stop", "counter").returncode == 0
     with daemon.client() as client:
         client.request("send", name="counter", body={"add": 1})
         client.request("send", name="counter", body={"add": 1})
-        with pytest.raises(FoundationError):
+        with pytest.raises(FoundationError) as refused:
             client.request("send", name="counter", body={"add": 10}, producer="p", seq=1)
+        assert refused.value.code == ErrorCode.MAILBOX_FULL
     assert ctl(daemon, "start", "counter").returncode == 0
     settled(daemon, "counter")
-    # What `send - --producer` does when the mailbox drains while it sends: a later line gets in ...
-    daemon.request("send", name="counter", body={"add": 100}, producer="p", seq=2)
-    # ... and the rerun of the refused line is answered as a duplicate of something never accepted.
+    # The mailbox has drained, but a later number of the same producer may not jump the gap ...
+    with pytest.raises(FoundationError) as blocked:
+        daemon.request("send", name="counter", body={"add": 100}, producer="p", seq=2)
+    assert blocked.value.code == ErrorCode.MAILBOX_FULL
+    assert "send again from there" in blocked.value.message
+    # ... until the refused one is sent again; then both get in, in order.
     assert daemon.request("send", name="counter", body={"add": 10}, producer="p", seq=1)["id"] != "duplicate"
+    assert daemon.request("send", name="counter", body={"add": 100}, producer="p", seq=2)["id"] != "duplicate"
     assert settled(daemon, "counter") == {"count": 112}
 
 
