@@ -27,6 +27,7 @@ from daemon.broker import Broker
 from daemon.config import ConfigError, DaemonConfig, child_spec_from_dict, load_config
 from daemon.control_server import ControlServer, Peer, Reply
 from daemon.loop import EventLoop, TimerHandle
+from daemon.output import OutputSink, SinkHandler, stderr_is_journal
 from daemon.process import ProcessShell, SpawnError, become_subreaper
 from daemon.protocol import (
     Action,
@@ -68,7 +69,9 @@ class Waiter:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, runtime_dir: Path, state_dir: Path) -> None:
+    def __init__(
+        self, config: DaemonConfig, runtime_dir: Path, state_dir: Path, sinks: tuple[OutputSink, ...] = ()
+    ) -> None:
         self.config = config
         self.runtime_dir = runtime_dir
         self.state_dir = state_dir
@@ -79,7 +82,7 @@ class Daemon:
             self.loop.add_reader,
             self.loop.remove_reader,
             self._on_exit,
-            _write_stdout,
+            sinks[0].write if sinks else _discard,
             base_env={"FOUNDATION_RUNTIME_DIR": str(runtime_dir), "FOUNDATION_STATE_DIR": str(state_dir)},
         )
         self.control: ControlServer | None = None
@@ -88,11 +91,14 @@ class Daemon:
         self._pending: deque[Event] = deque()
         self._waiters: list[Waiter] = []
         self._exit_code = EXIT_OK
+        self._sinks = sinks
 
     # ---- lifecycle ----
 
     def run(self) -> int:
         become_subreaper()
+        for sink in self._sinks:
+            sink.attach(self.loop.add_writer, self.loop.remove_writer)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self._on_stop_signal)
         self.loop.add_signal_handler(signal.SIGCHLD, lambda _: self.shell.reap())
@@ -120,6 +126,9 @@ class Daemon:
         self.shell.close()
         if self.broker is not None:
             self.broker.close()
+        for sink in self._sinks:
+            sink.flush()
+            sink.detach()
         self.loop.close()
 
     def _on_stop_signal(self, signum: int) -> None:
@@ -367,15 +376,6 @@ def _str_arg(args: dict[str, Any], key: str) -> str:
     return value
 
 
-def _write_stdout(data: bytes) -> None:
-    try:
-        os.write(sys.stdout.fileno(), data)
-    except BlockingIOError:
-        pass  # a stalled reader of our stdout loses child output rather than stalling the loop
-    except OSError:
-        pass
-
-
 # ---- entry point ----
 
 
@@ -403,11 +403,21 @@ def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="foundationd: %(levelname)s: %(message)s")
+def _setup_logging() -> tuple[OutputSink, OutputSink]:
+    """Both outputs go through non-blocking sinks: a reader that stalls must not stall the loop."""
+    out, err = OutputSink(sys.stdout.fileno()), OutputSink(sys.stderr.fileno())
+    journal = stderr_is_journal()
+    handler = SinkHandler(err, journal)
+    handler.setFormatter(logging.Formatter("%(message)s" if journal else "foundationd: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    return out, err
+
+
+def _discard(data: bytes) -> None:
+    """Output of children when the daemon runs without sinks (embedded in tests)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -421,7 +431,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _setup_logging()
+    sinks = _setup_logging()
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -438,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     lock_fd = _lock_runtime_dir(runtime_dir)
     _raise_fd_limit()
     try:
-        return Daemon(config, runtime_dir, state_dir).run()
+        return Daemon(config, runtime_dir, state_dir, sinks).run()
     finally:
         os.close(lock_fd)
 
