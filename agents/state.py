@@ -268,8 +268,12 @@ class StateStore:
             target *= 2
         try:
             env.set_mapsize(min(target, self._max_map_size))
+            grown = int(env.info()["map_size"])
         except lmdb.Error as exc:
             raise self._lmdb_error("grow the map of", exc) from exc
+        if grown <= current:  # never loop on a map that does not grow
+            raise StateError(f"could not grow the map of state store {self._path} beyond {current} bytes",
+                             code="map_full", path=self._path) from cause
 
     def _adopt_map_size(self, env: lmdb.Environment) -> None:
         try:

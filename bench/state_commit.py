@@ -18,7 +18,9 @@ Usage::
     python bench/state_commit.py --dir /tmp --dir /work/main/bench/results --writers 1,4,8 \\
         --layouts per-agent,shared,store,per-agent-writemap,per-agent-nometasync,per-agent-nosync
 
-The script measures; it asserts nothing. Results: a table on stdout and JSON in bench/results/state_commit.json.
+Every configuration runs ``--repeat`` times, interleaved; the table shows medians over the rounds and the range
+of p99, because fsync latency on a shared VM swings with whatever else the host does. The script measures; it
+asserts nothing. Results: a table on stdout and JSON in bench/results/state_commit.json.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -156,6 +159,22 @@ def run_one(layout: str, writers: int, base_dir: str, args: argparse.Namespace) 
     }
 
 
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the rounds of one configuration."""
+    first = results[0]
+    return {
+        **{key: first[key] for key in ("dir", "fs", "layout", "writers", "state_bytes")},
+        "rounds": len(results),
+        "commits": sum(r["commits"] for r in results),
+        "p50_ms": round(statistics.median(r["p50_ms"] for r in results), 3),
+        "p99_ms": round(statistics.median(r["p99_ms"] for r in results), 3),
+        "p99_min_ms": min(r["p99_ms"] for r in results),
+        "p99_max_ms": max(r["p99_ms"] for r in results),
+        "max_ms": max(r["max_ms"] for r in results),
+        "commits_per_s": round(statistics.median(r["commits_per_s"] for r in results), 1),
+    }
+
+
 def filesystem(path: str) -> str:
     """'fstype device' of the mount holding ``path`` (longest matching mount point in /proc/mounts)."""
     real = os.path.realpath(path)
@@ -180,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, from {','.join(LAYOUTS)} (default per-agent,shared,store)")
     parser.add_argument("--dir", action="append", help="directory to put the stores under (repeatable; "
                         "default the system temp dir)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds over all configurations (default 3)")
     parser.add_argument("--json", help="results file (default bench/results/state_commit.json)")
     args = parser.parse_args(argv)
     if args.worker:
@@ -198,18 +218,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: nproc={info['nproc']} cpu={info['cpu_model']!r} kernel={info['kernel']} "
           f"python={info['python']} lmdb={lmdb.version()} py-lmdb={lmdb.__version__}")
     print(f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}")
-    rows = []
-    for base in dirs:
-        for writers in writer_counts:
-            for layout in layouts:
-                rows.append(run_one(layout, writers, base, args))
-                print(f"  done: {base} {layout} x{writers}", file=sys.stderr)
-    print()
-    headers = ["dir", "fs", "layout", "writers", "commits", "p50_ms", "p99_ms", "max_ms", "commits/s"]
+    load_before = os.getloadavg()
+    runs: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    # Rounds interleave every configuration, so a burst of noise from the host spreads over all of them.
+    for round_no in range(args.repeat):
+        for base in dirs:
+            for writers in writer_counts:
+                for layout in layouts:
+                    runs.setdefault((base, writers, layout), []).append(run_one(layout, writers, base, args))
+                    print(f"  round {round_no + 1}: {base} {layout} x{writers}", file=sys.stderr)
+    load_after = os.getloadavg()
+    rows = [summarise(results) for results in runs.values()]
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
+          f"(anything else running on the machine shows up in p99)")
+    print(f"{args.repeat} round(s); p50, p99, commits/s: median over rounds; p99 range: min-max over rounds; "
+          "max: worst single commit\n")
+    headers = ["dir", "fs", "layout", "writers", "commits", "p50_ms", "p99_ms", "p99_range", "max_ms", "commits/s"]
     print_table(headers, [[r["dir"], r["fs"], r["layout"], r["writers"], r["commits"], r["p50_ms"], r["p99_ms"],
-                           r["max_ms"], r["commits_per_s"]] for r in rows])
+                           f"{r['p99_min_ms']:.3f}-{r['p99_max_ms']:.3f}", r["max_ms"], r["commits_per_s"]]
+                          for r in rows])
     out = write_results("state_commit", {"machine": info, "argv": sys.argv, "lmdb": list(lmdb.version()),
-                                         "results": rows}, args.json)
+                                         "loadavg_before": load_before, "loadavg_after": load_after,
+                                         "results": rows, "rounds": [r for v in runs.values() for r in v]},
+                        args.json)
     print(f"\nresults: {out}")
     return 0
 
