@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 
 from agents.sdk import Agent, InvalidState, load_agent_class, validate_state
-from agents.state import StateStore, agent_state_path
+from agents.state import StateError, StateStore, agent_state_path
 from ipc import wire
 from ipc.errors import ErrorCode, FoundationError
 
@@ -174,7 +174,15 @@ class AgentRuntime:
         finally:
             self._cause = None
         if seq is not None or new_state != self.state:
-            self._store.commit(new_state, seq if seq is not None else self.last_seq)
+            try:
+                self._store.commit(new_state, seq if seq is not None else self.last_seq)
+            except StateError as exc:
+                if exc.code not in ("not_serialisable", "invalid"):
+                    raise  # the store itself failed: crash, and come back to the last committed state
+                # A handler that forgot to return, or returned something JSON cannot hold: that message
+                # fails; redelivering it would only crash the agent again and again.
+                self._fail(msg, seq, InvalidState(f"the handler returned a state that cannot be stored: {exc}"))
+                return
         self.state = new_state
         if seq is not None:
             self.last_seq = seq

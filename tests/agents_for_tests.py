@@ -150,3 +150,20 @@ class Relay(Agent):
 
     def handle_call(self, msg: Any, state: dict[str, int]) -> tuple[Any, dict[str, int]]:
         return state, state
+
+
+class Careless(Agent):
+    """No schema. ``{"none": true}`` forgets to return a state; ``{"set": true}`` returns a set (not JSON)."""
+
+    def init(self) -> dict[str, Any]:
+        return {"v": 0}
+
+    def handle_cast(self, msg: Any, state: dict[str, Any]) -> Any:
+        if msg.get("none"):
+            return None
+        if msg.get("set"):
+            return {"v": {1, 2}}
+        return {"v": msg.get("v", state["v"])}
+
+    def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        return state, state

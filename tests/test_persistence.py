@@ -248,3 +248,17 @@ def test_a_handler_exception_fails_only_that_message(start_daemon) -> None:
     assert f"agent picky: handler error on {mid}" in log
     assert "ValueError: bang" in log
     assert orjson.loads(ctl(daemon, "call", "picky", '{"get": true}').stdout) == {"value": 2}
+
+
+def test_a_state_that_cannot_be_stored_fails_only_that_message(start_daemon) -> None:
+    """No schema: a handler returning None or a non-JSON value fails that message instead of crash-looping."""
+    daemon = start_daemon(PICKY.replace("picky", "careless").replace("Picky", "Careless"))
+    pid = daemon.wait_running("careless")
+    daemon.request("send", name="careless", body={"v": 1})
+    bad = [daemon.request("send", name="careless", body=body)["id"] for body in ({"none": True}, {"set": True})]
+    daemon.request("send", name="careless", body={"v": 2})
+    assert settled(daemon, "careless") == {"v": 2}
+    assert daemon.pid("careless") == pid
+    log = daemon.log()
+    for mid in bad:
+        assert f"agent careless: invalid state on {mid}" in log
