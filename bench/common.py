@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -206,6 +207,24 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether the working tree differed from it (then the numbers are of that)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "daemon", "ipc"))}
+
+
+def contention() -> dict[str, Any]:
+    """How busy the machine was (other work skews latency): load averages and CPU pressure (PSI avg10)."""
+    psi = None
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/pressure/cpu") as f:
+        psi = float(f.readline().split()[1].split("=")[1])
+    return {"loadavg": [round(x, 2) for x in os.getloadavg()], "cpu_pressure_some_avg10": psi}
 
 
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:

@@ -26,6 +26,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
+    code_version,
+    contention,
     context_switches,
     daemon_pid,
     machine,
@@ -64,7 +66,7 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=1.0, help="quiet time before the window (default 1)")
     parser.add_argument("--out", help="JSON output (default bench/results/idle_cost.json)")
     args = parser.parse_args()
-    load_start = os.getloadavg()
+    busy_start = contention()
 
     config = workers_config(args.children, [SLEEP, "100000"])
     with running_daemon(config) as daemon:
@@ -105,7 +107,8 @@ def main() -> int:
     data = {
         "benchmark": "idle_cost",
         "machine": machine(),
-        "loadavg_1_5_15": {"start": load_start, "end": os.getloadavg()},
+        "code": code_version(),
+        "contention": {"start": busy_start, "end": contention()},
         "params": {"children": args.children, "seconds": args.seconds, "settle_s": args.settle},
         "wall_s": round(wall, 3),
         "result": result,
@@ -113,7 +116,8 @@ def main() -> int:
     out = write_results("idle_cost", data, args.out)
 
     print(f"idle cost: {args.children} sleep children, {wall:.1f} s window; "
-          f"{data['machine']['nproc']} CPUs, {data['machine']['cpu_model']}")
+          f"{data['machine']['nproc']} CPUs, {data['machine']['cpu_model']}; "
+          f"load {busy_start['loadavg'][0]}, CPU pressure {busy_start['cpu_pressure_some_avg10']}%")
     print_table(["metric", "value"], [
         ["CPU % (psutil cpu_times, 10 ms ticks)", result["cpu_percent_psutil"]],
         ["CPU % (schedstat, ns)", result["cpu_percent_schedstat"]],

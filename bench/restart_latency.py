@@ -5,12 +5,14 @@
 One foundationd with N `sleep 100000` workers under a one_for_one root whose intensity can never be
 reached. Each round picks a worker, SIGKILLs it and polls /proc every millisecond (the harness polls;
 the daemon does not) for a new child of the daemon whose argv[0] ends in `sleep`. The daemon spawns
-through `setpriv --pdeathsig KILL -- /usr/bin/sleep`, so the replacement is first seen as setpriv;
-both moments are recorded. With a 1 ms poll, each figure is an upper bound, at most one poll
-interval (plus a /proc read) late; the JSON also holds the matching lower bounds.
+through wrappers (`setpriv --pdeathsig KILL -- sh -c GUARD ...` today), so the replacement is first
+seen as something else; the moments "old worker reaped", "replacement forked" and "replacement exec'd
+sleep" are all recorded. With a 1 ms poll, each figure is an upper bound, one poll interval (plus the
+harness's own scheduling delay) late at most; the JSON also holds the matching lower bounds.
 
 In the same run, the floor: fork+exec+wait of /bin/true from Python (subprocess.run), the same through
-setpriv, and setpriv spawned with the exact Popen arguments ProcessShell.spawn uses.
+setpriv, and the daemon's own exec chain (ProcessShell._argv) in front of /bin/true, spawned with the
+exact Popen arguments ProcessShell.spawn uses.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     argv0,
     child_pids,
+    code_version,
+    contention,
     daemon_pid,
     machine,
     print_table,
@@ -39,6 +43,8 @@ from bench.common import (
     workers_config,
     write_results,
 )
+from daemon.process import ProcessShell
+from daemon.spec import WorkerSpec
 
 SLEEP = "/usr/bin/sleep"
 TRUE = "/bin/true"
@@ -54,6 +60,12 @@ def floor(argv: list[str], runs: int, warmup: int = 3) -> list[float]:
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return times
+
+
+def daemon_argv(command: list[str]) -> list[str]:
+    """The argv ProcessShell.spawn would exec for ``command`` (its wrappers: setpriv, any guard), from here."""
+    shell = ProcessShell(lambda fd, cb: None, lambda fd: None, lambda event: None, lambda data: None)
+    return shell._argv(WorkerSpec("floor", tuple(command)))  # private on purpose: mirror the daemon exactly
 
 
 def floor_like_daemon(argv: list[str], runs: int, warmup: int = 3) -> list[float]:
@@ -114,7 +126,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed for the choice of victims")
     parser.add_argument("--out", help="JSON output (default bench/results/restart_latency.json)")
     args = parser.parse_args()
-    load_start = os.getloadavg()
+    busy_start = contention()
 
     setpriv = shutil.which("setpriv")
     rng = random.Random(args.seed)
@@ -125,11 +137,11 @@ def main() -> int:
         pids = wait_all_exec(daemon, "sleep", args.children)
         names = sorted(pids)
 
+        chain = daemon_argv([TRUE])
         floors = {"true": floor([TRUE], args.floor_runs)}
         if setpriv:
             floors["setpriv_true"] = floor([setpriv, "--pdeathsig", "KILL", "--", TRUE], args.floor_runs)
-            floors["setpriv_true_daemon_popen"] = floor_like_daemon(
-                [setpriv, "--pdeathsig", "KILL", "--", TRUE], args.floor_runs)
+        floors["daemon_chain_true"] = floor_like_daemon(chain, args.floor_runs)
 
         for i in range(args.kills + 1):  # round 0 warms the daemon's code paths and is not counted
             name = rng.choice(names)
@@ -154,11 +166,13 @@ def main() -> int:
     data = {
         "benchmark": "restart_latency",
         "machine": machine(),
-        "loadavg_1_5_15": {"start": load_start, "end": os.getloadavg()},
+        "code": code_version(),
+        "contention": {"start": busy_start, "end": contention()},
         "params": {"kills": args.kills, "children": args.children, "floor_runs": args.floor_runs,
                    "poll_s": args.poll, "seed": args.seed, "intensity": 100000, "period": 1.0},
         "restart": restart,
         "floor": floor_summary,
+        "daemon_exec_chain": chain,
         "daemon_log_lines": daemon_log_lines,
         "rounds": rounds,
     }
@@ -166,19 +180,19 @@ def main() -> int:
 
     rows = [
         ["restart: kill -> old worker reaped", *_cols(restart["reaped"])],
-        ["restart: kill -> replacement forked (setpriv)", *_cols(restart["spawned"])],
+        ["restart: kill -> replacement forked", *_cols(restart["spawned"])],
         ["restart: kill -> replacement exec'd sleep", *_cols(restart["exec_sleep"])],
         ["  (lower bound, 1 poll earlier)", *_cols(restart["exec_sleep_lower_bound"])],
         ["floor: subprocess.run /bin/true", *_cols(floor_summary["true"])],
     ]
     if "setpriv_true" in floor_summary:
-        rows += [
-            ["floor: subprocess.run setpriv -- /bin/true", *_cols(floor_summary["setpriv_true"])],
-            ["floor: daemon-style Popen setpriv -- /bin/true", *_cols(floor_summary["setpriv_true_daemon_popen"])],
-        ]
+        rows.append(["floor: subprocess.run setpriv -- /bin/true", *_cols(floor_summary["setpriv_true"])])
+    rows.append(["floor: daemon's Popen + exec chain -> /bin/true", *_cols(floor_summary["daemon_chain_true"])])
     print(f"restart latency: {args.kills} kills, {args.children} children; "
-          f"{data['machine']['nproc']} CPUs, {data['machine']['cpu_model']}")
+          f"{data['machine']['nproc']} CPUs, {data['machine']['cpu_model']}; "
+          f"load {busy_start['loadavg'][0]}, CPU pressure {busy_start['cpu_pressure_some_avg10']}%")
     print_table(["ms", "n", "p50", "p95", "max"], rows)
+    print(f"daemon exec chain: {' '.join(chain)}")
     print(f"results: {out}")
     return 0
 

@@ -79,6 +79,7 @@ class Broker:
         mailbox_bound: Callable[[str], int],
         heartbeat: float = 1.0,
         liveness: Callable[[str], float] = lambda name: 10.0,
+        on_hello: Callable[[str], None] = lambda name: None,
         window: int = 64,
     ) -> None:
         """``agent_alive(name)``: None if no agent of that name is in the tree, else whether it runs."""
@@ -88,6 +89,7 @@ class Broker:
         self._bound = mailbox_bound
         self.heartbeat = heartbeat
         self.liveness = liveness
+        self._on_hello = on_hello
         self.window = window
         self.endpoint = f"ipc://{runtime_dir / wire.BROKER_SOCKET}"
         self._socket_path = runtime_dir / wire.BROKER_SOCKET
@@ -269,6 +271,7 @@ class Broker:
         box.reset()  # anything in flight to an earlier connection goes again, in order
         self._pump(name)
         self._arm_heartbeat_check()
+        self._on_hello(name)  # the agent is ready: its supervisor may start the next sibling
 
     def _on_cast(self, session: Session, msg: dict[str, Any]) -> None:
         chan = msg.get("chan")

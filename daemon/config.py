@@ -8,8 +8,10 @@ mistake.
 
 from __future__ import annotations
 
+import grp
 import json
 import math
+import pwd
 import re
 import sys
 import tomllib
@@ -47,8 +49,19 @@ _DAEMON_KEYS = ("control_group", "runtime_dir", "state_dir")
 _SUPERVISOR_MARKERS = ("children", "strategy", "intensity", "period")
 _SUPERVISOR_KEYS = ("name", "restart", *_SUPERVISOR_MARKERS)
 _WORKER_KEYS = (
-    "agent", "backoff", "command", "env", "liveness", "mailbox", "name", "restart", "shutdown", "working_dir",
+    "agent", "backoff", "command", "env", "group", "limits", "liveness", "mailbox", "max_memory", "name", "ready",
+    "restart", "shutdown", "start_timeout", "umask", "user", "watchdog", "working_dir",
 )
+# Resource limits a worker may set (applied with util-linux prlimit, whose option names these are). Sizes are
+# bytes and may be written "512M"; cpu is seconds; nofile and nproc are counts. -1 in a spec means infinity.
+SIZE_LIMITS = ("as", "core", "fsize", "memlock", "stack")
+COUNT_LIMITS = ("cpu", "nofile", "nproc")
+LIMIT_NAMES = tuple(sorted(SIZE_LIMITS + COUNT_LIMITS))
+RLIM_INFINITY = -1
+_SIZE_RE = re.compile(r"([0-9]+)([KMGT]?)")
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_MAX_RLIMIT = (1 << 63) - 1
+_UMASK_RE = re.compile(r"[0-7]{1,4}")
 _BACKOFF_KEYS = tuple(f.name for f in fields(Backoff))
 _ROOT_FORBIDDEN = {
     "name": f"the root supervisor is always named {ROOT_NAME}",
@@ -245,6 +258,16 @@ def _worker(table: _Table, name: str) -> WorkerSpec:
     table.take(out, "backoff", _backoff)
     table.take(out, "mailbox", _mailbox)
     table.take(out, "liveness", _positive)
+    table.take(out, "ready", _ready)
+    table.take(out, "start_timeout", _positive)
+    table.take(out, "watchdog", _positive)
+    if out.get("watchdog") is not None and out.get("ready") != "notify":
+        raise ConfigError(table.source, table.at("watchdog"), 'a watchdog needs ready = "notify" (pings come there)')
+    table.take(out, "user", _user)
+    table.take(out, "group", _group)
+    table.take(out, "umask", _umask)
+    table.take(out, "limits", _limits)
+    table.take(out, "max_memory", _max_memory)
     return WorkerSpec(name=name, **out)
 
 
@@ -328,10 +351,95 @@ def _intensity(value: object, key: str, source: str) -> int:
     return number
 
 
+def _ready(value: object, key: str, source: str) -> str:
+    text = _expect(value, (str,), "a string", key, source)
+    if text not in ("exec", "notify"):
+        raise ConfigError(source, key, f'expected "exec" or "notify", got {_describe(text)}')
+    return text
+
+
 def _mailbox(value: object, key: str, source: str) -> int:
     number = _expect(value, (int,), "an integer", key, source)
     if number < 1:
         raise ConfigError(source, key, f"must be >= 1, got {number}")
+    return number
+
+
+def _user(value: object, key: str, source: str) -> str:
+    """A user name, or a uid as a string of digits; either must exist here (the lookup is redone at spawn)."""
+    text = _string(value, key, source)
+    try:
+        pwd.getpwuid(int(text)) if text.isdigit() else pwd.getpwnam(text)
+    except (KeyError, OverflowError):
+        raise ConfigError(source, key, f"no such user {json.dumps(text)} on this system") from None
+    return text
+
+
+def _group(value: object, key: str, source: str) -> str:
+    """A group name, or a gid as a string of digits; either must exist here."""
+    text = _string(value, key, source)
+    try:
+        grp.getgrgid(int(text)) if text.isdigit() else grp.getgrnam(text)
+    except (KeyError, OverflowError):
+        raise ConfigError(source, key, f"no such group {json.dumps(text)} on this system") from None
+    return text
+
+
+def _umask(value: object, key: str, source: str) -> int:
+    """Only a string of octal digits ("0027"): a TOML integer 27 would silently mean decimal 27 = 0o033."""
+    text = _expect(value, (str,), 'a string of octal digits like "0027"', key, source)
+    if not _UMASK_RE.fullmatch(text) or int(text, 8) > 0o777:
+        raise ConfigError(source, key, f'expected octal digits from "0000" to "0777", got {_describe(text)}')
+    return int(text, 8)
+
+
+def _size(value: object, key: str, source: str, what: str) -> int:
+    """Bytes: an integer, or digits with a binary unit K, M, G or T ("512M" is 512 MiB)."""
+    if isinstance(value, str):
+        match = _SIZE_RE.fullmatch(value)
+        if match is None:
+            raise ConfigError(source, key, f'expected {what}, got {_describe(value)}')
+        number = int(match[1]) * _SIZE_UNITS[match[2]]
+    else:
+        number = _expect(value, (int,), what, key, source)
+    if number < 0 or number > _MAX_RLIMIT:
+        raise ConfigError(source, key, f"must be between 0 and {_MAX_RLIMIT}, got {number}")
+    return number
+
+
+def _limit_value(name: str, value: object, key: str, source: str) -> int:
+    if value == INFINITY:
+        return RLIM_INFINITY
+    if name in SIZE_LIMITS:
+        return _size(value, key, source, f'bytes (an integer, or a size like "512M"), or "{INFINITY}"')
+    unit = "seconds" if name == "cpu" else "a count"
+    return _size(_expect(value, (int,), f'an integer ({unit}) or "{INFINITY}"', key, source), key, source, unit)
+
+
+def _limits(value: object, key: str, source: str) -> tuple[tuple[str, int, int], ...]:
+    """`limits = { nofile = 1024, as = "1G", core = [0, "infinity"] }`: one value sets soft = hard, a pair
+    sets [soft, hard]. The result is sorted (name, soft, hard) with RLIM_INFINITY (-1) for "infinity"."""
+    table = _Table.of(value, key, source, LIMIT_NAMES, "a table of resource limits")
+    limits = []
+    for name, item in sorted(table.data.items()):
+        at = table.at(name)
+        if isinstance(item, list):
+            if len(item) != 2:
+                raise ConfigError(source, at, f"expected a value or a [soft, hard] pair, got {len(item)} items")
+            soft = _limit_value(name, item[0], f"{at}[0]", source)
+            hard = _limit_value(name, item[1], f"{at}[1]", source)
+            if hard != RLIM_INFINITY and (soft == RLIM_INFINITY or soft > hard):
+                raise ConfigError(source, at, f"the soft limit must not exceed the hard limit, got {json.dumps(item)}")
+        else:
+            soft = hard = _limit_value(name, item, at, source)
+        limits.append((name, soft, hard))
+    return tuple(limits)
+
+
+def _max_memory(value: object, key: str, source: str) -> int:
+    number = _size(value, key, source, 'bytes (an integer, or a size like "512M")')
+    if number == 0:
+        raise ConfigError(source, key, "must be > 0 (leave it out for no bound)")
     return number
 
 

@@ -262,6 +262,17 @@ def _run_call(client: ControlClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_reload(client: ControlClient, args: argparse.Namespace) -> int:
+    result = client.request("reload")
+
+    def text() -> str:
+        parts = [f"{what} {', '.join(names)}" for what, names in result.items() if names]
+        return "reloaded: " + ("; ".join(parts) if parts else "no changes")
+
+    _print_result(args, result, text)
+    return EXIT_OK
+
+
 def _run_state(client: ControlClient, args: argparse.Namespace) -> int:
     result = client.request("state", name=args.name)
     _print_result(args, result, lambda: orjson.dumps(result.get("state")).decode())
@@ -321,6 +332,7 @@ VERBS: dict[str, Verb] = {
              setup=_setup_send, check=_check_json),
         Verb("call", "ask an agent and print its reply", _run_call, setup=_setup_call, check=_check_json),
         Verb("state", "print an agent's persisted state", _run_state, setup=_add_name),
+        Verb("reload", "re-read the config and apply the difference", _run_reload, setup=_add_json),
     )
 }
 

@@ -24,9 +24,11 @@ from typing import Any
 from agents.state import StateError, StateStore, agent_state_path
 from daemon import __version__, paths
 from daemon.broker import Broker
+from daemon.child_notify import ChildNotifySocket
 from daemon.config import ConfigError, DaemonConfig, child_spec_from_dict, load_config
 from daemon.control_server import ControlServer, Peer, Reply
 from daemon.loop import EventLoop, TimerHandle
+from daemon.notify import Notifier
 from daemon.output import OutputSink, SinkHandler, stderr_is_journal
 from daemon.process import ProcessShell, SpawnError, become_subreaper
 from daemon.protocol import (
@@ -36,6 +38,7 @@ from daemon.protocol import (
     Exited,
     Halt,
     Log,
+    Ready,
     Removed,
     Signal,
     Spawn,
@@ -44,9 +47,10 @@ from daemon.protocol import (
     StartTimer,
     TimerFired,
 )
+from daemon.reload import diff
 from daemon.spec import ChildSpec, SupervisorSpec, WorkerSpec
 from daemon.states import DOWN, State
-from daemon.supervisor import SupervisionTree, Worker
+from daemon.supervisor import AnyNode, SupervisionTree, Supervisor, Worker
 from ipc.control import Request
 from ipc.errors import ErrorCode, FoundationError
 
@@ -70,9 +74,23 @@ class Waiter:
 
 class Daemon:
     def __init__(
-        self, config: DaemonConfig, runtime_dir: Path, state_dir: Path, sinks: tuple[OutputSink, ...] = ()
+        self,
+        config: DaemonConfig,
+        runtime_dir: Path,
+        state_dir: Path,
+        sinks: tuple[OutputSink, ...] = (),
+        config_path: str | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path
+        self.notifier = Notifier()
+        self._ready_sent = False
+        self._reloading = False
+        self._child_status: dict[str, str] = {}
+        self._watchdogs: dict[str, TimerHandle] = {}
+        self._restart_times: deque[float] = deque()
+        self._restarts_seen = 0
+        self._status_timer: TimerHandle | None = None
         self.runtime_dir = runtime_dir
         self.state_dir = state_dir
         self.loop = EventLoop()
@@ -87,6 +105,7 @@ class Daemon:
         )
         self.control: ControlServer | None = None
         self.broker: Broker | None = None
+        self.child_notify: ChildNotifySocket | None = None
         self._timers: dict[int, TimerHandle] = {}
         self._pending: deque[Event] = deque()
         self._waiters: list[Waiter] = []
@@ -102,6 +121,14 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self._on_stop_signal)
         self.loop.add_signal_handler(signal.SIGCHLD, lambda _: self.shell.reap())
+        self.loop.add_signal_handler(signal.SIGHUP, lambda _: self._reload(None))
+        self.child_notify = ChildNotifySocket(
+            self.runtime_dir,
+            self.loop.add_reader,
+            self.loop.remove_reader,
+            self._notify_child_of,
+            self._on_child_notify,
+        )
         self.broker = Broker(
             self.runtime_dir,
             self.state_dir,
@@ -110,9 +137,12 @@ class Daemon:
             kill=self._kill_agent,
             mailbox_bound=self._mailbox_bound,
             liveness=self._liveness,
+            on_hello=self._on_agent_hello,
         )
         self.control = ControlServer(self.runtime_dir, self._handlers(), self.loop, self.config.control_group)
         log.info("foundationd %s (pid %d) starting; control socket %s", __version__, os.getpid(), self.control.path)
+        if self.notifier.watchdog_interval:
+            self._ping_watchdog()
         try:
             self._apply(self.tree.boot())
             self.loop.run()
@@ -126,6 +156,9 @@ class Daemon:
         self.shell.close()
         if self.broker is not None:
             self.broker.close()
+        if self.child_notify is not None:
+            self.child_notify.close()
+        self.notifier.close()
         for sink in self._sinks:
             sink.flush()
             sink.detach()
@@ -133,12 +166,95 @@ class Daemon:
 
     def _on_stop_signal(self, signum: int) -> None:
         log.info("received %s", signal.Signals(signum).name)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if not self.tree.shutting_down:
+            self.notifier.stopping()
         self._apply(self.tree.shutdown())
+
+    # ---- systemd: readiness, status, watchdog ----
+
+    def _after_apply(self) -> None:
+        """After every batch of events: READY=1 once the tree is up, and a current STATUS= line."""
+        if not self._ready_sent and self.tree.root.state is State.RUNNING:
+            self._ready_sent = True
+            self.notifier.ready()
+            log.info("tree started")
+        if self.notifier.enabled:
+            self.notifier.status(self._summary())
+
+    def _summary(self) -> str:
+        workers = self.tree.workers()
+        running = sum(1 for w in workers if w.state is State.RUNNING)
+        now = self.loop.clock()
+        total = _total_restarts(self.tree.root)
+        self._restart_times.extend([now] * max(0, total - self._restarts_seen))
+        self._restarts_seen = total
+        while self._restart_times and self._restart_times[0] <= now - 60:
+            self._restart_times.popleft()
+        if self._restart_times and self._status_timer is None:  # refresh when the oldest leaves the minute
+            delay = self._restart_times[0] + 60 - now
+            self._status_timer = self.loop.call_later(delay, self._refresh_status)
+        return f"{running}/{len(workers)} children running, {len(self._restart_times)} restarts in the last minute"
+
+    def _refresh_status(self) -> None:
+        self._status_timer = None
+        self.notifier.status(self._summary())
+
+    def _ping_watchdog(self) -> None:
+        """From the loop itself: if the loop wedges, the pings stop and systemd restarts us."""
+        self.notifier.watchdog()
+        assert self.notifier.watchdog_interval is not None
+        self.loop.call_later(self.notifier.watchdog_interval, self._ping_watchdog)
+
+    # ---- children's sd_notify ----
+
+    def _notify_child_of(self, pgid: int) -> str | None:
+        for worker in self.tree.workers():
+            if worker.pid == pgid and worker.spec.ready == "notify":
+                return worker.name
+        return None
+
+    def _on_child_notify(self, name: str, pid: int, fields: dict[str, str]) -> None:
+        if "STATUS" in fields:
+            self._child_status[name] = fields["STATUS"][:200]
+        if fields.get("READY") == "1":
+            self._apply(self.tree.handle(Ready(name, pid)))
+            self._arm_watchdog(name, pid)  # systemd arms a service's watchdog once it is started, too
+        if fields.get("WATCHDOG") == "1":
+            self._arm_watchdog(name, pid)
+
+    def _arm_watchdog(self, name: str, pid: int) -> None:
+        node = self.tree.find_quiet(name)
+        if not isinstance(node, Worker) or node.spec.watchdog is None or node.pid != pid:
+            return
+        old = self._watchdogs.pop(name, None)
+        if old is not None:
+            old.cancel()
+        interval = node.spec.watchdog
+
+        def expired() -> None:
+            self._watchdogs.pop(name, None)
+            if node.pid == pid:
+                log.warning("%s sent no WATCHDOG=1 for %ss; killing it", name, interval)
+                self.shell.signal(pid, signal.SIGKILL)
+
+        self._watchdogs[name] = self.loop.call_later(interval, expired)
+
+    def _on_agent_hello(self, name: str) -> None:
+        node = self.tree.find_quiet(name)
+        if isinstance(node, Worker) and node.pid is not None:
+            self._apply(self.tree.handle(Ready(name, node.pid)))
 
     # ---- core <-> shell ----
 
     def _on_exit(self, event: Exited) -> None:
         node = self.tree.find_quiet(event.name)
+        self._child_status.pop(event.name, None)
+        watchdog = self._watchdogs.pop(event.name, None)
+        if watchdog is not None:
+            watchdog.cancel()
         if self.broker is not None and isinstance(node, Worker) and node.spec.agent and node.pid == event.pid:
             self.broker.agent_exited(event.name, event.describe())
         self._apply(self.tree.handle(event))
@@ -173,6 +289,7 @@ class Daemon:
             while self._pending:
                 queue.extend(self.tree.handle(self._pending.popleft()))
         self._check_waiters()
+        self._after_apply()
 
     def _act(self, action: Action) -> None:
         match action:
@@ -181,12 +298,15 @@ class Daemon:
                 if spec.agent and self.broker is not None:
                     token = self.broker.expect(name)
                     extra = {"FOUNDATION_BROKER": self.broker.endpoint, "FOUNDATION_AGENT_TOKEN": token}
+                if spec.ready == "notify" and self.child_notify is not None:
+                    extra["NOTIFY_SOCKET"] = str(self.child_notify.path)
                 try:
                     pid = self.shell.spawn(spec, extra)
                 except SpawnError as exc:
                     self._pending.append(SpawnFailed(name, str(exc)))
                 else:
-                    self._pending.append(Spawned(name, pid))
+                    two_step = bool(spec.agent) or spec.ready == "notify"
+                    self._pending.append(Spawned(name, pid, ready=not two_step))
             case Signal(_, pid, sig):
                 self.shell.signal(pid, sig)
             case StartTimer(token, delay):
@@ -222,6 +342,7 @@ class Daemon:
             "attach": self._verb_attach,
             "shutdown": self._verb_shutdown,
             "state": self._verb_state,
+            "reload": lambda req, peer, reply: self._reload(reply),
             "send": self._verb_send,
             "call": self._verb_call,
         }
@@ -235,9 +356,17 @@ class Daemon:
                 "runtime_dir": str(self.runtime_dir),
                 "state_dir": str(self.state_dir),
             },
-            "tree": self.tree.snapshot(),
+            "tree": self._with_child_status(self.tree.snapshot()),
             "broker": self.broker.stats() if self.broker is not None else None,
         }
+
+    def _with_child_status(self, node: dict[str, Any]) -> dict[str, Any]:
+        """Add the STATUS= text that notify children reported to their entries."""
+        if node["name"] in self._child_status:
+            node["status"] = self._child_status[node["name"]]
+        for child in node.get("children", ()):
+            self._with_child_status(child)
+        return node
 
     def _verb_node(self, req: Request, peer: Peer, reply: Reply) -> None:
         name = _str_arg(req.args, "name")
@@ -323,7 +452,63 @@ class Daemon:
 
     def _verb_shutdown(self, req: Request, peer: Peer, reply: Reply) -> None:
         reply({"stopping": True})
-        self.loop.call_later(0, lambda: self._apply(self.tree.shutdown()))
+        self.loop.call_later(0, self._shutdown)
+
+    # ---- reload ----
+
+    def _reload(self, reply: Reply | None) -> None:
+        """Re-read the config and apply the difference; an invalid config changes nothing.
+
+        Removals first (so a moved name is free), then settings, replacements and additions; the answer and
+        READY=1 come once every touched child has settled.
+        """
+        if self._reloading or self.tree.shutting_down:
+            err = FoundationError(ErrorCode.BUSY, "a reload or shutdown is in progress")
+            if reply is not None:
+                reply(err)
+            return
+        log.info("reloading %s", self.config_path or "the embedded config")
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, the running tree is unchanged: %s", exc)  # noqa: TRY400 (no traceback)
+            self.notifier.ready()
+            if reply is not None:
+                reply(FoundationError(ErrorCode.INVALID_CONFIG, str(exc)))
+            return
+        plan = diff(self.config.root, new.root)
+        self._reloading = True
+        for name in plan.remove:
+            if self.tree.find_quiet(name) is not None:
+                self._apply(self.tree.request("detach", name))
+
+        def removed() -> bool:
+            return all(self.tree.find_quiet(name) is None for name in plan.remove)
+
+        def phase2() -> None:
+            for spec in plan.update:
+                self.tree.update_settings(spec)
+            for worker in plan.replace:
+                self._apply(self.tree.replace(worker))
+            for parent, index, spec in plan.add:
+                self._apply(self.tree.attach(parent, spec, index))
+            touched = [self.tree.find_quiet(w.name) for w in plan.replace] + [
+                self.tree.find_quiet(spec.name) for _, _, spec in plan.add
+            ]
+            self._when(lambda: all(n is None or n.state not in (State.STARTING, State.STOPPING) for n in touched),
+                       finish)
+
+        def finish() -> None:
+            self.config = new
+            self._reloading = False
+            self.notifier.ready()
+            summary = plan.summary()
+            log.info("reloaded: %s", summary)
+            if reply is not None:
+                reply(summary)
+
+        self._when(removed, phase2)
 
     def _describe(self, node: Any) -> dict[str, Any]:
         return {"name": node.name, "state": str(node.state), "pid": getattr(node, "pid", None)}
@@ -335,6 +520,13 @@ class Daemon:
             return
         self._waiters.append(waiter)
         waiter.timer = self.loop.call_later(WAIT_LIMIT, lambda: self._expire(waiter))
+
+    def _when(self, done: Callable[[], bool], then: Callable[[], None]) -> None:
+        """Run ``then`` once ``done()`` holds (checked after every batch of events); no deadline."""
+        if done():
+            then()
+        else:
+            self._waiters.append(Waiter(done, then, lambda _: None))
 
     def _expire(self, waiter: Waiter) -> None:
         if waiter in self._waiters:
@@ -367,6 +559,12 @@ def _answer(reply: Reply, shape: Callable[[Any], Any]) -> Callable[[Any, Foundat
         reply(err if err is not None else shape(result))
 
     return respond
+
+
+def _total_restarts(node: AnyNode) -> int:
+    if isinstance(node, Supervisor):
+        return sum(_total_restarts(c) for c in node.children)
+    return node.restarts
 
 
 def _str_arg(args: dict[str, Any], key: str) -> str:
@@ -448,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     lock_fd = _lock_runtime_dir(runtime_dir)
     _raise_fd_limit()
     try:
-        return Daemon(config, runtime_dir, state_dir, sinks).run()
+        return Daemon(config, runtime_dir, state_dir, sinks, config_path=args.config).run()
     finally:
         os.close(lock_fd)
 

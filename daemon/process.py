@@ -12,19 +12,29 @@
   while the dead leader's zombie still pins the group id against reuse.
 * A pidfd names each worker for its whole life: signals to the leader go through it, so a recycled
   PID can never be hit.
+* Users and limits cost nothing to children that do not set them. ``user``/``group``/``umask`` are Popen's
+  own arguments: CPython's child does umask, setgroups (the user's groups, os.getgrouplist), setgid, setuid
+  in C before the first exec. ``limits`` put util-linux ``prlimit`` last in the exec chain
+  (``setpriv ... sh -c GUARD PID prlimit --nofile=S:H ... -- COMMAND``), so they bind the command itself;
+  prlimit runs as the target user, so a hard limit above the daemon's own can only be raised for a child
+  that stays root (refused at spawn otherwise, rather than failing in the child).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import grp
 import os
+import pwd
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from daemon.protocol import Exited
 from daemon.spec import WorkerSpec
@@ -74,14 +84,16 @@ class ProcessShell:
         self._by_pid: dict[int, ProcessHandle] = {}
         self._setpriv = shutil.which("setpriv")
         self._sh = shutil.which("sh")
+        self._prlimit = shutil.which("prlimit")
 
     @property
     def live(self) -> dict[int, ProcessHandle]:
         return self._by_pid
 
     def spawn(self, spec: WorkerSpec, extra_env: dict[str, str] | None = None) -> int:
-        argv = self._argv(spec)
-        env = self._env(spec)
+        credentials, user_env = self._credentials(spec)
+        argv = self._argv(spec, credentials.get("user"))
+        env = self._env(spec, user_env)
         env.update(extra_env or {})
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
@@ -94,6 +106,7 @@ class ProcessShell:
                 cwd=spec.working_dir,
                 process_group=0,
                 close_fds=True,
+                **credentials,
             )
         except OSError as exc:
             os.close(read_fd)
@@ -110,7 +123,8 @@ class ProcessShell:
 
     def check(self, spec: WorkerSpec) -> None:
         """Raise SpawnError now if ``spawn(spec)`` could not start the command (for the attach verb)."""
-        self._argv(spec)
+        credentials, _ = self._credentials(spec)
+        self._argv(spec, credentials.get("user"))
         if spec.working_dir is not None and not os.path.isdir(spec.working_dir):
             raise SpawnError(f"{spec.working_dir}: working directory does not exist")
 
@@ -213,7 +227,7 @@ class ProcessShell:
 
     # ---- argv and environment ----
 
-    def _argv(self, spec: WorkerSpec) -> list[str]:
+    def _argv(self, spec: WorkerSpec, uid: int | None = None) -> list[str]:
         # An agent runs under the daemon's own interpreter, never a `python3` found on PATH (a pyenv shim
         # costs ~80 ms a start).
         agent_argv = [sys.executable, "-m", "agents.runtime", spec.agent] if spec.agent else None
@@ -227,6 +241,8 @@ class ProcessShell:
         if not (os.path.isfile(target) and os.access(target, os.X_OK)):
             raise SpawnError(f"{command[0]}: not an executable file")
         command[0] = resolved
+        if spec.limits:
+            command = [*self._prlimit_argv(spec, uid), "--", *command]
         if self._setpriv is None:
             return command
         if self._sh is None:
@@ -235,9 +251,73 @@ class ProcessShell:
         # parent is still this daemon, so a daemon SIGKILLed right after a spawn leaves no orphan behind.
         return [self._setpriv, "--pdeathsig", "KILL", "--", self._sh, "-c", PDEATH_GUARD, str(os.getpid()), *command]
 
-    def _env(self, spec: WorkerSpec) -> dict[str, str]:
+    def _env(self, spec: WorkerSpec, user_env: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         env.update(self._base_env)
         env["FOUNDATION_NAME"] = spec.name
+        env.update(user_env or {})
         env.update(dict(spec.env))
         return env
+
+    # ---- users and limits ----
+
+    def _credentials(self, spec: WorkerSpec) -> tuple[dict[str, Any], dict[str, str]]:
+        """Popen's user/group/extra_groups/umask arguments for ``spec``, and the HOME/USER/LOGNAME it implies.
+
+        Names are looked up at every spawn (the config only checked that they existed when it was loaded).
+        """
+        credentials: dict[str, Any] = {}
+        user_env: dict[str, str] = {}
+        if spec.umask is not None:
+            credentials["umask"] = spec.umask
+        if spec.user is None and spec.group is None:
+            return credentials, user_env
+        if os.geteuid() != 0:
+            setting = f'user = "{spec.user}"' if spec.user is not None else f'group = "{spec.group}"'
+            raise SpawnError(f"{setting} needs foundationd to run as root (it runs as uid {os.geteuid()})")
+        gid = None
+        if spec.group is not None:
+            try:
+                gid = grp.getgrgid(int(spec.group)).gr_gid if spec.group.isdigit() else grp.getgrnam(spec.group).gr_gid
+            except (KeyError, OverflowError):
+                raise SpawnError(f'group = "{spec.group}": no such group on this system') from None
+        if spec.user is not None:
+            try:
+                entry = pwd.getpwuid(int(spec.user)) if spec.user.isdigit() else pwd.getpwnam(spec.user)
+            except (KeyError, OverflowError):
+                raise SpawnError(f'user = "{spec.user}": no such user on this system') from None
+            gid = entry.pw_gid if gid is None else gid
+            # Popen does setgroups, then setgid, then setuid: the order that cannot leave a privilege behind.
+            credentials["user"] = entry.pw_uid
+            credentials["extra_groups"] = os.getgrouplist(entry.pw_name, gid)
+            user_env = {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name}
+        # With a group alone the child stays root: only its primary group changes, supplementary ones are kept.
+        credentials["group"] = gid
+        return credentials, user_env
+
+    def _prlimit_argv(self, spec: WorkerSpec, uid: int | None) -> list[str]:
+        if self._prlimit is None:
+            raise SpawnError("limits need util-linux prlimit, which is not on foundationd's PATH")
+        privileged = os.geteuid() == 0 and uid in (None, 0)
+        argv = [self._prlimit]
+        for name, soft, hard in spec.limits:
+            if not privileged:
+                _check_hard_limit(name, hard, uid)
+            argv.append(f"--{name}={_rlim(soft)}:{_rlim(hard)}")
+        return argv
+
+
+def _rlim(value: int) -> str:
+    return "unlimited" if value < 0 else str(value)
+
+
+def _check_hard_limit(name: str, hard: int, uid: int | None) -> None:
+    """Only root (CAP_SYS_RESOURCE) raises a hard limit: say so now instead of letting the child crash-loop."""
+    _, current = resource.getrlimit(getattr(resource, f"RLIMIT_{name.upper()}"))
+    if current == resource.RLIM_INFINITY or 0 <= hard <= current:
+        return
+    who = f"uid {uid}" if uid is not None else f"foundationd's uid {os.geteuid()}"
+    raise SpawnError(
+        f"limits.{name}: hard limit {_rlim(hard)} is above foundationd's own ({current}), and the child runs as "
+        f"{who}: only root can raise it"
+    )

@@ -3,7 +3,7 @@
 Events flow into ``SupervisionTree.handle``; actions flow out. All are frozen values, so a test can
 feed a script of events and compare the actions with plain equality.
 
-    shell ── Spawned / SpawnFailed / Exited / TimerFired ──> core
+    shell ── Spawned / Ready / SpawnFailed / Exited / TimerFired ──> core
     shell <── Spawn / Signal / StartTimer / CancelTimer / Log / Removed / Halt ── core
 """
 
@@ -19,6 +19,17 @@ from daemon.spec import WorkerSpec
 
 @dataclass(frozen=True)
 class Spawned:
+    """The process exists. ``ready`` False: it is still starting until a ``Ready`` event (or its timeout)."""
+
+    name: str
+    pid: int
+    ready: bool = True
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A child that starts in two steps said it is ready (sd_notify READY=1, an agent's hello)."""
+
     name: str
     pid: int
 
@@ -52,7 +63,7 @@ class TimerFired:
     token: int
 
 
-Event = Spawned | SpawnFailed | Exited | TimerFired
+Event = Spawned | Ready | SpawnFailed | Exited | TimerFired
 
 # ---- actions (core -> shell) ----
 

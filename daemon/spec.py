@@ -57,6 +57,17 @@ class WorkerSpec:
     backoff: Backoff | None = None
     mailbox: int = 10_000  # an agent's bound on undone messages; past it, send fails with mailbox_full
     liveness: float = 10.0  # an agent silent (no heartbeat) this long is killed and restarted
+    # Readiness, systemd-style: "exec" is ready once running; "notify" once it sends READY=1 on its own
+    # NOTIFY_SOCKET (within start_timeout seconds, else it failed to start); an agent is ready at hello.
+    ready: str = "exec"
+    start_timeout: float = 10.0
+    watchdog: float | None = None  # with ready = "notify": WATCHDOG=1 at least this often, else restarted
+    # Users and limits (applied to the child only).
+    user: str | None = None
+    group: str | None = None
+    umask: int | None = None
+    limits: tuple[tuple[str, int, int], ...] = ()  # (name, soft, hard): nofile, as, cpu, nproc, ...
+    max_memory: int | None = None  # bytes of RSS; past it the child is restarted
 
     @property
     def is_supervisor(self) -> bool:

@@ -39,6 +39,7 @@ from daemon.protocol import (
     Exited,
     Halt,
     Log,
+    Ready,
     Removed,
     Signal,
     Spawn,
@@ -93,6 +94,7 @@ class Worker(Node):
     pid: int | None = None
     started_at: float | None = None
     kill_timer: int | None = None
+    ready_timer: int | None = None
     backoff_attempt: int = 0
     last_exit: str | None = None
 
@@ -206,8 +208,10 @@ class SupervisionTree:
 
     def handle(self, event: Event) -> list[Action]:
         match event:
-            case Spawned(name, pid):
-                self._on_spawned(name, pid)
+            case Spawned(name, pid, ready):
+                self._on_spawned(name, pid, ready)
+            case Ready(name, pid):
+                self._on_ready(name, pid)
             case SpawnFailed(name, reason):
                 self._on_spawn_failed(name, reason)
             case Exited():
@@ -238,8 +242,8 @@ class SupervisionTree:
         self._post(node.parent, RequestItem(verb, node))
         return self._drain()
 
-    def attach(self, parent: str, spec: ChildSpec) -> list[Action]:
-        """Add a dynamic child at the end of ``parent`` and start it."""
+    def attach(self, parent: str, spec: ChildSpec, index: int | None = None) -> list[Action]:
+        """Add a dynamic child to ``parent`` (at the end, or before its ``index``-th child) and start it."""
         self._refuse_while_shutting_down()
         sup = self.find(parent)
         if not isinstance(sup, Supervisor):
@@ -248,8 +252,26 @@ class SupervisionTree:
         if clash:
             raise FoundationError(ErrorCode.ALREADY_EXISTS, f"a child named {clash[0]!r} already exists")
         node = self._build(spec, sup)
-        sup.children.append(node)
+        sup.children.insert(len(sup.children) if index is None else index, node)
         self._post(sup, RequestItem("start", node))
+        return self._drain()
+
+    def update_settings(self, spec: SupervisorSpec) -> None:
+        """A reload changed a supervisor's own settings (strategy, intensity, period, restart): take them now."""
+        node = self.find(spec.name)
+        if not isinstance(node, Supervisor):
+            raise FoundationError(ErrorCode.NOT_A_SUPERVISOR, f"{spec.name!r} is not a supervisor")
+        node.spec = spec
+
+    def replace(self, spec: WorkerSpec) -> list[Action]:
+        """A reload changed a worker's spec: a running one restarts with it, a stopped one keeps it for later."""
+        self._refuse_while_shutting_down()
+        node = self.find(spec.name)
+        if not isinstance(node, Worker):
+            raise FoundationError(ErrorCode.INVALID_SPEC, f"{spec.name!r} is not a worker")
+        node.spec = spec
+        if node.state in ALIVE and node.parent is not None:
+            self._post(node.parent, RequestItem("restart", node))
         return self._drain()
 
     def shutdown(self) -> list[Action]:
@@ -269,15 +291,35 @@ class SupervisionTree:
 
     # ---- events ----
 
-    def _on_spawned(self, name: str, pid: int) -> None:
+    def _on_spawned(self, name: str, pid: int, ready: bool) -> None:
         node = self._index.get(name)
         if not isinstance(node, Worker) or node.state is not State.STARTING:
             return
         node.pid = pid
         node.started_at = self._clock()
+        if ready:
+            self._on_ready(name, pid)
+            return
+        # Synchronous start (OTP's init_ack): siblings wait until this one is ready, or its time runs out.
+        timeout = node.spec.start_timeout
+        node.ready_timer = self._start_timer(timeout, lambda: self._not_ready(node, pid, timeout))
+
+    def _on_ready(self, name: str, pid: int) -> None:
+        node = self._index.get(name)
+        if not isinstance(node, Worker) or node.state is not State.STARTING or node.pid != pid:
+            return
+        self._cancel(node.ready_timer)
+        node.ready_timer = None
+        node.started_at = self._clock()
         node.transition(State.RUNNING)
         self._emit_log("info", f"started {name} (pid {pid})")
         self._settle(node, started=True)
+
+    def _not_ready(self, node: Worker, pid: int, timeout: float) -> None:
+        node.ready_timer = None
+        if node.state is State.STARTING and node.pid == pid:
+            self._emit_log("error", f"{node.name} was not ready within {timeout}s; killing it")
+            self._out.append(Signal(node.name, pid, signal.SIGKILL))
 
     def _on_spawn_failed(self, name: str, reason: str) -> None:
         node = self._index.get(name)
@@ -293,7 +335,8 @@ class SupervisionTree:
         if node is None:
             return
         self._cancel(node.kill_timer)
-        node.kill_timer = None
+        self._cancel(node.ready_timer)
+        node.kill_timer = node.ready_timer = None
         node.pid = None
         node.last_exit = ev.describe()
         if node.state is State.STOPPING:
@@ -369,7 +412,7 @@ class SupervisionTree:
             case RemoveStep(node):
                 if node in sup.children:
                     sup.children.remove(node)
-                names = tuple(_names(node.spec))
+                names = tuple(_node_names(node))
                 for name in names:
                     self._index.pop(name, None)
                 self._emit_log("notice", f"detached {node.name}")
@@ -602,6 +645,12 @@ class SupervisionTree:
         else:
             out["command"] = list(node.spec.command)
         return out
+
+
+def _node_names(node: AnyNode) -> list[str]:
+    if isinstance(node, Supervisor):
+        return [node.name, *(n for c in node.children for n in _node_names(c))]
+    return [node.name]
 
 
 def _names(spec: ChildSpec) -> list[str]:

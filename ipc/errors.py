@@ -27,6 +27,8 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"  # a hello with a wrong or reused token
     HANDLER_ERROR = "handler_error"  # the recipient's handler raised; the message failed, its state is unchanged
     INVALID_STATE = "invalid_state"  # a handler returned a state its schema rejects; the old state stays
+    INVALID_CONFIG = "invalid_config"  # a reload whose config does not validate; the running tree is unchanged
+    BUSY = "busy"  # another reload is still being applied
     INTERNAL = "internal"  # a bug in the daemon; the request failed, the daemon keeps running
 
 
