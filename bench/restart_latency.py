@@ -64,7 +64,7 @@ def floor(argv: list[str], runs: int, warmup: int = 3) -> list[float]:
 
 def daemon_argv(command: list[str]) -> list[str]:
     """The argv ProcessShell.spawn would exec for ``command`` (its wrappers: setpriv, any guard), from here."""
-    shell = ProcessShell(lambda fd, cb: None, lambda fd: None, lambda event: None, lambda data: None)
+    shell = ProcessShell(lambda fd, cb: None, lambda fd: None, lambda event: None, lambda name, lines: None)
     return shell._argv(WorkerSpec("floor", tuple(command)))  # private on purpose: mirror the daemon exactly
 
 

@@ -31,7 +31,7 @@ log = logging.getLogger("foundationd.control")
 READ_VERBS = frozenset({"status", "state", "logs", "metrics", "events", "doctor", "flags"})
 # Data-plane verbs: allowed like any mutating verb, but logged at debug level (thousands a second).
 QUIET_VERBS = frozenset({"send", "call"})
-Reply = Callable[[Any], None]
+Reply = Callable[[Any], Any]  # returns False once the client has gone
 # A handler answers through ``reply`` (a result) or raises FoundationError; it may keep ``reply``
 # and call it later, when the operation it started has finished.
 Handler = Callable[[Request, "Peer", Reply], None]
@@ -182,11 +182,13 @@ class ControlServer:
                 return str(gid) in line.split()[1:]
         return False
 
-    def _send(self, conn: Connection, payload: bytes) -> None:
+    def _send(self, conn: Connection, payload: bytes) -> bool:
+        """Queue a reply; False once the connection is gone (a follower then stops)."""
         if conn.closed:
-            return
+            return False
         conn.outbuf += payload
         self._flush(conn)
+        return not conn.closed
 
     def _flush(self, conn: Connection) -> None:
         # Replies are small and clients read them; a client that stops reading is cut off rather

@@ -28,7 +28,7 @@ import orjson
 
 from daemon.paths import runtime_dir
 from ipc.control import SOCKET_NAME, ControlClient, ControlUnreachable
-from ipc.errors import FoundationError
+from ipc.errors import ErrorCode, FoundationError
 
 PROG = "foundationctl"
 EXIT_OK = 0
@@ -262,6 +262,27 @@ def _run_call(client: ControlClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _setup_logs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the child")
+    parser.add_argument("-n", "--lines", type=int, default=50, metavar="N", help="how many recent lines (50)")
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until interrupted")
+    _add_json(parser)
+
+
+def _run_logs(client: ControlClient, args: argparse.Namespace) -> int:
+    if args.lines < 0:
+        raise FoundationError(ErrorCode.BAD_REQUEST, "-n must be >= 0")
+    if not args.follow:
+        result = client.request("logs", name=args.name, lines=args.lines)
+        _print_result(args, result, lambda: "\n".join(entry["line"] for entry in result["lines"]))
+        return EXIT_OK
+    client.settimeout(None)  # following waits for output as long as it takes
+    for result in client.stream("logs", name=args.name, lines=args.lines, follow=True):
+        for entry in result["lines"]:
+            print(orjson.dumps(entry).decode() if getattr(args, "json", False) else entry["line"], flush=True)
+    return EXIT_OK
+
+
 def _run_reload(client: ControlClient, args: argparse.Namespace) -> int:
     result = client.request("reload")
 
@@ -333,6 +354,7 @@ VERBS: dict[str, Verb] = {
         Verb("call", "ask an agent and print its reply", _run_call, setup=_setup_call, check=_check_json),
         Verb("state", "print an agent's persisted state", _run_state, setup=_add_name),
         Verb("reload", "re-read the config and apply the difference", _run_reload, setup=_add_json),
+        Verb("logs", "show a child's recent output", _run_logs, setup=_setup_logs),
     )
 }
 

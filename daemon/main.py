@@ -27,7 +27,9 @@ from daemon.broker import Broker
 from daemon.child_notify import ChildNotifySocket
 from daemon.config import ConfigError, DaemonConfig, child_spec_from_dict, load_config
 from daemon.control_server import ControlServer, Peer, Reply
+from daemon.logs import LogRings
 from daemon.loop import EventLoop, TimerHandle
+from daemon.memory import MemoryWatch
 from daemon.notify import Notifier
 from daemon.output import OutputSink, SinkHandler, stderr_is_journal
 from daemon.process import ProcessShell, SpawnError, become_subreaper
@@ -47,7 +49,7 @@ from daemon.protocol import (
     StartTimer,
     TimerFired,
 )
-from daemon.reload import diff
+from daemon.reload import Plan, diff
 from daemon.spec import ChildSpec, SupervisorSpec, WorkerSpec
 from daemon.states import DOWN, State
 from daemon.supervisor import AnyNode, SupervisionTree, Supervisor, Worker
@@ -100,9 +102,11 @@ class Daemon:
             self.loop.add_reader,
             self.loop.remove_reader,
             self._on_exit,
-            sinks[0].write if sinks else _discard,
+            self._on_output,
             base_env={"FOUNDATION_RUNTIME_DIR": str(runtime_dir), "FOUNDATION_STATE_DIR": str(state_dir)},
         )
+        self.memory = MemoryWatch(self.loop.call_later, self._memory_watched, self._kill_for_memory)
+        self._memory_poke = False
         self.control: ControlServer | None = None
         self.broker: Broker | None = None
         self.child_notify: ChildNotifySocket | None = None
@@ -111,6 +115,7 @@ class Daemon:
         self._waiters: list[Waiter] = []
         self._exit_code = EXIT_OK
         self._sinks = sinks
+        self.logs = LogRings()
 
     # ---- lifecycle ----
 
@@ -151,6 +156,7 @@ class Daemon:
         return self._exit_code
 
     def _close(self) -> None:
+        self.memory.close()
         if self.control is not None:
             self.control.close()
         self.shell.close()
@@ -259,6 +265,13 @@ class Daemon:
             self.broker.agent_exited(event.name, event.describe())
         self._apply(self.tree.handle(event))
 
+    def _on_output(self, name: str, lines: list[bytes]) -> None:
+        """A child's complete lines: to our stdout with its name in front, and into its ring for `logs`."""
+        prefix = name.encode() + b" | "
+        if self._sinks:
+            self._sinks[0].write(b"".join(prefix + line + b"\n" for line in lines))
+        self.logs.add(name, [line.decode(errors="replace") for line in lines])
+
     # ---- what the broker asks of the tree ----
 
     def _agent_alive(self, name: str) -> bool | None:
@@ -272,6 +285,19 @@ class Daemon:
         if isinstance(node, Worker) and node.pid is not None:
             log.warning("killing %s: %s", name, reason)
             self.shell.signal(node.pid, signal.SIGKILL)
+
+    def _memory_watched(self) -> list[tuple[str, int, int]]:
+        return [
+            (w.name, w.pid, w.spec.max_memory)
+            for w in self.tree.workers()
+            if w.spec.max_memory is not None and w.pid is not None and w.state in (State.STARTING, State.RUNNING)
+        ]
+
+    def _kill_for_memory(self, name: str, pid: int, reason: str) -> None:
+        node = self.tree.find_quiet(name)
+        if isinstance(node, Worker) and node.pid == pid:
+            log.warning("killing %s (pid %d): %s", name, pid, reason)
+            self.shell.signal(pid, signal.SIGKILL)
 
     def _liveness(self, name: str) -> float:
         node = self.tree.find_quiet(name)
@@ -290,6 +316,9 @@ class Daemon:
                 queue.extend(self.tree.handle(self._pending.popleft()))
         self._check_waiters()
         self._after_apply()
+        if self._memory_poke:  # after the batch: the tree has recorded the new pids by now
+            self._memory_poke = False
+            self.memory.poke()
 
     def _act(self, action: Action) -> None:
         match action:
@@ -300,11 +329,14 @@ class Daemon:
                     extra = {"FOUNDATION_BROKER": self.broker.endpoint, "FOUNDATION_AGENT_TOKEN": token}
                 if spec.ready == "notify" and self.child_notify is not None:
                     extra["NOTIFY_SOCKET"] = str(self.child_notify.path)
+                    if spec.watchdog is not None:  # what sd_watchdog_enabled(3) reads to know it must ping
+                        extra["WATCHDOG_USEC"] = str(round(spec.watchdog * 1_000_000))
                 try:
                     pid = self.shell.spawn(spec, extra)
                 except SpawnError as exc:
                     self._pending.append(SpawnFailed(name, str(exc)))
                 else:
+                    self._memory_poke = self._memory_poke or spec.max_memory is not None
                     two_step = bool(spec.agent) or spec.ready == "notify"
                     self._pending.append(Spawned(name, pid, ready=not two_step))
             case Signal(_, pid, sig):
@@ -318,8 +350,9 @@ class Daemon:
             case Log(level, message):
                 log.log(LEVELS.get(level, logging.INFO), "%s", message)
             case Removed(names):
-                if self.broker is not None:
-                    for name in names:
+                for name in names:
+                    self.logs.forget(name)
+                    if self.broker is not None:
                         self.broker.forget(name)
             case Halt(code, reason):
                 log.log(logging.INFO if code == 0 else logging.ERROR, "halting: %s", reason)
@@ -342,6 +375,7 @@ class Daemon:
             "attach": self._verb_attach,
             "shutdown": self._verb_shutdown,
             "state": self._verb_state,
+            "logs": self._verb_logs,
             "reload": lambda req, peer, reply: self._reload(reply),
             "send": self._verb_send,
             "call": self._verb_call,
@@ -411,6 +445,21 @@ class Daemon:
         self._wait(lambda: (node.incarnation > 0 and node.state is not State.STARTING) or _parked(node),
                    lambda: self._describe(node), reply)
 
+    def _verb_logs(self, req: Request, peer: Peer, reply: Reply) -> None:
+        """The last ``lines`` lines of a child's output; with ``follow``, then every new line as it comes."""
+        name = _str_arg(req.args, "name")
+        if self.tree.find_quiet(name) is None:
+            raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no child named {name!r}")
+        count = req.args.get("lines", 50)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise FoundationError(ErrorCode.BAD_REQUEST, "'lines' must be a non-negative integer")
+        tail = [{"t": t, "line": line} for t, line in self.logs.tail(name, count)]
+        alive = reply({"name": name, "lines": tail, "more": bool(req.args.get("follow"))})
+        if req.args.get("follow") and alive is not False:
+            self.logs.follow(
+                name, lambda lines: reply({"name": name, "lines": [{"line": x} for x in lines]}) is not False
+            )
+
     def _verb_state(self, req: Request, peer: Peer, reply: Reply) -> None:
         """An agent's last committed state, read from its LMDB store (a short read transaction)."""
         name = _str_arg(req.args, "name")
@@ -464,6 +513,7 @@ class Daemon:
         """
         if self._reloading or self.tree.shutting_down:
             err = FoundationError(ErrorCode.BUSY, "a reload or shutdown is in progress")
+            log.warning("reload ignored: %s", err.message)
             if reply is not None:
                 reply(err)
             return
@@ -471,13 +521,14 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
-        except ConfigError as exc:
+            plan = diff(self.config.root, new.root)
+            self._check_plan(plan)
+        except (ConfigError, FoundationError) as exc:
             log.error("reload refused, the running tree is unchanged: %s", exc)  # noqa: TRY400 (no traceback)
             self.notifier.ready()
             if reply is not None:
-                reply(FoundationError(ErrorCode.INVALID_CONFIG, str(exc)))
+                reply(exc if isinstance(exc, FoundationError) else FoundationError(ErrorCode.INVALID_CONFIG, str(exc)))
             return
-        plan = diff(self.config.root, new.root)
         self._reloading = True
         for name in plan.remove:
             if self.tree.find_quiet(name) is not None:
@@ -487,12 +538,19 @@ class Daemon:
             return all(self.tree.find_quiet(name) is None for name in plan.remove)
 
         def phase2() -> None:
-            for spec in plan.update:
-                self.tree.update_settings(spec)
-            for worker in plan.replace:
-                self._apply(self.tree.replace(worker))
-            for parent, index, spec in plan.add:
-                self._apply(self.tree.attach(parent, spec, index))
+            try:
+                for spec in plan.update:
+                    self.tree.update_settings(spec)
+                for worker in plan.replace:
+                    self._apply(self.tree.replace(worker))
+                for parent, index, spec in plan.add:
+                    self._apply(self.tree.attach(parent, spec, index))
+            except FoundationError as exc:  # a shutdown, or an operator's attach/detach, came in meanwhile
+                log.error("reload stopped part-way: %s", exc)  # noqa: TRY400 (no traceback)
+                self._reloading = False
+                if reply is not None:
+                    reply(exc)
+                return
             touched = [self.tree.find_quiet(w.name) for w in plan.replace] + [
                 self.tree.find_quiet(spec.name) for _, _, spec in plan.add
             ]
@@ -502,13 +560,32 @@ class Daemon:
         def finish() -> None:
             self.config = new
             self._reloading = False
-            self.notifier.ready()
+            if not self.tree.shutting_down:  # no READY=1 after STOPPING=1
+                self.notifier.ready()
             summary = plan.summary()
             log.info("reloaded: %s", summary)
             if reply is not None:
                 reply(summary)
 
         self._when(removed, phase2)
+
+    def _check_plan(self, plan: Plan) -> None:
+        """Refuse, before anything changes, a plan that run-time attach/detach made impossible to carry out."""
+        removed = [node for name in plan.remove if (node := self.tree.find_quiet(name)) is not None]
+        freed = {n for node in removed for n in _node_names(node)}  # a removal frees its whole subtree's names
+        for spec in (*plan.update, *plan.replace):
+            node = self.tree.find_quiet(spec.name)
+            if node is None or isinstance(node, Supervisor) != isinstance(spec, SupervisorSpec):
+                raise FoundationError(ErrorCode.INVALID_CONFIG, f"{spec.name!r} changed in the config but was detached "
+                                      "at run time: attach it again, or take it out of the config")
+        for parent, _, spec in plan.add:
+            if not isinstance(self.tree.find_quiet(parent), Supervisor):
+                raise FoundationError(ErrorCode.INVALID_CONFIG, f"{spec.name!r} goes under {parent!r}, which was "
+                                      "detached at run time: attach it again, or take it out of the config")
+            for name in _spec_names(spec):
+                if name not in freed and self.tree.find_quiet(name) is not None:
+                    raise FoundationError(ErrorCode.INVALID_CONFIG, f"the config adds {name!r}, but a child of that "
+                                          "name was attached at run time: detach it first")
 
     def _describe(self, node: Any) -> dict[str, Any]:
         return {"name": node.name, "state": str(node.state), "pid": getattr(node, "pid", None)}
@@ -535,6 +612,8 @@ class Daemon:
 
     def _check_waiters(self) -> None:
         for waiter in [w for w in self._waiters if w.done()]:
+            if waiter not in self._waiters:  # answered already by a nested check (a `_when` callback applies actions)
+                continue
             self._waiters.remove(waiter)
             if waiter.timer is not None:
                 waiter.timer.cancel()
@@ -544,6 +623,18 @@ class Daemon:
 def _parked(node: Any) -> bool:
     """Down under a supervisor that is down: the core starts it with its supervisor, so waiting is pointless."""
     return node.state in DOWN and node.parent is not None and node.parent.state in DOWN
+
+
+def _spec_names(spec: ChildSpec) -> list[str]:
+    if isinstance(spec, SupervisorSpec):
+        return [spec.name, *(n for child in spec.children for n in _spec_names(child))]
+    return [spec.name]
+
+
+def _node_names(node: AnyNode) -> list[str]:
+    if isinstance(node, Supervisor):
+        return [node.name, *(n for child in node.children for n in _node_names(child))]
+    return [node.name]
 
 
 def _workers(spec: ChildSpec) -> list[WorkerSpec]:
@@ -614,8 +705,6 @@ def _setup_logging() -> tuple[OutputSink, OutputSink]:
     return out, err
 
 
-def _discard(data: bytes) -> None:
-    """Output of children when the daemon runs without sinks (embedded in tests)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -73,13 +73,13 @@ class ProcessShell:
         add_reader: Callable[[int, Callable[[], None]], None],
         remove_reader: Callable[[int], None],
         on_exit: Callable[[Exited], None],
-        write_output: Callable[[bytes], None],
+        on_output: Callable[[str, list[bytes]], None],
         base_env: dict[str, str] | None = None,
     ) -> None:
         self._add_reader = add_reader
         self._remove_reader = remove_reader
         self._on_exit = on_exit
-        self._write_output = write_output
+        self._on_output = on_output  # (child name, complete lines without their newline)
         self._base_env = base_env or {}
         self._by_pid: dict[int, ProcessHandle] = {}
         self._setpriv = shutil.which("setpriv")
@@ -213,9 +213,9 @@ class ProcessShell:
         if cut == 0:
             cut = len(handle.partial)
         complete, handle.partial = bytes(handle.partial[:cut]), handle.partial[cut:]
-        prefix = handle.name.encode() + b" | "
-        lines = complete.rstrip(b"\n").split(b"\n")
-        self._write_output(b"".join(prefix + line + b"\n" for line in lines))
+        if complete.endswith(b"\n"):
+            complete = complete[:-1]
+        self._on_output(handle.name, complete.split(b"\n"))
 
     def _close_output(self, handle: ProcessHandle) -> None:
         if handle.partial:

@@ -100,6 +100,9 @@ class ControlClient:
     def close(self) -> None:
         self._sock.close()
 
+    def settimeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+
     def __enter__(self) -> ControlClient:
         return self
 
@@ -112,6 +115,22 @@ class ControlClient:
         if isinstance(result, FoundationError):
             raise result
         return result
+
+    def stream(self, verb: str, **args: Any) -> Iterator[Any]:
+        """A request answered many times (``logs --follow``): yield each result until the daemon closes."""
+        req_id = self._bump()
+        self._send_raw(encode({"id": req_id, "verb": verb, "args": args}))
+        while True:
+            try:
+                line = self._read_line()
+            except ConnectionResetError:
+                return
+            except OSError as exc:
+                raise ControlUnreachable(f"control connection failed: {exc.strerror or exc}") from exc
+            result = _result(orjson.loads(line))
+            if isinstance(result, FoundationError):
+                raise result
+            yield result
 
     def pipeline(self, requests: Iterable[tuple[str, dict[str, Any]]], window: int = 512) -> Iterator[Any]:
         """Send many requests with up to ``window`` unanswered; yield each result or FoundationError, in order.

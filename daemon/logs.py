@@ -1,0 +1,44 @@
+"""Recent output of each child, kept in memory for `foundationctl logs NAME [-n N] [--follow]`.
+
+A bounded ring per child (lines, not bytes, so a chatty child keeps its last N lines, never more), kept
+after the child exits so that the lines before a crash can be read. Followers get every new line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+Follower = Callable[[list[str]], bool]  # returns False once the reader is gone
+
+
+class LogRings:
+    def __init__(self, lines_per_child: int = 1000) -> None:
+        self._size = lines_per_child
+        self._rings: dict[str, deque[tuple[float, str]]] = {}
+        self._followers: dict[str, list[Follower]] = {}
+
+    def add(self, name: str, lines: list[str]) -> None:
+        ring = self._rings.get(name)
+        if ring is None:
+            ring = self._rings[name] = deque(maxlen=self._size)
+        now = time.time()
+        ring.extend((now, line) for line in lines)
+        followers = self._followers.get(name)
+        if followers:
+            self._followers[name] = [f for f in followers if f(lines)]
+
+    def tail(self, name: str, count: int) -> list[tuple[float, str]]:
+        ring = self._rings.get(name, ())
+        return list(ring)[-count:] if count > 0 else []
+
+    def follow(self, name: str, follower: Follower) -> None:
+        self._followers.setdefault(name, []).append(follower)
+
+    def forget(self, name: str) -> None:
+        self._rings.pop(name, None)
+        self._followers.pop(name, None)
+
+    def followers(self) -> int:
+        return sum(len(f) for f in self._followers.values())
