@@ -13,6 +13,7 @@ here, after exec, never inherited.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -275,7 +276,21 @@ def _error(error: dict[str, Any]) -> FoundationError:
     return FoundationError(code, str(error.get("message", "")))
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_daemon() -> None:
+    """SIGKILL when the daemon dies, as setpriv gives plain commands; and if it died before this was armed
+    (the parent is no longer the daemon that spawned us), go at once: no agent outlives its daemon."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    expected = os.environ.get("FOUNDATION_DAEMON_PID")
+    if expected and os.getppid() != int(expected):
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_daemon()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or ":" not in args[0]:
         print("usage: python -m agents.runtime package.module:Class", file=sys.stderr)

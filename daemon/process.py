@@ -243,6 +243,8 @@ class ProcessShell:
         command[0] = resolved
         if spec.limits:
             command = [*self._prlimit_argv(spec, uid), "--", *command]
+        elif spec.agent:
+            return command  # the agent runtime arms its own parent-death signal and checks its parent (2 execs less)
         if self._setpriv is None:
             return command
         if self._sh is None:
@@ -255,6 +257,7 @@ class ProcessShell:
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         env.update(self._base_env)
         env["FOUNDATION_NAME"] = spec.name
+        env["FOUNDATION_DAEMON_PID"] = str(os.getpid())
         env.update(user_env or {})
         env.update(dict(spec.env))
         return env
