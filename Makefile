@@ -29,3 +29,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Opt-in, root only (prints SKIP with the reason otherwise): the shipped systemd/foundation.service under a real
+# systemd booted in private namespaces (tests/systemd/run.sh, docs/systemd.md). Not part of `make test`.
+.PHONY: test-systemd
+test-systemd: $(STAMP)
+	tests/systemd/run.sh
