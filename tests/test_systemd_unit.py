@@ -1,8 +1,9 @@
 """systemd/foundation.service passes ``systemd-analyze verify`` (skipped, with the reason, where it is not installed).
 
-verify checks that ExecStart's binary exists. The shipped unit names /opt/foundation/venv/bin/foundationd, where
-systemd/README.md installs it, which is usually absent on a development machine; so the test verifies a temporary
-copy whose ExecStart names this environment's foundationd instead. Every other line is the shipped file's.
+verify checks that ExecStart's and ExecReload's binaries exist. The shipped unit names /opt/foundation/venv/bin/,
+where systemd/README.md installs Foundation, which is usually absent on a development machine; so the test verifies
+a temporary copy whose ExecStart and ExecReload name this environment's foundationd and foundationctl instead.
+Every other line is the shipped file's.
 The unit's behaviour under a real systemd is ``make test-systemd`` (tests/systemd/run.sh, root only).
 """
 
@@ -43,6 +44,10 @@ def _copy_for_verify(tmp_path: Path, extra: str = "") -> Path:
     assert len(execs) == 1, "the unit has exactly one ExecStart="
     assert lines[execs[0]].startswith(f"ExecStart={INSTALLED_FOUNDATIOND} "), lines[execs[0]]
     lines[execs[0]] = lines[execs[0]].replace(INSTALLED_FOUNDATIOND, _foundationd(), 1)
+    installed_bin, here_bin = str(Path(INSTALLED_FOUNDATIOND).parent), str(Path(_foundationd()).parent)
+    reloads = [i for i, line in enumerate(lines) if line.startswith("ExecReload=")]
+    assert len(reloads) == 1, "the unit has exactly one ExecReload="
+    lines[reloads[0]] = lines[reloads[0]].replace(installed_bin, here_bin, 1)
     copy = tmp_path / UNIT.name  # the same name: verify derives the unit's name and type from it
     copy.write_text("".join(lines) + extra)
     return copy
