@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import fcntl
 import logging
 import os
@@ -511,21 +512,25 @@ class Daemon:
         Removals first (so a moved name is free), then settings, replacements and additions; the answer and
         READY=1 come once every touched child has settled.
         """
-        if self._reloading or self.tree.shutting_down:
+        if self._reloading or self.tree.shutting_down or self.tree.root.state is State.STOPPING:  # (root failing)
             err = FoundationError(ErrorCode.BUSY, "a reload or shutdown is in progress")
             log.warning("reload ignored: %s", err.message)
             if reply is not None:
                 reply(err)
             return
         log.info("reloading %s", self.config_path or "the embedded config")
-        self.notifier.reloading()
+        # RELOADING=1 ... READY=1 only once started: before that, READY=1 means the whole tree is up.
+        announced = self._ready_sent
+        if announced:
+            self.notifier.reloading()
         try:
             new = load_config(self.config_path)
             plan = diff(self.config.root, new.root)
             self._check_plan(plan)
         except (ConfigError, FoundationError) as exc:
             log.error("reload refused, the running tree is unchanged: %s", exc)  # noqa: TRY400 (no traceback)
-            self.notifier.ready()
+            if announced:
+                self.notifier.ready()
             if reply is not None:
                 reply(exc if isinstance(exc, FoundationError) else FoundationError(ErrorCode.INVALID_CONFIG, str(exc)))
             return
@@ -548,6 +553,8 @@ class Daemon:
             except FoundationError as exc:  # a shutdown, or an operator's attach/detach, came in meanwhile
                 log.error("reload stopped part-way: %s", exc)  # noqa: TRY400 (no traceback)
                 self._reloading = False
+                if announced and not self.tree.shutting_down:
+                    self.notifier.ready()
                 if reply is not None:
                     reply(exc)
                 return
@@ -560,7 +567,7 @@ class Daemon:
         def finish() -> None:
             self.config = new
             self._reloading = False
-            if not self.tree.shutting_down:  # no READY=1 after STOPPING=1
+            if announced and not self.tree.shutting_down:  # no READY=1 after STOPPING=1
                 self.notifier.ready()
             summary = plan.summary()
             log.info("reloaded: %s", summary)
@@ -717,6 +724,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A wedged loop killed by systemd's watchdog (SIGABRT) leaves its Python traceback in the journal.
+    faulthandler.enable()
     args = parse_args(argv)
     sinks = _setup_logging()
     try:

@@ -23,6 +23,10 @@ class Notifier:
         env = os.environ if environ is None else environ
         self.enabled = bool(env.get("NOTIFY_SOCKET"))
         self._notifier = sdnotify.SystemdNotifier() if self.enabled else None
+        if self._notifier is not None and self._notifier.socket is not None:
+            # Fire and forget, on the loop: a receiver that stops reading must not block the daemon (a full queue
+            # drops the message; sdnotify swallows the error).
+            self._notifier.socket.setblocking(False)
         self.watchdog_interval = _watchdog_interval(env)
         self._last_status = ""
 

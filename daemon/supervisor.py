@@ -481,6 +481,11 @@ class SupervisionTree:
         sup.inbox.clear()
         self._cancel(sup.sleep_timer)
         sup.sleep_timer = None
+        waiting = sup.waiting
+        if sup.wait_kind == "start" and waiting is not None and (isinstance(waiting, Supervisor) or waiting.pid):
+            # A child still starting (waiting for READY=1, or an agent's hello) is stopped now, with the others,
+            # rather than after it is ready or its start_timeout has run out.
+            sup.waiting = None
         sup.plan = deque([*(StopStep(c) for c in reversed(sup.children)), FinishStop(failed)])
         self._runq.append(sup)
 
