@@ -147,7 +147,7 @@ class Daemon:
         )
         self.control = ControlServer(self.runtime_dir, self._handlers(), self.loop, self.config.control_group)
         log.info("foundationd %s (pid %d) starting; control socket %s", __version__, os.getpid(), self.control.path)
-        if self.notifier.watchdog_interval:
+        if self.notifier.enabled and self.notifier.watchdog_interval:  # no socket: nobody to ping
             self._ping_watchdog()
         try:
             self._apply(self.tree.boot())

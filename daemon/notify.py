@@ -27,7 +27,7 @@ class Notifier:
             # Fire and forget, on the loop: a receiver that stops reading must not block the daemon (a full queue
             # drops the message; sdnotify swallows the error).
             self._notifier.socket.setblocking(False)
-        self.watchdog_interval = _watchdog_interval(env) if self.enabled else None  # no socket: nobody to ping
+        self.watchdog_interval = _watchdog_interval(env)
         self._last_status = ""
 
     def ready(self) -> None:
