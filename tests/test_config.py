@@ -243,8 +243,11 @@ def test_embedded_default_loads_and_runs_on_our_interpreter() -> None:
     assert config.source == "<embedded>"
     assert config.root.name == "root"
     names = [child.name for child in config.root.children]
-    assert names == ["ticker", "flaky", "pipeline"]
-    pipeline = config.root.children[2]
+    assert names == ["ticker", "flaky", "counter", "pipeline"]
+    counter = config.root.children[2]
+    assert isinstance(counter, WorkerSpec)
+    assert counter.agent == "agents.examples.counter:Counter"
+    pipeline = config.root.children[3]
     assert isinstance(pipeline, SupervisorSpec)
     assert pipeline.strategy is Strategy.REST_FOR_ONE
     workers = [*config.root.children[:2], *pipeline.children]
