@@ -50,6 +50,18 @@ class SpawnError(Exception):
     """The command could not be started (not found, not executable, bad working directory)."""
 
 
+def find_exec_helper() -> str | None:
+    """daemon/native/foundation-exec, built into the venv's bin/ at install time when a C compiler was there.
+
+    FOUNDATION_EXEC_HELPER names another one, or "none" to use the setpriv chain (tests compare both paths).
+    """
+    chosen = os.environ.get("FOUNDATION_EXEC_HELPER")
+    if chosen == "none":
+        return None
+    path = chosen or os.path.join(os.path.dirname(sys.executable), "foundation-exec")
+    return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+
+
 def become_subreaper() -> bool:
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
@@ -84,6 +96,7 @@ class ProcessShell:
         self._by_pid: dict[int, ProcessHandle] = {}
         self._setpriv = shutil.which("setpriv")
         self._sh = shutil.which("sh")
+        self.exec_helper = find_exec_helper()
         self._prlimit = shutil.which("prlimit")
 
     @property
@@ -245,6 +258,8 @@ class ProcessShell:
             command = [*self._prlimit_argv(spec, uid), "--", *command]
         elif spec.agent:
             return command  # the agent runtime arms its own parent-death signal and checks its parent (2 execs less)
+        if self.exec_helper is not None:  # one exec: parent-death signal, parent check, then the program
+            return [self.exec_helper, str(os.getpid()), *command]
         if self._setpriv is None:
             return command
         if self._sh is None:
