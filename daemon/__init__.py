@@ -1,8 +1,9 @@
 """Foundation's daemon: the supervision core, the process shell, the control socket and the entry points."""
 
-from importlib.metadata import PackageNotFoundError, version
+# The single source of the version: pyproject.toml reads it from here (dynamic), so the daemon never pays for an
+# importlib.metadata lookup at start.
+__version__ = "0.1.0"
 
-try:
-    __version__ = version("foundation-supervisor")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+source"
+
+def version() -> str:
+    return __version__

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.state import StateError, StateStore, agent_state_path
-from daemon import __version__, paths
+from daemon import paths, version
 from daemon.broker import Broker
 from daemon.child_notify import ChildNotifySocket
 from daemon.config import ConfigError, DaemonConfig, child_spec_from_dict, load_config
@@ -146,7 +146,7 @@ class Daemon:
             on_hello=self._on_agent_hello,
         )
         self.control = ControlServer(self.runtime_dir, self._handlers(), self.loop, self.config.control_group)
-        log.info("foundationd %s (pid %d) starting; control socket %s", __version__, os.getpid(), self.control.path)
+        log.info("foundationd %s (pid %d) starting; control socket %s", version(), os.getpid(), self.control.path)
         if self.notifier.enabled and self.notifier.watchdog_interval:  # no socket: nobody to ping
             self._ping_watchdog()
         try:
@@ -386,7 +386,7 @@ class Daemon:
         return {
             "daemon": {
                 "pid": os.getpid(),
-                "version": __version__,
+                "version": version(),
                 "uptime_s": round(time.monotonic() - self.started_at, 3),
                 "runtime_dir": str(self.runtime_dir),
                 "state_dir": str(self.state_dir),
@@ -719,7 +719,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="TOML config (default: the embedded demo tree)")
     parser.add_argument("--runtime-dir", help="directory for the control socket")
     parser.add_argument("--state-dir", help="directory for persistent state")
-    parser.add_argument("--version", action="version", version=f"foundationd {__version__}")
+    parser.add_argument("--version", action="version", version="foundationd " + version())
     return parser.parse_args(argv)
 
 

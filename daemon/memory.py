@@ -20,8 +20,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import psutil
-
 MiB = 1 << 20
 
 Watched = list[tuple[str, int, int]]  # (name, pid, max_memory) of each running child that sets max_memory
@@ -78,6 +76,8 @@ def group_rss(leaders: set[int]) -> dict[int, int]:
     One pass over /proc for all groups: a getpgid per process, and a statm read only for group members.
     """
     totals = dict.fromkeys(leaders, 0)
+    import psutil  # noqa: PLC0415 (only daemons with a max_memory child pay for the import)
+
     for pid in psutil.pids():
         try:
             pgid = os.getpgid(pid)
