@@ -468,28 +468,36 @@ def test_a_forged_hello_is_refused_and_does_not_take_over_the_agents_traffic(sta
 def test_order_per_sender_holds_while_the_recipient_is_sigkilled(start_daemon) -> None:
     daemon = start_daemon(config(agent("recorder", "Recorder")))
     daemon.wait_running("recorder")
-    n = 1000
+    n, batches = 1000, 4
     with killing(daemon, "recorder", 0.1, 0.2) as killed:
-        done = ctl(daemon, "send", "recorder", "-", stdin="".join(f"{i}\n" for i in range(1, n + 1)))
-        assert done.returncode == 0, done.stderr
+        for b in range(batches):  # each batch goes out after one more kill: kills and traffic interleave for sure
+            wait_for(lambda b=b: len(killed) > b, timeout=30, what=f"kill number {b + 1}")
+            first = b * n // batches + 1
+            lines = "".join(f"{i}\n" for i in range(first, first + n // batches))
+            done = ctl(daemon, "send", "recorder", "-", stdin=lines)
+            assert done.returncode == 0, done.stderr
         wait_for(lambda: "recorder" not in broker(daemon)["mailboxes"], timeout=60, interval=0.05,
                  what="recorder to drain")
-    assert len(killed) >= 3
+    assert len(killed) >= batches
     assert settled(daemon, "recorder")["got"] == list(range(1, n + 1))
 
 
 def test_agent_to_agent_sends_are_exactly_once_and_in_order_while_both_are_sigkilled(start_daemon) -> None:
     daemon = start_daemon(config(agent("relay", "Relay"), agent("recorder", "Recorder")))
     daemon.wait_running("recorder")
-    n = 300
-    lines = "".join(orjson.dumps({"to": "recorder", "body": i}).decode() + "\n" for i in range(1, n + 1))
+    n, batches = 300, 3
     with killing(daemon, "relay", 0.1, 0.2) as relay_kills, killing(daemon, "recorder", 0.15, 0.3) as rec_kills:
-        done = ctl(daemon, "send", "relay", "-", stdin=lines)
-        assert done.returncode == 0, done.stderr
+        for b in range(batches):  # each batch after one more kill of each: kills and traffic interleave for sure
+            wait_for(lambda b=b: len(relay_kills) > b and len(rec_kills) > b, timeout=30, what=f"kills {b + 1}")
+            first = b * n // batches + 1
+            lines = "".join(orjson.dumps({"to": "recorder", "body": i}).decode() + "\n"
+                            for i in range(first, first + n // batches))
+            done = ctl(daemon, "send", "relay", "-", stdin=lines)
+            assert done.returncode == 0, done.stderr
         wait_for(lambda: not {"relay", "recorder"} & set(broker(daemon)["mailboxes"]), timeout=60, interval=0.05,
                  what="relay and recorder to drain")
-    assert len(relay_kills) >= 2
-    assert len(rec_kills) >= 1
+    assert len(relay_kills) >= batches
+    assert len(rec_kills) >= batches
     assert settled(daemon, "relay") == {"relayed": n}
     assert settled(daemon, "recorder")["got"] == list(range(1, n + 1))
 
@@ -501,8 +509,8 @@ def test_every_accepted_message_is_delivered_while_the_recipient_is_sigkilled(st
         done = ctl(daemon, "send", "counter", "-", stdin='{"add": 1}\n' * 5000)
         assert done.returncode == 0, done.stderr
         assert len(done.stdout.split()) == 5000
-        wait_for(lambda: "counter" not in broker(daemon)["mailboxes"], timeout=90, interval=0.05,
-                 what="counter to drain")
+        wait_for(lambda: len(killed) >= 5 and "counter" not in broker(daemon)["mailboxes"], timeout=90,
+                 interval=0.05, what="counter to drain after 5 kills")
     assert len(killed) >= 5
     assert settled(daemon, "counter") == {"count": 5000}
 
