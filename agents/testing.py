@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,6 +49,53 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"timed out after {timeout}s waiting for {what or predicate}") from last_exc
         time.sleep(interval)
+
+
+def exited(pid: int) -> bool:
+    """The process has exited (reaped, or a zombie waiting for its reaper)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@contextlib.contextmanager
+def killing(daemon: DaemonProcess, name: str, low: float = 0.2, high: float = 0.3, seed: int = 0xF00D
+            ) -> Iterator[list[int]]:
+    """Chaos for tests: SIGKILL child ``name`` again and again, each incarnation after ``low``..``high`` seconds
+    of running; keeps going while the daemon is down and after it is back. Yields the pids killed so far."""
+    stop = threading.Event()
+    killed: list[int] = []
+    rng = random.Random(seed)
+
+    def running(last: int | None) -> int | None:
+        node = daemon.node(name)
+        pid = node.get("pid")
+        return pid if node["state"] == "running" and pid and pid != last else None
+
+    def run() -> None:
+        last: int | None = None
+        while not stop.is_set():
+            try:
+                pid = wait_for(lambda last=last: running(last), timeout=1, interval=0.02)
+            except Exception:  # the daemon is down or the child is restarting: look again
+                if stop.wait(0.02):
+                    return
+                continue
+            if stop.wait(rng.uniform(low, high)):  # pacing, not synchronisation
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            last = pid
+
+    thread = threading.Thread(target=run, name=f"kill-{name}", daemon=True)
+    thread.start()
+    try:
+        yield killed
+    finally:
+        stop.set()
+        thread.join(timeout=10)
 
 
 def processes_with_marker(marker: str) -> list[psutil.Process]:
@@ -105,6 +154,9 @@ class DaemonProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = 10) -> None:
+        wait_for(lambda: text in self.log(), timeout=timeout, what=f"{text!r} in the daemon log")
 
     def client(self, timeout: float = 30) -> ControlClient:
         return ControlClient(self.socket_path, timeout=timeout)

@@ -14,10 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from agents.testing import DaemonProcess, processes_with_marker, wait_for
+from agents.testing import exited, processes_with_marker, wait_for
 from ipc.control import ControlClient
 
 CHILDREN = Path(__file__).parent / "children"
@@ -30,16 +29,6 @@ def script(name: str, *args: object) -> str:
     return json.dumps([sys.executable, str(CHILDREN / name), *map(str, args)])
 
 
-def gone(pid: int) -> bool:
-    """The process has exited (reaped, or a zombie waiting for its reaper)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def in_log(daemon: DaemonProcess, text: str, timeout: float = 10) -> None:
-    wait_for(lambda: text in daemon.log(), timeout=timeout, what=f"{text!r} in the daemon log")
 
 
 def read_pid(path: Path) -> int:
@@ -60,7 +49,7 @@ def stubborn(shutdown: float = 0.5) -> str:
 
 def test_ctl_stop_sigkills_a_child_that_ignores_sigterm(start_daemon) -> None:
     daemon = start_daemon(stubborn())
-    in_log(daemon, "stubborn | READY")
+    daemon.wait_log("stubborn | READY")
     pid = daemon.wait_running("stubborn")
     began = time.monotonic()
     done = subprocess.run(
@@ -75,20 +64,20 @@ def test_ctl_stop_sigkills_a_child_that_ignores_sigterm(start_daemon) -> None:
     assert node["state"] == "stopped"
     assert node["pid"] is None
     assert "SIGKILL" in node["last_exit"]
-    assert gone(pid)
+    assert exited(pid)
     assert "stubborn did not stop within 0.5s; sending SIGKILL" in daemon.log()
 
 
 def test_daemon_sigterm_sigkills_a_child_that_ignores_sigterm(start_daemon) -> None:
     daemon = start_daemon(stubborn())
-    in_log(daemon, "stubborn | READY")
+    daemon.wait_log("stubborn | READY")
     pid = daemon.wait_running("stubborn")
     daemon.kill(signal.SIGTERM)
     assert daemon.wait_exit(timeout=20) == 0, daemon.log()
     log = daemon.log()
     assert "stubborn did not stop within 0.5s; sending SIGKILL" in log
     assert "stopped stubborn (killed by SIGKILL)" in log
-    assert gone(pid)
+    assert exited(pid)
     wait_for(lambda: not daemon.leftovers(), what="no process left behind")
 
 
@@ -104,15 +93,15 @@ def test_grandchild_of_a_sigkilled_child_is_not_left_behind(start_daemon, tmp_pa
     """)
     child = daemon.wait_running("gp")
     grandchild = read_pid(pidfile)
-    assert not gone(grandchild)
+    assert not exited(grandchild)
     pidfile.unlink()
     os.kill(child, signal.SIGKILL)
-    wait_for(lambda: gone(grandchild), what="the grandchild killed with its parent's group")
+    wait_for(lambda: exited(grandchild), what="the grandchild killed with its parent's group")
     # The restarted child has a grandchild of its own, alive.
     daemon.wait_running("gp", not_pid=child)
     second = read_pid(pidfile)
     assert second != grandchild
-    assert not gone(second)
+    assert not exited(second)
 
 
 def test_grandchild_of_a_stopped_child_is_stopped_too(start_daemon, tmp_path: Path) -> None:
@@ -125,7 +114,7 @@ def test_grandchild_of_a_stopped_child_is_stopped_too(start_daemon, tmp_path: Pa
     daemon.wait_running("gp")
     grandchild = read_pid(pidfile)
     assert daemon.request("stop", name="gp")["state"] == "stopped"
-    wait_for(lambda: gone(grandchild), what="the grandchild stopped with its parent's group")
+    wait_for(lambda: exited(grandchild), what="the grandchild stopped with its parent's group")
 
 
 # ---- a SIGKILLed daemon ----
@@ -143,7 +132,7 @@ def test_no_child_outlives_a_sigkilled_daemon(start_daemon) -> None:
         name = "nested"
         command = {SLEEP}
     """)
-    in_log(daemon, "stubborn | READY")
+    daemon.wait_log("stubborn | READY")
     pids = [daemon.wait_running(name) for name in ("stubborn", "plain", "nested")]
     marker = str(daemon.runtime_dir)
     assert set(pids) <= {p.pid for p in processes_with_marker(marker)}  # the marker does find them
@@ -182,10 +171,10 @@ def test_no_grandchild_outlives_a_sigkilled_daemon(start_daemon, tmp_path: Path)
     daemon.kill(signal.SIGKILL)
     daemon.wait_exit()
     try:
-        wait_for(lambda: gone(child), what="the child killed by PDEATHSIG")
-        wait_for(lambda: gone(grandchild), timeout=1.5, what="the grandchild")
+        wait_for(lambda: exited(child), what="the child killed by PDEATHSIG")
+        wait_for(lambda: exited(grandchild), timeout=1.5, what="the grandchild")
     finally:
-        if not gone(grandchild):  # clean up after the gap, so the leftover check stays meaningful
+        if not exited(grandchild):  # clean up after the gap, so the leftover check stays meaningful
             os.kill(grandchild, signal.SIGKILL)
 
 
@@ -224,7 +213,7 @@ def test_sigterm_stops_children_in_reverse_order_and_exits_0(start_daemon) -> No
     assert stopped_order(log) == ["e", "d", "c", "b", "a"], log
     assert "received SIGTERM" in log
     assert "halting: orderly shutdown" in log
-    assert all(gone(pid) for pid in pids)
+    assert all(exited(pid) for pid in pids)
 
 
 def test_shutdown_verb_exits_0(start_daemon) -> None:
@@ -370,7 +359,7 @@ def test_child_output_is_relayed_whole_lines_with_name_prefix(start_daemon) -> N
         restart = "transient"
         command = {script("printer.py", count)}
     """)
-    in_log(daemon, "printer is transient: not restarted")
+    daemon.wait_log("printer is transient: not restarted")
     relayed = [line for line in daemon.log().splitlines() if "printer |" in line]
     expected = [
         f"printer | line {i} first-half second-half" if i % 10 == 0 else f"printer | line {i}" for i in range(count)

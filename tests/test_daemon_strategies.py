@@ -13,9 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import psutil
-
-from agents.testing import DaemonProcess, wait_for
+from agents.testing import DaemonProcess, exited, wait_for
 
 CHILDREN = Path(__file__).parent / "children"
 SLEEP = json.dumps(["sleep", "1000"])
@@ -26,16 +24,6 @@ def script(name: str, *args: object) -> str:
     return json.dumps([sys.executable, str(CHILDREN / name), *map(str, args)])
 
 
-def gone(pid: int) -> bool:
-    """The process has exited (reaped, or a zombie waiting for its reaper)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def in_log(daemon: DaemonProcess, text: str, timeout: float = 10) -> None:
-    wait_for(lambda: text in daemon.log(), timeout=timeout, what=f"{text!r} in the daemon log")
 
 
 def three_sleepers(strategy: str) -> str:
@@ -66,9 +54,9 @@ def kill_and_settle(daemon: DaemonProcess, victim: str, names: Sequence[str], re
     changed = {name for name in names if after[name] != before[name]}
     assert changed == restarted, (before, after, daemon.log())
     for name in restarted:
-        wait_for(lambda n=name: gone(before[n]), what=f"old {name} gone")
+        wait_for(lambda n=name: exited(before[n]), what=f"old {name} gone")
     for name in set(names) - restarted:
-        assert not gone(before[name])
+        assert not exited(before[name])
     return after
 
 
@@ -175,7 +163,7 @@ def test_root_intensity_exceeded_ends_the_daemon_non_zero(start_daemon) -> None:
         name = "other"
         command = {SLEEP}
     """)
-    in_log(daemon, "stubborn | READY")
+    daemon.wait_log("stubborn | READY")
     pids = {name: daemon.wait_running(name) for name in ("stubborn", "victim", "other")}
     os.kill(pids["victim"], signal.SIGKILL)
     code = daemon.wait_exit(timeout=20)
@@ -185,7 +173,7 @@ def test_root_intensity_exceeded_ends_the_daemon_non_zero(start_daemon) -> None:
     assert "halting: root supervisor failed" in log
     assert "stubborn did not stop within 0.5s; sending SIGKILL" in log
     wait_for(lambda: not daemon.leftovers(), what="no process left behind")
-    assert all(gone(pid) for pid in pids.values())
+    assert all(exited(pid) for pid in pids.values())
 
 
 # ---- restart types ----
@@ -198,7 +186,7 @@ def test_transient_normal_exit_is_not_restarted(start_daemon) -> None:
         restart = "transient"
         command = {script("exit_after.py", 0, 0.1)}
     """)
-    in_log(daemon, "t is transient: not restarted")
+    daemon.wait_log("t is transient: not restarted")
     node = daemon.node("t")
     assert node["state"] == "stopped"
     assert node["pid"] is None
@@ -214,7 +202,7 @@ def test_transient_abnormal_exit_is_restarted(start_daemon, tmp_path: Path) -> N
         restart = "transient"
         command = {script("exit_after.py", 1, 0.1, tmp_path / "once")}
     """)
-    in_log(daemon, "t | second run: staying up")
+    daemon.wait_log("t | second run: staying up")
     node = daemon.node("t")
     assert node["state"] == "running"
     assert node["restarts"] == 1
@@ -254,7 +242,7 @@ def test_temporary_is_never_restarted(start_daemon) -> None:
     """)
     os.kill(daemon.wait_running("killed"), signal.SIGKILL)
     for name in ("crashes", "killed", "finishes"):
-        in_log(daemon, f"{name} is temporary: not restarted")
+        daemon.wait_log(f"{name} is temporary: not restarted")
     states = {name: daemon.node(name) for name in ("crashes", "killed", "finishes")}
     assert {name: node["state"] for name, node in states.items()} == {
         "crashes": "failed",

@@ -8,13 +8,10 @@ Test agents live in tests/agents_for_tests.py.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +22,7 @@ import psutil
 import pytest
 import zmq
 
-from agents.testing import DaemonProcess, wait_for
+from agents.testing import DaemonProcess, killing, wait_for
 from ipc import wire
 from ipc.errors import ErrorCode, FoundationError
 
@@ -94,45 +91,6 @@ def error_code(exc_info: pytest.ExceptionInfo[FoundationError]) -> ErrorCode:
     return exc_info.value.code
 
 
-def _running_pid(daemon: DaemonProcess, name: str, not_pid: int | None) -> int | None:
-    node = daemon.node(name)
-    pid = node.get("pid")
-    return pid if node["state"] == "running" and pid and pid != not_pid else None
-
-
-@contextlib.contextmanager
-def killing(daemon: DaemonProcess, name: str, low: float = 0.2, high: float = 0.3) -> Iterator[list[int]]:
-    """SIGKILL agent ``name`` again and again, each incarnation after low..high seconds of running.
-
-    Yields the list of killed pids (grows while the block runs). Survives the daemon itself being down.
-    """
-    stop = threading.Event()
-    killed: list[int] = []
-    rng = random.Random(0xF00D)
-
-    def run() -> None:
-        last: int | None = None
-        while not stop.is_set():
-            try:
-                pid = wait_for(lambda last=last: _running_pid(daemon, name, last), timeout=1, interval=0.02)
-            except Exception:
-                if stop.wait(0.02):
-                    return
-                continue
-            if stop.wait(rng.uniform(low, high)):  # pacing, not synchronisation
-                return
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            last = pid
-
-    thread = threading.Thread(target=run, name=f"kill-{name}", daemon=True)
-    thread.start()
-    try:
-        yield killed
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 class RawClient:

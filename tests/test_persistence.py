@@ -7,14 +7,10 @@ accepted messages.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +18,7 @@ import orjson
 import pytest
 
 from agents.state import StateStore, agent_state_path
-from agents.testing import DaemonProcess, wait_for
+from agents.testing import DaemonProcess, killing, wait_for
 from ipc.errors import ErrorCode, FoundationError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,43 +72,6 @@ def stored(daemon: DaemonProcess, name: str) -> tuple[Any, int]:
         return store.load()
 
 
-def _running_pid(daemon: DaemonProcess, name: str, not_pid: int | None) -> int | None:
-    node = daemon.node(name)
-    pid = node.get("pid")
-    return pid if node["state"] == "running" and pid and pid != not_pid else None
-
-
-@contextlib.contextmanager
-def killing(daemon: DaemonProcess, name: str, low: float = 0.2, high: float = 0.3) -> Iterator[list[int]]:
-    """SIGKILL agent ``name`` again and again, each incarnation after low..high seconds of running; keeps going
-    while the daemon is down and after it is back. Yields the pids killed so far."""
-    stop = threading.Event()
-    killed: list[int] = []
-    rng = random.Random(0xBEEF)
-
-    def run() -> None:
-        last: int | None = None
-        while not stop.is_set():
-            try:
-                pid = wait_for(lambda last=last: _running_pid(daemon, name, last), timeout=1, interval=0.02)
-            except Exception:
-                if stop.wait(0.02):
-                    return
-                continue
-            if stop.wait(rng.uniform(low, high)):  # pacing, not synchronisation
-                return
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            last = pid
-
-    thread = threading.Thread(target=run, name=f"kill-{name}", daemon=True)
-    thread.start()
-    try:
-        yield killed
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 def test_acceptance_3000_casts_while_the_counter_and_the_daemon_are_sigkilled(start_daemon) -> None:
