@@ -40,6 +40,8 @@ from ipc.errors import ErrorCode, FoundationError
 
 log = logging.getLogger("foundationd.broker")
 
+MIN_TICK = 0.01  # seconds: the shortest period of an agent's periodic timer
+
 Respond = Callable[[Any, FoundationError | None], None]  # (result, error): exactly one is set
 
 
@@ -249,7 +251,11 @@ class Broker:
         if handler is None:
             self._send(identity, "error", error=wire.error_body(ErrorCode.BAD_REQUEST, f"{kind} is not for the broker"))
             return
-        handler(self, session, msg)
+        try:
+            handler(self, session, msg)
+        except Exception as exc:  # a frame that passed validation but trips a bug: answer it, keep the daemon
+            log.exception("broker: %s frame from %r failed", kind, session.name)
+            self._send(identity, "error", error=wire.error_body(ErrorCode.INTERNAL, repr(exc)))
 
     def _hello(self, identity: bytes, msg: dict[str, Any]) -> None:
         name, token = msg["name"], msg["token"]
@@ -333,6 +339,8 @@ class Broker:
             return
         info = self._agents.setdefault(session.name, AgentInfo())
         ref, after, every = msg["ref"], float(msg["after"]), msg["every"]
+        if every is not None and every > 0:
+            every = max(MIN_TICK, float(every))  # a periodic timer of a nanosecond would spin the loop
         name = session.name
 
         def fire() -> None:

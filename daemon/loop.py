@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+MAX_WAIT = 86_400.0
+
 
 @dataclass(order=True)
 class TimerHandle:
@@ -153,7 +155,8 @@ class EventLoop:
             heapq.heappop(self._timers)
         if not self._timers:
             return None
-        return max(0.0, self._timers[0].deadline - self.clock())
+        # epoll cannot wait for years: a far timer costs one harmless wake-up a day instead of an OverflowError.
+        return min(MAX_WAIT, max(0.0, self._timers[0].deadline - self.clock()))
 
     def _fire_due_timers(self) -> None:
         now = self.clock()
