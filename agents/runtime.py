@@ -2,10 +2,11 @@
 
     foundationd ──spawn (env: name, one-time token, broker endpoint, state dir)──> runtime
     runtime: open LMDB state ─> init ─> DEALER connect ─> hello ─> mount ─> loop:
-        deliver ─> seq already handled? done : handler ─> validate ─> commit(state, seq) ─> done[+reply]
+        deliveries that have arrived (a batch) ─> each: seq already handled? skip : handler ─> validate
+        ─> one commit(state, last seq) ─> done[+reply] for each
 
-The order inside the loop is the exactly-once argument: the state and the handled ``seq`` commit in one
-LMDB transaction, and ``done`` leaves only after that commit. A crash before the commit loses the effect
+The order inside the loop is the exactly-once argument: the state and the last handled ``seq`` commit in one
+LMDB transaction (one per batch: the fsyncs are the whole cost of a commit), and no ``done`` leaves before it. A crash before the commit loses the effect
 and the message comes again; a crash after it makes the message come again with a ``seq`` the state
 already covers, and it is skipped. Fork safety: the ZeroMQ context and the LMDB environment are made
 here, after exec, never inherited.
@@ -24,16 +25,18 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import orjson
 import zmq
 
 from agents.sdk import Agent, InvalidState, load_agent_class, validate_state
-from agents.state import StateError, StateStore, agent_state_path
+from agents.state import StateStore, agent_state_path
 from ipc import wire
 from ipc.errors import ErrorCode, FoundationError
 
 log = logging.getLogger("agent")
 
 REQUEST_TIMEOUT = 30.0  # how long a send waits for the daemon's accept
+MAX_BATCH = 256  # messages handled per state commit at most
 
 
 class Stop(Exception):
@@ -77,7 +80,7 @@ class AgentRuntime:
             self.agent.mount(self.state)
             while not self._stopping:
                 if self._inbox:
-                    self._handle(self._inbox.popleft())
+                    self._handle_batch()
                 else:
                     self._wait_and_dispatch()
         except Stop:
@@ -109,8 +112,22 @@ class AgentRuntime:
     def _wait_and_dispatch(self) -> None:
         frame = self._poll(max(0.0, self._next_beat - time.monotonic()))
         self._beat_if_due()
-        if frame is not None:
+        while frame is not None:  # whatever has arrived already joins this batch
             self._dispatch(frame)
+            if len(self._inbox) >= MAX_BATCH:
+                return
+            frame = self._receive_now()
+
+    def _receive_now(self) -> dict[str, Any] | None:
+        try:
+            raw = self._sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        try:
+            return wire.decode(raw)
+        except wire.WireError as err:
+            log.warning("agent %s: bad frame from the daemon: %s", self.name, err)
+            return None
 
     def _poll(self, timeout: float) -> dict[str, Any] | None:
         self._waiting = True
@@ -137,7 +154,7 @@ class AgentRuntime:
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg["kind"]
         if kind == "deliver":
-            self._handle(msg)
+            self._inbox.append(msg)
         elif kind == "error":
             log.error("agent %s: daemon says: %s", self.name, msg["error"])
 
@@ -159,37 +176,46 @@ class AgentRuntime:
 
     # ---- handling ----
 
-    def _handle(self, msg: dict[str, Any]) -> None:
-        seq = msg["seq"]
-        if seq is not None and seq <= self.last_seq:
-            self._send("done", id=msg["id"])  # handled before a crash: its effect is in the state already
-            return
+    def _handle_batch(self) -> None:
+        """Handle what has arrived (up to MAX_BATCH), commit once, then say done for each.
+
+        One commit for the batch keeps exactly-once: the state and the last handled seq still change together,
+        and no ``done`` leaves before they are on disk. A crash before the commit brings the whole batch again.
+        """
+        handled: list[tuple[dict[str, Any], dict[str, Any], Any]] = []
+        last_seq, changed = self.last_seq, False
+        while self._inbox and len(handled) < MAX_BATCH:
+            msg = self._inbox.popleft()
+            seq = msg["seq"]
+            if seq is not None and seq <= last_seq:
+                handled.append((msg, {}, None))  # handled before a crash: its effect is in the state already
+                continue
+            before = self.state
+            fields, accepted = self._apply(msg, seq)
+            changed = changed or seq is not None or self.state != before
+            last_seq = seq if seq is not None else last_seq
+            handled.append((msg, fields, accepted))
+        if changed:
+            self._store.commit(self.state, last_seq)  # a failing store crashes us: we come back to the last commit
+        self.last_seq = last_seq
+        for msg, fields, accepted in handled:
+            if accepted is not None:
+                self.agent.on_after_validate_state(accepted)
+            self._send("done", id=msg["id"], **fields)
+
+    def _apply(self, msg: dict[str, Any], seq: int | None) -> tuple[dict[str, Any], Any]:
+        """Run the handler; on success the new state becomes current. Returns (done fields, accepted state)."""
         self._cause, self._sends_in_cause = seq, 0
-        reply: Any = None
         try:
             new_state, reply = self._run_handler(msg)
             validate_state(self.agent, new_state)
+            _check_storable(new_state)
         except Exception as exc:
-            self._fail(msg, seq, exc)
-            return
+            return {"error": self._failed(msg, exc)}, None
         finally:
             self._cause = None
-        if seq is not None or new_state != self.state:
-            try:
-                self._store.commit(new_state, seq if seq is not None else self.last_seq)
-            except StateError as exc:
-                if exc.code not in ("not_serialisable", "invalid"):
-                    raise  # the store itself failed: crash, and come back to the last committed state
-                # A handler that forgot to return, or returned something JSON cannot hold: that message
-                # fails; redelivering it would only crash the agent again and again.
-                self._fail(msg, seq, InvalidState(f"the handler returned a state that cannot be stored: {exc}"))
-                return
         self.state = new_state
-        if seq is not None:
-            self.last_seq = seq
-        self.agent.on_after_validate_state(self.state)
-        fields = {"reply": reply} if msg["call"] else {}
-        self._send("done", id=msg["id"], **fields)
+        return ({"reply": reply} if msg["call"] else {}), new_state
 
     def _run_handler(self, msg: dict[str, Any]) -> tuple[Any, Any]:
         body = msg["body"]
@@ -200,18 +226,14 @@ class AgentRuntime:
             return self.agent.handle_info(body, self.state), None
         return self.agent.handle_cast(body, self.state), None
 
-    def _fail(self, msg: dict[str, Any], seq: int | None, exc: Exception) -> None:
-        """The message failed; the old state stays. It is marked handled so it cannot poison the mailbox."""
-        if isinstance(exc, FoundationError):
-            error = exc.to_wire()
-        else:
-            error = wire.error_body(ErrorCode.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
+    def _failed(self, msg: dict[str, Any], exc: Exception) -> dict[str, str]:
+        """The message failed; the old state stays, and the message still counts as handled (a redelivery would
+        only fail again). Returns the structured error for its ``done``."""
         kind = "invalid state" if isinstance(exc, InvalidState) else "handler error"
         print(f"agent {self.name}: {kind} on {msg['id']}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-        if seq is not None:
-            self._store.commit(self.state, seq)
-            self.last_seq = seq
-        self._send("done", id=msg["id"], error=error)
+        if isinstance(exc, FoundationError):
+            return exc.to_wire()
+        return wire.error_body(ErrorCode.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
 
     # ---- the Runtime protocol (what Agent.send & co. call) ----
 
@@ -266,6 +288,16 @@ class AgentRuntime:
 
     def _send(self, kind: str, **fields: Any) -> None:
         self._sock.send(wire.encode(kind, **fields))
+
+
+def _check_storable(state: Any) -> None:
+    """A state the store could not hold fails its message now, not the whole batch at commit time."""
+    if state is None:
+        raise InvalidState("the handler returned None (a forgotten return?); return the new state")
+    try:
+        orjson.dumps(state)
+    except TypeError as exc:
+        raise InvalidState(f"the handler returned a state that cannot be stored: {exc}") from None
 
 
 def _error(error: dict[str, Any]) -> FoundationError:
