@@ -6,9 +6,9 @@
         ─> one commit(state, last seq) ─> done[+reply] for each
 
 The order inside the loop is the exactly-once argument: the state and the last handled ``seq`` commit in one
-LMDB transaction (one per batch: the fsyncs are the whole cost of a commit), and no ``done`` leaves before it. A crash before the commit loses the effect
-and the message comes again; a crash after it makes the message come again with a ``seq`` the state
-already covers, and it is skipped. Fork safety: the ZeroMQ context and the LMDB environment are made
+LMDB transaction (one per batch: the fsyncs are the whole cost of a commit), and no ``done`` leaves before
+it. A crash before the commit loses the batch's effects and its messages come again; a crash after it makes
+them come again with ``seq``s the state already covers, and they are skipped. Fork safety: the ZeroMQ context and the LMDB environment are made
 here, after exec, never inherited.
 """
 
