@@ -8,8 +8,8 @@
 The order inside the loop is the exactly-once argument: the state and the last handled ``seq`` commit in one
 LMDB transaction (one per batch: the fsyncs are the whole cost of a commit), and no ``done`` leaves before
 it. A crash before the commit loses the batch's effects and its messages come again; a crash after it makes
-them come again with ``seq``s the state already covers, and they are skipped. Fork safety: the ZeroMQ context and the LMDB environment are made
-here, after exec, never inherited.
+them come again with ``seq``s the state already covers, and they are skipped. Fork safety: the ZeroMQ
+context and the LMDB environment are made here, after exec, never inherited.
 """
 
 from __future__ import annotations
