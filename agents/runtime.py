@@ -246,7 +246,7 @@ class AgentRuntime:
         self._send("cast", ref=ref, to=to, body=body, **extra)
         answer = self._await_ref(ref, ("accept", "reject"), REQUEST_TIMEOUT)
         if answer["kind"] == "reject":
-            raise _error(answer["error"])
+            raise FoundationError.from_wire(answer["error"])
         return answer["id"]
 
     def call(self, to: str, body: Any, timeout: float) -> Any:
@@ -254,7 +254,7 @@ class AgentRuntime:
         self._send("call", ref=ref, to=to, body=body, timeout=timeout)
         answer = self._await_ref(ref, ("reply",), timeout + 1.0)
         if "error" in answer:
-            raise _error(answer["error"])
+            raise FoundationError.from_wire(answer["error"])
         return answer.get("body")
 
     def monitor(self, target: str) -> int:
@@ -262,7 +262,7 @@ class AgentRuntime:
         self._send("monitor", ref=ref, target=target)
         answer = self._await_ref(ref, ("accept", "reject"), REQUEST_TIMEOUT)
         if answer["kind"] == "reject":
-            raise _error(answer["error"])
+            raise FoundationError.from_wire(answer["error"])
         return ref
 
     def demonitor(self, ref: int) -> None:
@@ -298,14 +298,6 @@ def _check_storable(state: Any) -> None:
         orjson.dumps(state)
     except TypeError as exc:
         raise InvalidState(f"the handler returned a state that cannot be stored: {exc}") from None
-
-
-def _error(error: dict[str, Any]) -> FoundationError:
-    try:
-        code = ErrorCode(error.get("code"))
-    except ValueError:
-        code = ErrorCode.INTERNAL
-    return FoundationError(code, str(error.get("message", "")))
 
 
 PR_SET_PDEATHSIG = 1

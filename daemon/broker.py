@@ -519,7 +519,7 @@ class Broker:
         timer.cancel()
         error = msg.get("error")
         if isinstance(error, dict):
-            entry.caller(None, _remote_error(error))
+            entry.caller(None, FoundationError.from_wire(error, unknown=ErrorCode.HANDLER_ERROR))
         else:
             entry.caller(msg.get("reply"), None)
 
@@ -591,10 +591,3 @@ class Broker:
         except zmq.ZMQError as exc:
             log.debug("send to %r failed: %s", identity, exc)
 
-
-def _remote_error(error: dict[str, Any]) -> FoundationError:
-    try:
-        code = ErrorCode(error.get("code"))
-    except ValueError:
-        code = ErrorCode.HANDLER_ERROR
-    return FoundationError(code, str(error.get("message", "")))

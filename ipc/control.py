@@ -71,12 +71,7 @@ def _result(reply: dict[str, Any]) -> Any:
     """A reply's result, or its error as a FoundationError value (not raised)."""
     if reply.get("ok"):
         return reply.get("result")
-    err = reply.get("error") or {}
-    try:
-        code = ErrorCode(err.get("code"))
-    except ValueError:
-        code = ErrorCode.INTERNAL
-    return FoundationError(code, str(err.get("message", "")))
+    return FoundationError.from_wire(reply.get("error"))
 
 
 class ControlUnreachable(Exception):

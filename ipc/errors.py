@@ -42,3 +42,13 @@ class FoundationError(Exception):
 
     def to_wire(self) -> dict[str, str]:
         return {"code": str(self.code), "message": self.message}
+
+    @classmethod
+    def from_wire(cls, error: object, unknown: ErrorCode = ErrorCode.INTERNAL) -> FoundationError:
+        """The other side's ``{"code", "message"}``; a code this side does not know becomes ``unknown``."""
+        fields = error if isinstance(error, dict) else {}
+        try:
+            code = ErrorCode(fields.get("code"))
+        except ValueError:
+            code = unknown
+        return cls(code, str(fields.get("message", "")))
