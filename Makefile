@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+HELPER := $(BIN)/foundation-exec
+HELPER_SRC := daemon/native/foundation-exec.c
 
 .PHONY: run test lint bench clean exec-helper
 
@@ -16,16 +18,22 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # One exec between fork and a child's program instead of three (setpriv, sh, program); optional: without a C
-# compiler foundationd uses util-linux setpriv and a shell guard, as fast as that allows.
-exec-helper:
-	@cc -O2 -static -o $(BIN)/foundation-exec daemon/native/foundation-exec.c 2>/dev/null \
-	  || cc -O2 -o $(BIN)/foundation-exec daemon/native/foundation-exec.c 2>/dev/null \
+# compiler foundationd uses util-linux setpriv and a shell guard, as fast as that allows. Freestanding (no libc
+# start-up, ~0.3 ms less per child start) where the source knows the architecture, else on libc. Rebuilt
+# whenever its source changes: the daemon relies on what the helper does (it closes descriptors for posix_spawn).
+exec-helper: $(HELPER)
+
+$(HELPER): $(HELPER_SRC)
+	@cc -O2 -static -nostdlib -ffreestanding -fno-stack-protector -DFOUNDATION_EXEC_FREESTANDING \
+	    -o $@ $(HELPER_SRC) 2>/dev/null \
+	  || cc -O2 -static -o $@ $(HELPER_SRC) 2>/dev/null \
+	  || cc -O2 -o $@ $(HELPER_SRC) 2>/dev/null \
 	  || echo "note: no C compiler; foundationd will spawn through setpriv (about 1 ms slower per start)"
 
-run: $(STAMP)
+run: $(STAMP) $(HELPER)
 	$(BIN)/foundationd
 
-test: $(STAMP)
+test: $(STAMP) $(HELPER)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -38,7 +46,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	touch $(BENCH_STAMP)
 
 # Side by side with circusd and supervisord; e.g. make bench BENCH_ARGS='--only restart,idle'
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) $(HELPER)
 	$(BIN)/python bench/compare.py $(BENCH_ARGS)
 
 clean:

@@ -139,12 +139,14 @@ class DaemonProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         if wait:
-            wait_for(self._reachable, timeout=15, what=f"foundationd control socket (log: {self.log()})")
+            # An early exit ends the wait at once (wait_for would take an exception for "not yet").
+            wait_for(lambda: self.proc.poll() is not None or self._reachable(), timeout=15,
+                     what=f"foundationd control socket in {self.runtime_dir}")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"foundationd exited with {self.proc.returncode}: {self.log()}")
         return self
 
     def _reachable(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"foundationd exited with {self.proc.returncode}: {self.log()}")
         try:
             with ControlClient(self.socket_path, timeout=5) as client:
                 client.request("status")

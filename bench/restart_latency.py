@@ -43,7 +43,7 @@ from bench.common import (
     workers_config,
     write_results,
 )
-from daemon.process import ProcessShell
+from daemon.process import ProcessShell, find_exec_helper, start_process
 from daemon.spec import WorkerSpec
 
 SLEEP = "/usr/bin/sleep"
@@ -69,16 +69,19 @@ def daemon_argv(command: list[str]) -> list[str]:
 
 
 def floor_like_daemon(argv: list[str], runs: int, warmup: int = 3) -> list[float]:
-    """The Popen call of daemon/process.py ProcessShell.spawn (pipe, own group, close_fds), plus the wait."""
+    """ProcessShell.spawn's own start (daemon/process.py start_process: pipe, own group), plus the wait."""
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+    helper = find_exec_helper()
     times = []
     for i in range(warmup + runs):
         t0 = time.perf_counter()
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=write_fd, stderr=write_fd, env=env,
-                                 process_group=0, close_fds=True)
+        pid, popen = start_process(argv, env, write_fd, helper=helper)
         os.close(write_fd)
-        popen.wait()
+        if popen is not None:
+            popen.wait()
+        else:
+            os.waitpid(pid, 0)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
         os.close(read_fd)
@@ -187,7 +190,7 @@ def main() -> int:
     ]
     if "setpriv_true" in floor_summary:
         rows.append(["floor: subprocess.run setpriv -- /bin/true", *_cols(floor_summary["setpriv_true"])])
-    rows.append(["floor: daemon's Popen + exec chain -> /bin/true", *_cols(floor_summary["daemon_chain_true"])])
+    rows.append(["floor: daemon's start_process + exec chain -> /bin/true", *_cols(floor_summary["daemon_chain_true"])])
     print(f"restart latency: {args.kills} kills, {args.children} children; "
           f"{data['machine']['nproc']} CPUs, {data['machine']['cpu_model']}; "
           f"load {busy_start['loadavg'][0]}, CPU pressure {busy_start['cpu_pressure_some_avg10']}%")

@@ -44,7 +44,7 @@ AGENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 _TOP_KEYS = ("daemon", "supervisor")
-_DAEMON_KEYS = ("control_group", "runtime_dir", "state_dir")
+_DAEMON_KEYS = ("control_group", "fork_server", "runtime_dir", "state_dir")
 # Any of these keys makes a child table a supervisor rather than a worker.
 _SUPERVISOR_MARKERS = ("children", "strategy", "intensity", "period")
 _SUPERVISOR_KEYS = ("name", "restart", *_SUPERVISOR_MARKERS)
@@ -95,6 +95,7 @@ class DaemonConfig:
     runtime_dir: str | None = None
     state_dir: str | None = None
     control_group: str | None = None
+    fork_server: bool = True  # SDK agents forked from a preloaded zygote (agents/zygote.py) instead of exec'd
     source: str = EMBEDDED
 
 
@@ -173,14 +174,18 @@ def _join(key: str, name: str) -> str:
     return f"{key}.{part}" if key else part
 
 
-def _daemon_settings(value: object, source: str) -> dict[str, str]:
+def _daemon_settings(value: object, source: str) -> dict[str, Any]:
     if value is None:
         return {}
     table = _Table.of(value, "daemon", source, _DAEMON_KEYS, "a table")
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     for name in _DAEMON_KEYS:
-        table.take(out, name, _string)
+        table.take(out, name, _boolean if name == "fork_server" else _string)
     return out
+
+
+def _boolean(value: object, key: str, source: str) -> bool:
+    return _expect(value, (bool,), "true or false", key, source)
 
 
 # --- the tree -----------------------------------------------------------------------------------------------

@@ -183,9 +183,24 @@ class ControlServer:
         return False
 
     def _send(self, conn: Connection, payload: bytes) -> bool:
-        """Queue a reply; False once the connection is gone (a follower then stops)."""
+        """Queue a reply; False once the connection is gone (a follower then stops).
+
+        With nothing queued before it, a reply goes to the socket as it is, and only what the socket does not take
+        now is copied into ``outbuf``: a status of 1,000 children is 170 KB.
+        """
         if conn.closed:
             return False
+        if not conn.outbuf:
+            try:
+                sent = conn.sock.send(payload)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._drop(conn)
+                return False
+            if sent == len(payload):
+                return True
+            payload = memoryview(payload)[sent:]
         conn.outbuf += payload
         self._flush(conn)
         return not conn.closed

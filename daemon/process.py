@@ -1,12 +1,14 @@
 """The process shell: fork/exec, signals, reaping and output capture for worker processes.
 
-    spawn ──> Popen(process_group=0, setpriv --pdeathsig KILL) ──> pidfd + output pipe on the loop
+    spawn ──> posix_spawn or Popen (own group) of foundation-exec or setpriv ──> pidfd + output pipe on the loop
     pidfd readable / SIGCHLD ──> reap(): waitid(WNOWAIT) ─> SIGKILL leftover group ─> waitpid ─> Exited
 
 * No Python code runs between fork and exec (no preexec_fn): once libzmq's I/O threads exist the
   daemon is multi-threaded, and only async-signal-safe work is allowed in the child. The parent-death
-  signal is set by util-linux ``setpriv`` exec'd in front of the command; a ``/bin/sh`` guard then checks
-  that the daemon is still the parent (it may have died before the signal was armed) and execs the command.
+  signal is set by ``foundation-exec`` (daemon/native/) exec'd in front of the command, which checks that
+  the daemon is still the parent (it may have died before the signal was armed), closes every descriptor
+  but 0-2 and execs the command; without a C compiler at install, by util-linux ``setpriv`` and a
+  ``/bin/sh`` guard. Through the helper a plain child is one ``posix_spawn`` (see ``start_process``).
 * The daemon is a child subreaper, so a child's orphaned grandchildren come back to it; ``reap``
   collects every zombie, ours or adopted, and kills what is left of a dead worker's process group,
   while the dead leader's zombie still pins the group id against reuse.
@@ -36,12 +38,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon import forkserver
+from daemon.forkserver import ForkServer
 from daemon.protocol import Exited
 from daemon.spec import WorkerSpec
 
 PR_SET_CHILD_SUBREAPER = 36
 MAX_PARTIAL_LINE = 64 * 1024
 PDEATH_GUARD = '[ "$PPID" = "$0" ] && exec "$@"'  # sh -c GUARD DAEMON_PID COMMAND...
+# Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec: Popen's restore_signals
+# puts these back to their defaults in its child, and so does start_process.
+RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 # Only these pass from the daemon's environment to a child; the config adds the rest.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "TMPDIR")
 
@@ -62,6 +69,43 @@ def find_exec_helper() -> str | None:
     return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
 
 
+def start_process(
+    argv: list[str],
+    env: dict[str, str],
+    out_fd: int,
+    *,
+    cwd: str | None = None,
+    credentials: dict[str, Any] | None = None,
+    helper: str | None = None,
+) -> tuple[int, subprocess.Popen[bytes] | None]:
+    """Start ``argv`` in a process group of its own, stdin on /dev/null, stdout and stderr on ``out_fd``.
+
+    Returns the pid, and the Popen when one was used. A child whose argv starts with the exec ``helper`` and
+    that has nothing to change before its exec (working directory, user, group, umask: ``credentials``) is
+    one ``os.posix_spawn``: glibc's vfork child sets the group, the descriptors and the default signal
+    dispositions in C and execs, and the helper closes every other descriptor (what Popen's ``close_fds``
+    does). Popen's Python around the same vfork cost ~40 us more per start; the rest still goes through it,
+    as does an ``out_fd`` of 0-2 (a dup2 onto itself would leave it close-on-exec; Popen handles that case).
+    Either way a failed exec raises OSError here, before the caller goes on.
+    """
+    if helper is not None and argv[0] == helper and cwd is None and not credentials and out_fd > 2:
+        stdio = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0), (os.POSIX_SPAWN_DUP2, out_fd, 1),
+                 (os.POSIX_SPAWN_DUP2, out_fd, 2)]
+        return os.posix_spawn(argv[0], argv, env, file_actions=stdio, setpgroup=0, setsigdef=RESET_SIGNALS), None
+    popen = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=out_fd,
+        stderr=out_fd,
+        env=env,
+        cwd=cwd,
+        process_group=0,
+        close_fds=True,
+        **(credentials or {}),
+    )
+    return popen.pid, popen
+
+
 def become_subreaper() -> bool:
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
@@ -72,9 +116,10 @@ class ProcessHandle:
     name: str
     pid: int
     pidfd: int
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | None  # None when posix_spawn'd, or for an agent forked by the zygote
     output_fd: int | None
     partial: bytearray = field(default_factory=bytearray)
+    on_exit: Callable[[Exited], None] | None = None  # instead of the shell's own (the zygote's handle)
 
 
 class ProcessShell:
@@ -87,52 +132,107 @@ class ProcessShell:
         on_exit: Callable[[Exited], None],
         on_output: Callable[[str, list[bytes]], None],
         base_env: dict[str, str] | None = None,
+        *,
+        fork_server: bool = True,
     ) -> None:
         self._add_reader = add_reader
         self._remove_reader = remove_reader
         self._on_exit = on_exit
         self._on_output = on_output  # (child name, complete lines without their newline)
         self._base_env = base_env or {}
+        # Read once: the daemon's own environment does not change, and os.environ costs ~1.5 us a variable.
+        self._inherited_env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         self._by_pid: dict[int, ProcessHandle] = {}
         self._setpriv = shutil.which("setpriv")
         self._sh = shutil.which("sh")
         self.exec_helper = find_exec_helper()
         self._prlimit = shutil.which("prlimit")
+        self.zygote = ForkServer(self._launch_zygote, lambda pid: self.signal(pid, signal.SIGKILL),
+                                 enabled=fork_server)
 
     @property
     def live(self) -> dict[int, ProcessHandle]:
         return self._by_pid
 
     def spawn(self, spec: WorkerSpec, extra_env: dict[str, str] | None = None) -> int:
+        if forkserver.fork_refusal(spec) is None:
+            forked = self._spawn_forked(spec, extra_env or {})
+            if forked is not None:
+                return forked
         credentials, user_env = self._credentials(spec)
         argv = self._argv(spec, credentials.get("user"))
         env = self._env(spec, user_env)
         env.update(extra_env or {})
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                env=env,
-                cwd=spec.working_dir,
-                process_group=0,
-                close_fds=True,
-                **credentials,
-            )
+            pid, popen = start_process(argv, env, write_fd, cwd=spec.working_dir, credentials=credentials,
+                                       helper=self.exec_helper)
         except OSError as exc:
             os.close(read_fd)
             raise SpawnError(f"{argv[0]}: {exc.strerror or exc}") from exc
         finally:
             os.close(write_fd)
-        pidfd = os.pidfd_open(popen.pid)
+        pidfd = os.pidfd_open(pid)
         os.set_blocking(read_fd, False)
-        handle = ProcessHandle(spec.name, popen.pid, pidfd, popen, read_fd)
-        self._by_pid[popen.pid] = handle
+        handle = ProcessHandle(spec.name, pid, pidfd, popen, read_fd)
+        self._by_pid[pid] = handle
         self._add_reader(pidfd, self.reap)
         self._add_reader(read_fd, lambda: self._read_output(handle))
+        return pid
+
+    def start_zygote(self) -> None:
+        """Start the agent fork server now (at boot, when the tree has agents), so it imports while we boot."""
+        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        env.update(self._base_env)
+        env.update(FOUNDATION_NAME=forkserver.NAME, FOUNDATION_DAEMON_PID=str(os.getpid()))
+        env[forkserver.ROOM_VARIABLE] = "." * forkserver.ENVIRON_ROOM
+        self.zygote.start(env)
+
+    def _launch_zygote(self, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...]) -> int:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=write_fd, stderr=write_fd, env=env,
+                                     process_group=0, close_fds=True, pass_fds=pass_fds)
+        except OSError:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        on_exit = lambda event: self.zygote.exited(event.describe())  # noqa: E731
+        pidfd = os.pidfd_open(popen.pid)
+        self._watch(ProcessHandle(forkserver.NAME, popen.pid, pidfd, popen, read_fd, on_exit=on_exit))
         return popen.pid
+
+    def _spawn_forked(self, spec: WorkerSpec, extra_env: dict[str, str]) -> int | None:
+        """An agent forked by the zygote, or None when it cannot give one (the caller execs it instead)."""
+        if self.zygote.state == "off":
+            self.start_zygote()
+        if self.zygote.state == "disabled":
+            return None
+        if spec.working_dir is not None and not os.path.isdir(spec.working_dir):
+            raise SpawnError(f"{spec.working_dir}: working directory does not exist")
+        env = self._env(spec)
+        env.update(extra_env)
+        request = {"agent": spec.agent, "env": env, "cwd": spec.working_dir or os.getcwd(), "umask": spec.umask,
+                   "daemon_pid": os.getpid()}
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = self.zygote.spawn(request, write_fd)
+        finally:
+            os.close(write_fd)
+        if pid is None:
+            os.close(read_fd)
+            return None
+        # Already our child (adopted before the zygote answered), alive or a zombie: the pid cannot be reused yet.
+        self._watch(ProcessHandle(spec.name, pid, os.pidfd_open(pid), None, read_fd))
+        return pid
+
+    def _watch(self, handle: ProcessHandle) -> None:
+        assert handle.output_fd is not None
+        os.set_blocking(handle.output_fd, False)
+        self._by_pid[handle.pid] = handle
+        self._add_reader(handle.pidfd, self.reap)
+        self._add_reader(handle.output_fd, lambda: self._read_output(handle))
 
     def check(self, spec: WorkerSpec) -> None:
         """Raise SpawnError now if ``spawn(spec)`` could not start the command (for the attach verb)."""
@@ -174,9 +274,10 @@ class ProcessShell:
         self._remove_reader(handle.pidfd)
         os.close(handle.pidfd)
         killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
-        handle.popen.returncode = -info.si_status if killed else info.si_status
+        if handle.popen is not None:
+            handle.popen.returncode = -info.si_status if killed else info.si_status
         self._drain_output(handle)
-        self._on_exit(
+        (handle.on_exit or self._on_exit)(
             Exited(
                 handle.name,
                 handle.pid,
@@ -187,6 +288,7 @@ class ProcessShell:
 
     def close(self) -> None:
         """Kill and reap whatever is still running; only used when the daemon itself is going away."""
+        self.zygote.close()
         for handle in list(self._by_pid.values()):
             self.signal(handle.pid, signal.SIGKILL)
         for handle in list(self._by_pid.values()):
@@ -269,7 +371,7 @@ class ProcessShell:
         return [self._setpriv, "--pdeathsig", "KILL", "--", self._sh, "-c", PDEATH_GUARD, str(os.getpid()), *command]
 
     def _env(self, spec: WorkerSpec, user_env: dict[str, str] | None = None) -> dict[str, str]:
-        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        env = dict(self._inherited_env)
         env.update(self._base_env)
         env["FOUNDATION_NAME"] = spec.name
         env["FOUNDATION_DAEMON_PID"] = str(os.getpid())

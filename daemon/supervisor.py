@@ -284,7 +284,8 @@ class SupervisionTree:
         return self._drain()
 
     def snapshot(self) -> dict:
-        return self._describe(self.root)
+        """The whole tree as plain data, for ``status``: built on every request, so one clock read for all."""
+        return _describe_supervisor(self.root, self._clock())
 
     def workers(self) -> list[Worker]:
         return [n for n in self._index.values() if isinstance(n, Worker)]
@@ -620,36 +621,49 @@ class SupervisionTree:
     def _emit_log(self, level: str, message: str) -> None:
         self._out.append(Log(level, message))
 
-    def _describe(self, node: AnyNode) -> dict:
-        if isinstance(node, Supervisor):
-            return {
-                "name": node.name,
-                "type": "supervisor",
-                "strategy": str(node.spec.strategy),
-                "intensity": node.spec.intensity,
-                "period": node.spec.period,
-                "state": str(node.state),
-                "restarts": node.restarts,
-                "restart": str(node.spec.restart),
-                "children": [self._describe(c) for c in node.children],
-            }
-        now = self._clock()
-        running = node.state is State.RUNNING and node.started_at is not None
-        out = {
-            "name": node.name,
-            "type": "worker",
-            "pid": node.pid,
-            "state": str(node.state),
-            "restart": str(node.spec.restart),
-            "restarts": node.restarts,
-            "uptime_s": round(now - node.started_at, 3) if running and node.started_at is not None else None,
-            "last_exit": node.last_exit,
-        }
-        if node.spec.agent:
-            out["agent"] = node.spec.agent
-        else:
-            out["command"] = list(node.spec.command)
-        return out
+# ---- descriptions (status) ----
+#
+# A status request describes every node, 1,000 entries at 1,000 children, so these are lean: enums go out as they
+# are (a StrEnum is a str, and orjson encodes it), the command as its tuple (a JSON array all the same), and the
+# fields are read once each; ~0.5 us a worker where str(), list(), properties and a clock read per worker took ~1.
+
+
+def _describe_supervisor(node: Supervisor, now: float) -> dict:
+    spec = node.spec
+    return {
+        "name": spec.name,
+        "type": "supervisor",
+        "strategy": spec.strategy,
+        "intensity": spec.intensity,
+        "period": spec.period,
+        "state": node.state,
+        "restarts": node.restarts,
+        "restart": spec.restart,
+        "children": [
+            _describe_worker(c, now) if isinstance(c, Worker) else _describe_supervisor(c, now) for c in node.children
+        ],
+    }
+
+
+def _describe_worker(node: Worker, now: float) -> dict:
+    spec = node.spec
+    state = node.state
+    started_at = node.started_at
+    out = {
+        "name": spec.name,
+        "type": "worker",
+        "pid": node.pid,
+        "state": state,
+        "restart": spec.restart,
+        "restarts": node.restarts,
+        "uptime_s": round(now - started_at, 3) if state is State.RUNNING and started_at is not None else None,
+        "last_exit": node.last_exit,
+    }
+    if spec.agent:
+        out["agent"] = spec.agent
+    else:
+        out["command"] = spec.command
+    return out
 
 
 def _node_names(node: AnyNode) -> list[str]:

@@ -19,6 +19,7 @@ from ipc.errors import ErrorCode, FoundationError
 
 SOCKET_NAME = "control.sock"
 MAX_LINE = 1 << 20  # one request or reply line, bytes, newline included
+READ_SIZE = 65536  # a client's recv (a larger one measured no faster for a 170 KB status)
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Request:
 
 
 def encode(obj: Any) -> bytes:
-    return orjson.dumps(obj) + b"\n"
+    return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)  # not `+ b"\n"`: a copy of a 170 KB status less
 
 
 def parse_request(line: bytes) -> Request:
@@ -182,10 +183,20 @@ class ControlClient:
         return self._next_id
 
     def _read_line(self) -> bytes:
-        while b"\n" not in self._buf:
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise ConnectionResetError(0, "daemon closed the connection")
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
+        """One reply line. A long one (a status at 1,000 children is 170 KB) comes in several chunks: each chunk is
+        searched once and all are joined once, instead of searching and growing the buffer at every chunk."""
+        end = self._buf.find(b"\n")
+        if end < 0:
+            chunks = [self._buf]
+            while True:
+                chunk = self._sock.recv(READ_SIZE)
+                if not chunk:
+                    self._buf = b"".join(chunks)
+                    raise ConnectionResetError(0, "daemon closed the connection")
+                chunks.append(chunk)
+                if b"\n" in chunk:
+                    break
+            self._buf = b"".join(chunks)
+            end = self._buf.find(b"\n")
+        line, self._buf = self._buf[:end], self._buf[end + 1 :]
         return line

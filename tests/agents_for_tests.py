@@ -20,7 +20,8 @@ def _get(msg: Any) -> bool:
 
 
 class Recorder(Agent):
-    """Appends every cast's body to ``state["got"]``: shows order and exactly-once at a glance."""
+    """Appends every cast's body to ``state["got"]``: shows order and exactly-once at a glance. The calls
+    ``{"big": N}`` and ``{"unencodable": true}`` answer with a reply that cannot travel (and change the state)."""
 
     def init(self) -> dict[str, Any]:
         return {"got": []}
@@ -31,6 +32,10 @@ class Recorder(Agent):
     def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         if isinstance(msg, dict) and msg.get("len"):
             return len(state["got"]), state
+        if isinstance(msg, dict) and msg.get("big"):
+            return "x" * msg["big"], {"got": [*state["got"], "big"]}
+        if isinstance(msg, dict) and msg.get("unencodable"):
+            return {1, 2}, {"got": [*state["got"], "unencodable"]}
         return state, state
 
 
@@ -167,3 +172,39 @@ class Careless(Agent):
 
     def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         return state, state
+
+
+class Facts(Agent):
+    """A call answers with what the process looks like from inside: the zygote tests compare a forked agent with
+    an exec'd one, fact by fact."""
+
+    def init(self) -> dict[str, Any]:
+        return {}
+
+    def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        import sys  # noqa: PLC0415 - only this agent needs it
+
+        umask = os.umask(0)
+        os.umask(umask)
+        fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+        facts = {
+            "pid": os.getpid(), "ppid": os.getppid(), "pgid": os.getpgid(0), "sid": os.getsid(0),
+            "cwd": os.getcwd(), "umask": umask, "env": dict(os.environ), "argv": sys.argv[1:],
+            "path0": sys.path[0], "main": sys.modules["__main__"].__name__,
+            "fd_kinds": sorted(_fd_kind(fd) for fd in fds if fd > 2),
+            "std": [_fd_kind(fd) for fd in (0, 1, 2)],
+            "signals": {s.name: _handler(signal.getsignal(s)) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)},
+        }
+        return facts, state
+
+
+def _handler(handler: Any) -> str:
+    return getattr(handler, "__qualname__", str(handler))
+
+
+def _fd_kind(fd: int) -> str:
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "gone"  # the listdir's own fd
+    return target.split(":")[0] if ":" in target else ("file" if target.startswith("/") else target)

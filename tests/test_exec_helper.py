@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from agents.testing import wait_for
-from daemon.process import ProcessShell, find_exec_helper
+from daemon.process import ProcessShell, find_exec_helper, start_process
 from daemon.spec import WorkerSpec
 
 HELPER = find_exec_helper()
@@ -43,6 +43,54 @@ def test_helper_arms_the_parent_death_signal() -> None:
                             capture_output=True, text=True, check=True, timeout=10)
     assert f"PPid:\t{os.getpid()}" in result.stdout
     # prctl(PR_GET_PDEATHSIG) of another process is not readable; the daemon tests below show its effect.
+
+
+@needs_helper
+def test_helper_passes_the_environment_and_arguments_as_given() -> None:
+    out = subprocess.run([HELPER, str(os.getpid()), "/bin/sh", "-c", 'echo "$0|$1|$A"', "a b", ""],
+                         env={"A": "x y"}, capture_output=True, text=True, check=True, timeout=10)
+    assert out.stdout == "a b||x y\n"
+
+
+@needs_helper
+def test_helper_says_why_it_cannot_execute_the_program() -> None:
+    result = subprocess.run([HELPER, str(os.getpid()), "/nonexistent/program"], capture_output=True, text=True,
+                            check=False, timeout=10)
+    assert result.returncode == 127
+    assert result.stderr == "foundation-exec: cannot execute /nonexistent/program: No such file or directory\n"
+
+
+@needs_helper
+def test_helper_leaves_the_program_only_stdin_stdout_and_stderr() -> None:
+    """What lets the daemon posix_spawn through it: nothing the daemon has open, inheritable or not, goes on."""
+    read_fd, write_fd = os.pipe()
+    high = os.dup2(write_fd, 900, inheritable=True)
+    try:
+        probe = "test ! -e /proc/self/fd/900 && test ! -e /proc/self/fd/$0"
+        result = subprocess.run([HELPER, str(os.getpid()), "/bin/sh", "-c", probe, str(write_fd)],
+                                pass_fds=(high, write_fd), check=False, timeout=10)
+    finally:
+        for fd in (read_fd, write_fd, high):
+            os.close(fd)
+    assert result.returncode == 0
+
+
+@needs_helper
+@pytest.mark.parametrize("cwd", [None, "/"], ids=["posix_spawn", "popen"])
+def test_both_ways_of_starting_give_the_program_default_signals(cwd: str | None) -> None:
+    """Python ignores SIGPIPE, glibc's posix_spawn child ignores its internal signals 32 and 33: none stays."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid, popen = start_process([HELPER, str(os.getpid()), "/bin/grep", "^Sig[IB]", "/proc/self/status"],
+                                   {}, write_fd, cwd=cwd, helper=HELPER)
+    finally:
+        os.close(write_fd)
+    assert (popen is None) == (cwd is None)
+    with os.fdopen(read_fd, "rb") as out:
+        lines = out.read().decode().split()
+    code = popen.wait() if popen is not None else os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    assert code == 0
+    assert lines == ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"]
 
 
 @needs_helper
