@@ -37,6 +37,7 @@ log = logging.getLogger("agent")
 
 REQUEST_TIMEOUT = 30.0  # how long a send waits for the daemon's accept
 MAX_BATCH = 256  # messages handled per state commit at most
+MAX_REPLY = wire.MAX_MESSAGE - 4096  # a reply's JSON; the rest is room for the frames that carry it to the caller
 
 
 class Stop(Exception):
@@ -210,6 +211,8 @@ class AgentRuntime:
             new_state, reply = self._run_handler(msg)
             validate_state(self.agent, new_state)
             _check_storable(new_state)
+            if msg["call"]:
+                _check_reply(reply)
         except Exception as exc:
             return {"error": self._failed(msg, exc)}, None
         finally:
@@ -298,6 +301,17 @@ def _check_storable(state: Any) -> None:
         orjson.dumps(state)
     except TypeError as exc:
         raise InvalidState(f"the handler returned a state that cannot be stored: {exc}") from None
+
+
+def _check_reply(reply: Any) -> None:
+    """A reply that cannot travel fails its call now, with the reason, instead of failing the ``done`` frame (which
+    would crash the agent after its commit, again at every redelivery)."""
+    try:
+        size = len(orjson.dumps(reply))
+    except TypeError as exc:
+        raise FoundationError(ErrorCode.HANDLER_ERROR, f"the reply cannot be encoded: {exc}") from None
+    if size > MAX_REPLY:
+        raise FoundationError(ErrorCode.TOO_LARGE, f"the reply is {size} bytes, the limit is {MAX_REPLY}")
 
 
 PR_SET_PDEATHSIG = 1

@@ -584,8 +584,10 @@ class Broker:
     def _send(self, identity: bytes, kind: str, **fields: Any) -> None:
         try:
             frame = wire.encode(kind, **fields)
-        except wire.WireError as err:
-            frame = wire.encode("error", error=err.to_wire())
+        except wire.WireError as err:  # a reply too large for its frame: the caller still learns which call failed
+            ref = fields.get("ref")
+            frame = wire.encode(kind if kind == "reply" and ref is not None else "error", error=err.to_wire(),
+                                **({"ref": ref} if kind == "reply" and ref is not None else {}))
         try:
             self._sock.send_multipart([identity, frame], zmq.NOBLOCK)
         except zmq.ZMQError as exc:

@@ -364,6 +364,25 @@ def test_a_message_too_large_to_deliver_is_refused_instead_of_accepted(start_dae
     assert settled(daemon, "counter") == {"count": 1}
 
 
+def test_a_reply_that_cannot_travel_fails_its_call_and_not_the_agent(start_daemon) -> None:
+    daemon = start_daemon(config(agent("rec", "Recorder")))
+    pid = daemon.wait_running("rec")
+    with daemon.client() as client:
+        with pytest.raises(FoundationError) as caught:
+            client.request("call", name="rec", body={"big": wire.MAX_MESSAGE})
+        assert caught.value.code == ErrorCode.TOO_LARGE
+        assert "the reply is" in caught.value.message
+        with pytest.raises(FoundationError) as caught:
+            client.request("call", name="rec", body={"unencodable": True})
+        assert caught.value.code == ErrorCode.HANDLER_ERROR
+        assert "cannot be encoded" in caught.value.message
+        fits = client.request("call", name="rec", body={"big": 1000})["reply"]
+        assert fits == "x" * 1000
+        # The failed calls changed nothing: the state is the old one plus the call that succeeded.
+        assert client.request("call", name="rec", body={"get": True})["reply"] == {"got": ["big"]}
+    assert daemon.pid("rec") == pid, "the agent did not crash"
+
+
 def _valid_fields(kind: str) -> dict[str, Any]:
     return {
         "deliver": {"id": "counter/1", "seq": 1, "sender": None, "body": {"add": 1}, "call": False, "info": False},
