@@ -146,6 +146,7 @@ class Daemon:
             liveness=self._liveness,
             on_hello=self._on_agent_hello,
         )
+        self.shell.start_guardian()  # before the first child: a SIGKILLed daemon leaves no process group behind
         if _has_agents(self.config.root):  # the zygote imports the SDK while the rest of the daemon boots
             self.shell.start_zygote()
         self.control = ControlServer(self.runtime_dir, self._handlers(), self.loop, self.config.control_group)
@@ -394,6 +395,7 @@ class Daemon:
                 "runtime_dir": str(self.runtime_dir),
                 "state_dir": str(self.state_dir),
                 "zygote": self.shell.zygote.describe(),
+                "guardian": {"pid": self.shell.guardian.pid},
             },
             "tree": self._with_child_status(self.tree.snapshot()),
             "broker": self.broker.stats() if self.broker is not None else None,

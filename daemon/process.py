@@ -27,9 +27,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import grp
+import logging
 import os
 import pwd
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -40,10 +42,15 @@ from typing import Any
 
 from daemon import forkserver
 from daemon.forkserver import ForkServer
+from daemon.guardian import GuardianLink
 from daemon.protocol import Exited
 from daemon.spec import WorkerSpec
 
+log = logging.getLogger("foundationd")
+
 PR_SET_CHILD_SUBREAPER = 36
+GUARDIAN_NAME = "(guardian)"  # like "(zygote)", never a child's name
+GUARDIAN_EXIT_WAIT = 5.0
 MAX_PARTIAL_LINE = 64 * 1024
 PDEATH_GUARD = '[ "$PPID" = "$0" ] && exec "$@"'  # sh -c GUARD DAEMON_PID COMMAND...
 # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec: Popen's restore_signals
@@ -119,7 +126,8 @@ class ProcessHandle:
     popen: subprocess.Popen[bytes] | None  # None when posix_spawn'd, or for an agent forked by the zygote
     output_fd: int | None
     partial: bytearray = field(default_factory=bytearray)
-    on_exit: Callable[[Exited], None] | None = None  # instead of the shell's own (the zygote's handle)
+    on_exit: Callable[[Exited], None] | None = None  # instead of the shell's own (the zygote's, the guardian's)
+    guarded: bool = True  # its group is on the guardian's list (all but the guardian itself)
 
 
 class ProcessShell:
@@ -149,6 +157,8 @@ class ProcessShell:
         self._prlimit = shutil.which("prlimit")
         self.zygote = ForkServer(self._launch_zygote, lambda pid: self.signal(pid, signal.SIGKILL),
                                  enabled=fork_server)
+        self.guardian = GuardianLink(self._launch_guardian, lambda pid: self.signal(pid, signal.SIGKILL),
+                                     lambda message: log.warning("%s", message))
 
     @property
     def live(self) -> dict[int, ProcessHandle]:
@@ -172,35 +182,57 @@ class ProcessShell:
             raise SpawnError(f"{argv[0]}: {exc.strerror or exc}") from exc
         finally:
             os.close(write_fd)
-        pidfd = os.pidfd_open(pid)
-        os.set_blocking(read_fd, False)
-        handle = ProcessHandle(spec.name, pid, pidfd, popen, read_fd)
-        self._by_pid[pid] = handle
-        self._add_reader(pidfd, self.reap)
-        self._add_reader(read_fd, lambda: self._read_output(handle))
+        self._watch(ProcessHandle(spec.name, pid, os.pidfd_open(pid), popen, read_fd))
         return pid
 
     def start_zygote(self) -> None:
         """Start the agent fork server now (at boot, when the tree has agents), so it imports while we boot."""
-        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
-        env.update(self._base_env)
-        env.update(FOUNDATION_NAME=forkserver.NAME, FOUNDATION_DAEMON_PID=str(os.getpid()))
+        env = self._helper_env(forkserver.NAME)
         env[forkserver.ROOM_VARIABLE] = "." * forkserver.ENVIRON_ROOM
         self.zygote.start(env)
 
+    def start_guardian(self) -> None:
+        """Start the guardian before the first child, so that no process group is ever unlisted."""
+        self.guardian.start()
+
+    def _helper_env(self, name: str) -> dict[str, str]:
+        env = dict(self._inherited_env)
+        env.update(self._base_env)
+        env.update(FOUNDATION_NAME=name, FOUNDATION_DAEMON_PID=str(os.getpid()))
+        return env
+
     def _launch_zygote(self, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...]) -> int:
+        on_exit = lambda event: self.zygote.exited(event.describe())  # noqa: E731
+        return self._launch_own(forkserver.NAME, argv, env, on_exit, pass_fds=pass_fds)
+
+    def _launch_guardian(self, argv: list[str], stdin_fd: int) -> int:
+        on_exit = lambda event: self.guardian.exited(event.describe())  # noqa: E731
+        return self._launch_own(GUARDIAN_NAME, argv, self._helper_env(GUARDIAN_NAME), on_exit, stdin=stdin_fd,
+                                guarded=False)
+
+    def _launch_own(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        on_exit: Callable[[Exited], None],
+        *,
+        stdin: int = subprocess.DEVNULL,
+        pass_fds: tuple[int, ...] = (),
+        guarded: bool = True,
+    ) -> int:
+        """Start one of foundationd's own helper processes (zygote, guardian): output captured, exit reported."""
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=write_fd, stderr=write_fd, env=env,
+            popen = subprocess.Popen(argv, stdin=stdin, stdout=write_fd, stderr=write_fd, env=env,
                                      process_group=0, close_fds=True, pass_fds=pass_fds)
         except OSError:
             os.close(read_fd)
             raise
         finally:
             os.close(write_fd)
-        on_exit = lambda event: self.zygote.exited(event.describe())  # noqa: E731
         pidfd = os.pidfd_open(popen.pid)
-        self._watch(ProcessHandle(forkserver.NAME, popen.pid, pidfd, popen, read_fd, on_exit=on_exit))
+        self._watch(ProcessHandle(name, popen.pid, pidfd, popen, read_fd, on_exit=on_exit, guarded=guarded))
         return popen.pid
 
     def _spawn_forked(self, spec: WorkerSpec, extra_env: dict[str, str]) -> int | None:
@@ -231,6 +263,8 @@ class ProcessShell:
         assert handle.output_fd is not None
         os.set_blocking(handle.output_fd, False)
         self._by_pid[handle.pid] = handle
+        if handle.guarded:
+            self.guardian.add(handle.pid)
         self._add_reader(handle.pidfd, self.reap)
         self._add_reader(handle.output_fd, lambda: self._read_output(handle))
 
@@ -265,6 +299,8 @@ class ProcessShell:
                 # The zombie leader still holds the group id: nothing else can have taken it.
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(handle.pid, signal.SIGKILL)
+                if handle.guarded:
+                    self.guardian.remove(handle.pid)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(info.si_pid, 0)
             if handle is not None:
@@ -287,11 +323,21 @@ class ProcessShell:
         )
 
     def close(self) -> None:
-        """Kill and reap whatever is still running; only used when the daemon itself is going away."""
+        """Kill and reap whatever is still running; only used when the daemon itself is going away.
+
+        The guardian goes last and by EOF: it exits on its own once every group it watched is gone.
+        """
         self.zygote.close()
-        for handle in list(self._by_pid.values()):
+        others = [h for h in self._by_pid.values() if h.guarded]
+        for handle in others:
             self.signal(handle.pid, signal.SIGKILL)
-        for handle in list(self._by_pid.values()):
+        for handle in others:
+            os.waitid(os.P_PIDFD, handle.pidfd, os.WEXITED | os.WNOWAIT)
+        self.reap()
+        self.guardian.close()
+        for handle in list(self._by_pid.values()):  # the guardian, reading its EOF
+            if not select.select([handle.pidfd], [], [], GUARDIAN_EXIT_WAIT)[0]:
+                self.signal(handle.pid, signal.SIGKILL)
             os.waitid(os.P_PIDFD, handle.pidfd, os.WEXITED | os.WNOWAIT)
         self.reap()
 
