@@ -37,6 +37,7 @@ exception rides along as ``__cause__``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from types import TracebackType
@@ -148,7 +149,8 @@ class StateStore:
             if fresh:
                 # The first commit's fdatasync makes data.mdb's contents durable, not its directory entry.
                 _fsync_dir(self._path)
-                _fsync_dir(os.path.dirname(os.path.abspath(self._path)))
+                with contextlib.suppress(PermissionError):  # an agent with user= cannot read <state>/agents (0711):
+                    _fsync_dir(os.path.dirname(os.path.abspath(self._path)))  # foundationd made and synced its dir
         except (OSError, lmdb.Error) as exc:
             env.close()
             raise StateError(f"cannot open state store {self._path}: {exc}", code="lmdb", path=self._path) from exc

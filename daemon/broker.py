@@ -107,6 +107,7 @@ class Broker:
             self._sock.bind(self.endpoint)
         finally:
             os.umask(old_umask)
+        self._user_sockets: dict[int, tuple[str, Path]] = {}  # uid -> endpoint, path (agents with user=)
         self._sessions: dict[bytes, Session] = {}
         self._agents: dict[str, AgentInfo] = {}
         self._boxes: dict[str, Mailbox] = {}
@@ -147,10 +148,39 @@ class Broker:
         self._sock.close(linger=0)
         self._ctx.term()
         self._outbox.close()
-        with contextlib.suppress(FileNotFoundError):
-            self._socket_path.unlink()
+        for path in [self._socket_path, *(path for _, path in self._user_sockets.values())]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     # ---- hooks for the daemon ----
+
+    def endpoint_for(self, uid: int, gid: int) -> str:
+        """The endpoint an agent running as ``uid`` connects to: the same ROUTER, bound once more on a socket only
+        that user (and root) may connect to, ``broker-UID.sock`` in the root-owned runtime directory.
+
+        Nothing more is exposed than that user already has: whoever runs as the agent's user can read its
+        token from its memory and send as it. Hellos still need the token; ``send``-ing anonymously from there
+        is what the agent itself may do.
+        """
+        if uid == os.geteuid():
+            return self.endpoint
+        known = self._user_sockets.get(uid)
+        if known is not None:
+            return known[0]
+        path = self._socket_path.with_name(f"broker-{uid}.sock")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # left by a SIGKILLed daemon
+        endpoint = f"ipc://{path}"
+        old_umask = os.umask(0o177)
+        try:
+            self._sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise OSError(exc.errno, f"cannot bind {endpoint}: {exc}") from exc
+        finally:
+            os.umask(old_umask)
+        os.chown(path, uid, gid, follow_symlinks=False)
+        self._user_sockets[uid] = (endpoint, path)
+        return endpoint
 
     def expect(self, name: str) -> str:
         """A new incarnation of agent ``name`` is about to start: the token only it may say hello with."""

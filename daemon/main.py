@@ -328,16 +328,8 @@ class Daemon:
     def _act(self, action: Action) -> None:
         match action:
             case Spawn(name, spec):
-                extra = {}
-                if spec.agent and self.broker is not None:
-                    token = self.broker.expect(name)
-                    extra = {"FOUNDATION_BROKER": self.broker.endpoint, "FOUNDATION_AGENT_TOKEN": token}
-                if spec.ready == "notify" and self.child_notify is not None:
-                    extra["NOTIFY_SOCKET"] = str(self.child_notify.path)
-                    if spec.watchdog is not None:  # what sd_watchdog_enabled(3) reads to know it must ping
-                        extra["WATCHDOG_USEC"] = str(round(spec.watchdog * 1_000_000))
                 try:
-                    pid = self.shell.spawn(spec, extra)
+                    pid = self.shell.spawn(spec, self._spawn_env(name, spec))
                 except SpawnError as exc:
                     self._pending.append(SpawnFailed(name, str(exc)))
                 else:
@@ -363,6 +355,59 @@ class Daemon:
                 log.log(logging.INFO if code == 0 else logging.ERROR, "halting: %s", reason)
                 self._exit_code = code
                 self.loop.stop()
+
+    def _spawn_env(self, name: str, spec: WorkerSpec) -> dict[str, str]:
+        """What the daemon adds to a child's environment: its broker endpoint and token, its NOTIFY_SOCKET."""
+        identity = self.shell.identity(spec)  # (uid, gid) of a child with user=, else None; SpawnError if unknown
+        if identity is not None and (spec.agent or spec.ready == "notify"):
+            self._share_dirs(name, spec, *identity)
+        extra = {}
+        if spec.agent and self.broker is not None:
+            token = self.broker.expect(name)
+            try:
+                endpoint = self.broker.endpoint_for(*identity) if identity is not None else self.broker.endpoint
+            except OSError as exc:
+                raise SpawnError(f"no broker socket for user {identity}: {exc}") from exc
+            extra = {"FOUNDATION_BROKER": endpoint, "FOUNDATION_AGENT_TOKEN": token}
+        if spec.ready == "notify" and self.child_notify is not None:
+            extra["NOTIFY_SOCKET"] = str(self.child_notify.path)
+            if spec.watchdog is not None:  # what sd_watchdog_enabled(3) reads to know it must ping
+                extra["WATCHDOG_USEC"] = str(round(spec.watchdog * 1_000_000))
+        return extra
+
+    def _share_dirs(self, name: str, spec: WorkerSpec, uid: int, gid: int) -> None:
+        """A child running as another user must reach its sockets and, for an agent, own its state directory.
+
+        The runtime and state directories become traversable (0711: nothing in them can be listed, and each
+        socket keeps its own mode: control and broker 0600, notify 0666 behind a credential check). The agent's
+        own state directory is handed to its user; files a root run left there are handed over first, while the
+        directory is still root's, so nothing the user planted there can be followed.
+        """
+        try:
+            for directory in (self.runtime_dir, self.state_dir) if spec.agent else (self.runtime_dir,):
+                if directory.stat().st_uid == os.geteuid():
+                    directory.chmod(directory.stat().st_mode & 0o7777 | 0o711)
+            if spec.agent:
+                self._hand_over_state_dir(name, uid, gid)
+        except OSError as exc:
+            raise SpawnError(f"cannot share the runtime or state directory with user {uid}: {exc}") from exc
+
+    def _hand_over_state_dir(self, name: str, uid: int, gid: int) -> None:
+        agents_dir = agent_state_path(self.state_dir, name).parent
+        agents_dir.mkdir(mode=0o711, exist_ok=True)
+        agents_dir.chmod(0o711)
+        own = agent_state_path(self.state_dir, name)
+        if not own.exists():
+            own.mkdir(mode=0o700)
+            _fsync_dir(agents_dir)  # the agent cannot (it may not read agents_dir): its directory entry is durable
+        owner = own.lstat().st_uid
+        if owner == uid:
+            return
+        if owner != os.geteuid():  # another user's: what it left there is not ours to follow or hand on
+            raise SpawnError(f"{own} belongs to uid {owner}, not to the agent's user {uid}: chown it by hand")
+        for entry in own.iterdir():
+            os.chown(entry, uid, gid, follow_symlinks=False)
+        os.chown(own, uid, gid, follow_symlinks=False)
 
     def _fire(self, token: int) -> None:
         self._timers.pop(token, None)
@@ -687,6 +732,14 @@ def _str_arg(args: dict[str, Any], key: str) -> str:
 
 
 # ---- entry point ----
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _prepare_dir(path: Path, mode: int) -> None:

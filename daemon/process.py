@@ -268,6 +268,13 @@ class ProcessShell:
         self._add_reader(handle.pidfd, self.reap)
         self._add_reader(handle.output_fd, lambda: self._read_output(handle))
 
+    def identity(self, spec: WorkerSpec) -> tuple[int, int] | None:
+        """The (uid, gid) a child with ``user`` runs as, else None; SpawnError if the user is gone."""
+        if spec.user is None:
+            return None
+        credentials, _ = self._credentials(spec)
+        return credentials["user"], credentials["group"]
+
     def check(self, spec: WorkerSpec) -> None:
         """Raise SpawnError now if ``spawn(spec)`` could not start the command (for the attach verb)."""
         credentials, _ = self._credentials(spec)

@@ -188,7 +188,7 @@ class Facts(Agent):
         os.umask(umask)
         fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
         facts = {
-            "pid": os.getpid(), "ppid": os.getppid(), "pgid": os.getpgid(0), "sid": os.getsid(0),
+            "pid": os.getpid(), "ppid": os.getppid(), "pgid": os.getpgid(0), "sid": os.getsid(0), "uid": os.getuid(),
             "cwd": os.getcwd(), "umask": umask, "env": dict(os.environ), "argv": sys.argv[1:],
             "path0": sys.path[0], "main": sys.modules["__main__"].__name__,
             "fd_kinds": sorted(_fd_kind(fd) for fd in fds if fd > 2),
