@@ -365,7 +365,9 @@ class Broker:
             self._monitors.pop((session.name, msg["ref"]), None)
 
     def _on_timer(self, session: Session, msg: dict[str, Any]) -> None:
-        if session.name is None:
+        if session.name is None:  # ticks go to an agent's mailbox: an anonymous client has none
+            self._send(session.identity, "reject", ref=msg["ref"],
+                       error=wire.error_body(ErrorCode.BAD_REQUEST, "only agents may set timers"))
             return
         info = self._agents.setdefault(session.name, AgentInfo())
         ref, after, every = msg["ref"], float(msg["after"]), msg["every"]

@@ -364,6 +364,17 @@ def test_a_message_too_large_to_deliver_is_refused_instead_of_accepted(start_dae
     assert settled(daemon, "counter") == {"count": 1}
 
 
+def test_an_anonymous_client_is_told_it_cannot_monitor_or_set_timers(start_daemon, raw) -> None:
+    daemon = start_daemon(config(agent("counter", COUNTER)))
+    client = raw(daemon)
+    assert client.ask({"kind": "hello", "name": None, "token": None})["kind"] == "welcome"
+    for frame in ({"kind": "timer", "ref": 7, "after": 0.01, "every": None},
+                  {"kind": "monitor", "ref": 8, "target": "counter"}):
+        answer = client.ask(frame)
+        assert (answer["kind"], answer["ref"], answer["error"]["code"]) == ("reject", frame["ref"], "bad_request")
+    assert client.ask({"kind": "cast", "ref": 9, "to": "counter", "body": {"add": 1}})["kind"] == "accept"
+
+
 def test_a_reply_that_cannot_travel_fails_its_call_and_not_the_agent(start_daemon) -> None:
     daemon = start_daemon(config(agent("rec", "Recorder")))
     pid = daemon.wait_running("rec")
