@@ -604,6 +604,8 @@ class Daemon:
                     self._apply(self.tree.replace(worker))
                 for parent, index, spec in plan.add:
                     self._apply(self.tree.attach(parent, spec, index))
+                for parent, order in plan.reorder:
+                    self.tree.reorder(parent, order)
             except FoundationError as exc:  # a shutdown, or an operator's attach/detach, came in meanwhile
                 log.error("reload stopped part-way: %s", exc)  # noqa: TRY400 (no traceback)
                 self._reloading = False

@@ -3,6 +3,7 @@
     old tree ─┐
               ├─> diff() ─> removals (detach, first)  ─> updates (supervisor settings, in place)
     new tree ─┘             replacements (restart with the new spec)   additions (attach at their place)
+                            reorders (a supervisor's children in the new order, nothing restarts)
 
 Children are matched by name (names are global in a tree). A worker whose spec is equal in both trees is
 left alone: same process, same pid. A child that changed kind (worker <-> supervisor) or moved to another
@@ -23,10 +24,11 @@ class Plan:
     update: tuple[SupervisorSpec, ...] = ()  # supervisors whose own settings changed (children aside)
     replace: tuple[WorkerSpec, ...] = ()  # workers restarted with a new spec
     add: tuple[tuple[str, int, ChildSpec], ...] = ()  # (parent, index among its new children, spec)
+    reorder: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (supervisor, its children's names in the new order)
 
     @property
     def empty(self) -> bool:
-        return not (self.remove or self.update or self.replace or self.add)
+        return not (self.remove or self.update or self.replace or self.add or self.reorder)
 
     def summary(self) -> dict[str, list[str]]:
         return {
@@ -34,6 +36,7 @@ class Plan:
             "updated": [s.name for s in self.update],
             "restarted": [w.name for w in self.replace],
             "added": [spec.name for _, _, spec in self.add],
+            "reordered": [parent for parent, _ in self.reorder],
         }
 
 
@@ -62,7 +65,22 @@ def diff(old: SupervisorSpec, new: SupervisorSpec) -> Plan:
             before
         ):
             update.append(spec)
-    return Plan(tuple(remove), tuple(update), tuple(replace), tuple(add))
+    return Plan(tuple(remove), tuple(update), tuple(replace), tuple(add), _reordered(old_specs, new_specs))
+
+
+def _reordered(old: dict[str, ChildSpec], new: dict[str, ChildSpec]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Supervisors in both trees whose children that stay (in both, under it) come in another order."""
+    out = []
+    for name, spec in new.items():
+        before = old.get(name)
+        if not (isinstance(spec, SupervisorSpec) and isinstance(before, SupervisorSpec)):
+            continue
+        order = tuple(c.name for c in spec.children)
+        was = [c.name for c in before.children]
+        staying = set(order) & set(was)
+        if [n for n in order if n in staying] != [n for n in was if n in staying]:
+            out.append((name, order))
+    return tuple(out)
 
 
 def _settings(spec: SupervisorSpec) -> SupervisorSpec:

@@ -263,6 +263,15 @@ class SupervisionTree:
             raise FoundationError(ErrorCode.NOT_A_SUPERVISOR, f"{spec.name!r} is not a supervisor")
         node.spec = spec
 
+    def reorder(self, name: str, order: tuple[str, ...]) -> None:
+        """A reload changed the order of a supervisor's children: later starts, stops and rest_for_one follow it
+        (nothing restarts). Children the config does not name (attached at run time) keep their order, after."""
+        node = self.find(name)
+        if not isinstance(node, Supervisor):
+            raise FoundationError(ErrorCode.NOT_A_SUPERVISOR, f"{name!r} is not a supervisor")
+        rank = {child: i for i, child in enumerate(order)}
+        node.children.sort(key=lambda c: rank.get(c.name, len(rank)))
+
     def replace(self, spec: WorkerSpec) -> list[Action]:
         """A reload changed a worker's spec: a running one restarts with it, a stopped one keeps it for later."""
         self._refuse_while_shutting_down()

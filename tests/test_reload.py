@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,7 +134,8 @@ def test_reload_adds_removes_and_changes_children(daemon: DaemonProcess) -> None
     rewrite(daemon, tree(before_sub=worker("keep") + worker("new1") + worker("change", 1001),
                          after_sub=worker("mover") + worker("new2")))
     summary = daemon.request("reload")
-    assert summary == {"removed": ["gone"], "updated": [], "restarted": ["change"], "added": ["new1", "new2"]}
+    assert summary == {"removed": ["gone"], "updated": [], "restarted": ["change"],
+        "added": ["new1", "new2"], "reordered": []}
     after = pids(daemon)
     # Unchanged: the same processes.
     for name in ("keep", "inner_keep", "inner_change", "mover"):
@@ -151,7 +153,7 @@ def test_reload_adds_removes_and_changes_children(daemon: DaemonProcess) -> None
         assert daemon.node(name)["state"] == "running"
         assert runs(after[name], 1000)
     # Reloading the same file again changes nothing.
-    assert daemon.request("reload") == {"removed": [], "updated": [], "restarted": [], "added": []}
+    assert daemon.request("reload") == {"removed": [], "updated": [], "restarted": [], "added": [], "reordered": []}
     assert pids(daemon) == after
 
 
@@ -159,7 +161,8 @@ def test_supervisor_settings_change_in_place(start_daemon) -> None:
     daemon = start_daemon(tree(root="intensity = 0\nperiod = 5"))
     before = all_running(daemon)
     rewrite(daemon, tree(root="intensity = 2\nperiod = 30", sub='strategy = "one_for_all"\nintensity = 9'))
-    assert daemon.request("reload") == {"removed": [], "updated": ["root", "sub"], "restarted": [], "added": []}
+    assert daemon.request("reload") == {"removed": [], "updated": ["root", "sub"], "restarted": [],
+        "added": [], "reordered": []}
     assert pids(daemon) == before  # no child restarted
     root = daemon.status()["tree"]
     assert (root["intensity"], root["period"], root["restarts"]) == (2, 30.0, 0)
@@ -197,7 +200,7 @@ def test_a_moved_child_ends_up_under_its_new_parent(daemon: DaemonProcess) -> No
         after_sub="",
     ))
     summary = daemon.request("reload")
-    assert summary == {"removed": ["mover"], "updated": [], "restarted": [], "added": ["mover"]}
+    assert summary == {"removed": ["mover"], "updated": [], "restarted": [], "added": ["mover"], "reordered": []}
     assert children_of(daemon, "root") == ["keep", "change", "gone", "sub"]
     assert children_of(daemon, "sub") == ["inner_keep", "mover", "inner_change"]
     after = pids(daemon)
@@ -218,7 +221,8 @@ def test_children_attached_at_run_time_survive_a_reload(daemon: DaemonProcess) -
         after_sub=worker("mover") + worker("new"),
     ))
     summary = daemon.request("reload")
-    assert summary == {"removed": ["gone"], "updated": [], "restarted": ["change", "inner_change"], "added": ["new"]}
+    assert summary == {"removed": ["gone"], "updated": [], "restarted": ["change", "inner_change"],
+        "added": ["new"], "reordered": []}
     after = all_running(daemon)
     assert after["extra"] == before["extra"]
     assert after["inner_extra"] == before["inner_extra"]
@@ -264,7 +268,7 @@ def test_foundationctl_reload(daemon: DaemonProcess) -> None:
     assert done.stdout.strip() == "reloaded: removed gone; restarted change; added new"
     done = ctl(daemon, "reload", "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"removed": [], "updated": [], "restarted": [], "added": []}
+    assert json.loads(done.stdout) == {"removed": [], "updated": [], "restarted": [], "added": [], "reordered": []}
     done = ctl(daemon, "reload")
     assert (done.returncode, done.stdout.strip()) == (0, "reloaded: no changes")
     before = pids(daemon)
@@ -309,7 +313,8 @@ def test_a_changed_child_that_was_detached_at_run_time_is_refused(daemon: Daemon
     assert pids(daemon) == before
     # Taking it out of the config agrees with the running tree: that reload goes through.
     rewrite(daemon, tree(before_sub=worker("keep") + worker("gone")))
-    assert daemon.request("reload") == {"removed": ["change"], "updated": [], "restarted": [], "added": []}
+    assert daemon.request("reload") == {"removed": ["change"], "updated": [], "restarted": [],
+        "added": [], "reordered": []}
     assert pids(daemon) == before
 
 
@@ -345,9 +350,23 @@ def test_an_operator_detach_finishing_with_a_reload_removal(start_daemon) -> Non
     os.kill(stubborn_pid, signal.SIGKILL)  # both removals now complete in one batch
     for thread in threads:
         thread.join(timeout=20)
-    assert results["reload"] == {"removed": ["stubborn"], "updated": [], "restarted": [], "added": ["new"]}
+    assert results["reload"] == {"removed": ["stubborn"], "updated": [], "restarted": [],
+        "added": ["new"], "reordered": []}
     assert results["detach"]["name"] == "done"
     assert daemon.proc is not None
     assert daemon.proc.poll() is None
     assert children_of(daemon, "root") == ["new"]
     daemon.wait_running("new")
+
+
+def test_a_reorder_changes_the_stop_order_and_restarts_nothing(start_daemon) -> None:
+    daemon = start_daemon(f"[supervisor]\n{worker('a')}{worker('b')}{worker('c')}")
+    before = all_running(daemon)
+    rewrite(daemon, f"[supervisor]\n{worker('c')}{worker('a')}{worker('b')}")
+    assert daemon.request("reload") == {"removed": [], "updated": [], "restarted": [], "added": [],
+                                        "reordered": ["root"]}
+    assert pids(daemon) == before
+    assert [c["name"] for c in daemon.status()["tree"]["children"]] == ["c", "a", "b"]
+    daemon.request("shutdown")
+    daemon.wait_exit()
+    assert re.findall(r"INFO: stopped (\S+) \(", daemon.log()) == ["b", "a", "c"], "reverse of the new order"

@@ -65,5 +65,21 @@ def test_removing_a_supervisor_removes_its_subtree_once() -> None:
 def test_restart_type_change_is_a_replace() -> None:
     plan = diff(tree(w("a")), tree(w("a", restart=RestartType.TEMPORARY)))
     assert plan.replace == (w("a", restart=RestartType.TEMPORARY),)
-    assert plan.summary() == {"removed": [], "updated": [], "restarted": ["a"], "added": []}
+    assert plan.summary() == {"removed": [], "updated": [], "restarted": ["a"], "added": [], "reordered": []}
     assert isinstance(plan, Plan)
+
+
+def test_a_pure_reorder_is_a_reorder_and_nothing_else() -> None:
+    old = tree(w("a"), w("b"), SupervisorSpec("s", children=(w("x"), w("y"))))
+    new = tree(SupervisorSpec("s", children=(w("y"), w("x"))), w("a"), w("b"))
+    plan = diff(old, new)
+    assert plan.reorder == (("root", ("s", "a", "b")), ("s", ("y", "x")))
+    assert (plan.remove, plan.update, plan.replace, plan.add) == ((), (), (), ())
+    assert not plan.empty
+    assert plan.summary()["reordered"] == ["root", "s"]
+
+
+def test_additions_and_removals_alone_are_no_reorder() -> None:
+    plan = diff(tree(w("a"), w("b"), w("c")), tree(w("new"), w("a"), w("c"), w("last")))
+    assert plan.reorder == ()
+    assert plan.remove == ("b",)

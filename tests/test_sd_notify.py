@@ -234,7 +234,8 @@ def test_reloading_then_ready_on_the_verb_and_on_sighup(start_with_env, listener
         ready = "notify"
     """)
     before = time.monotonic_ns() // 1000
-    assert daemon.request("reload") == {"removed": [], "updated": [], "restarted": ["svc"], "added": []}
+    assert daemon.request("reload") == {"removed": [], "updated": [], "restarted": ["svc"],
+        "added": [], "reordered": []}
     after = time.monotonic_ns() // 1000
     [(_, reloading)] = listener.wait_count("RELOADING", "1", 1)
     assert before <= int(reloading["MONOTONIC_USEC"]) <= after  # CLOCK_MONOTONIC, as sd_notify(3) asks

@@ -1028,3 +1028,17 @@ def test_property_one_supervisor_fails_exactly_when_a_window_holds_more_than_int
             return
         assert kinds(actions) == ["spawn a"]
     assert sh.halt is None
+
+
+def test_reorder_changes_later_strategy_decisions_and_keeps_unnamed_children_after():
+    sh = booted(W("a"), W("b"), W("c"), strategy=REST_FOR_ONE)
+    sh.attach("root", W("dyn"))
+    sh.tree.reorder("root", ("c", "b", "a"))
+    assert child_names(sh) == ["c", "b", "a", "dyn"]
+    # rest_for_one: those after b in the new order stop in reverse, then start again in order; c stays.
+    assert kinds(sh.crash("b")) == ["term dyn"]
+    assert kinds(sh.exit_after_signal("dyn")) == ["term a"]
+    assert kinds(sh.exit_after_signal("a")) == ["spawn b", "spawn a", "spawn dyn"]
+    with pytest.raises(FoundationError) as info:
+        sh.tree.reorder("a", ("x",))
+    assert info.value.code is ErrorCode.NOT_A_SUPERVISOR
