@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.state import StateError, StateStore, agent_state_path
-from daemon import paths, version
+from daemon import forkserver, paths, version
 from daemon.broker import Broker
 from daemon.child_notify import ChildNotifySocket
 from daemon.config import ConfigError, DaemonConfig, child_spec_from_dict, load_config
@@ -33,7 +33,7 @@ from daemon.loop import EventLoop, TimerHandle
 from daemon.memory import MemoryWatch
 from daemon.notify import Notifier
 from daemon.output import OutputSink, SinkHandler, stderr_is_journal
-from daemon.process import ProcessShell, SpawnError, become_subreaper
+from daemon.process import GUARDIAN_NAME, ProcessShell, SpawnError, become_subreaper
 from daemon.protocol import (
     Action,
     CancelTimer,
@@ -503,7 +503,7 @@ class Daemon:
     def _verb_logs(self, req: Request, peer: Peer, reply: Reply) -> None:
         """The last ``lines`` lines of a child's output; with ``follow``, then every new line as it comes."""
         name = _str_arg(req.args, "name")
-        if self.tree.find_quiet(name) is None:
+        if self.tree.find_quiet(name) is None and name not in (forkserver.NAME, GUARDIAN_NAME):
             raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no child named {name!r}")
         count = req.args.get("lines", 50)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:

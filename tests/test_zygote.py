@@ -22,6 +22,7 @@ import pytest
 from agents.testing import DaemonProcess, wait_for
 from daemon.forkserver import ForkServer, fork_refusal
 from daemon.spec import WorkerSpec
+from ipc.errors import ErrorCode, FoundationError
 
 REPO = Path(__file__).resolve().parents[1]
 FACTS = "tests.agents_for_tests:Facts"
@@ -153,6 +154,17 @@ def test_the_zygote_dies_with_a_sigkilled_daemon(start_daemon) -> None:
     daemon.wait_exit()
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
              what="zygote gone with its daemon")
+
+
+def test_the_helpers_output_is_kept_like_a_childs(start_daemon) -> None:
+    daemon = start_daemon(tree(agent("a")))
+    daemon.wait_running("a")
+    with daemon.client() as client:
+        for name in ("(zygote)", "(guardian)"):
+            assert client.request("logs", name=name, lines=10) == {"name": name, "lines": [], "more": False}
+        with pytest.raises(FoundationError) as caught:
+            client.request("logs", name="(nobody)")
+        assert caught.value.code == ErrorCode.NO_SUCH_CHILD
 
 
 def test_no_zygote_without_agents(start_daemon) -> None:
