@@ -1,21 +1,27 @@
 """A preloaded fork server ("zygote") for SDK agents: ``python -m agents.zygote FD``, started by foundationd.
 
-    foundationd ──request (agent, env, cwd, umask) + output fd──> zygote (SDK, zmq, lmdb imported)
-    zygote ──fork──> intermediate ──fork──> agent ; intermediate exits, so the agent is adopted by foundationd
-    zygote ──reap intermediate──> reply {"pid": agent} ──> foundationd: pidfd_open, waitid as for any child
+    foundationd ──{"spares": N}──> zygote (SDK, zmq, lmdb imported; no context, no environment, no thread)
+    zygote ──fork──> intermediate ──fork──> spare ; the intermediate exits, foundationd adopts the spare
+    zygote ──{"spare": pid} + the spare's socket (SCM_RIGHTS)──> foundationd, which keeps a pool of them
+    foundationd ──request (agent, env, cwd, umask) + output fd──> a spare, which becomes that agent
 
-Why: an agent started by exec pays ~50-60 ms for the interpreter and the imports of zmq, lmdb and the SDK;
-forked from here it pays ~1 ms of fork. Why the double fork: foundationd must be the agent's parent (it reaps
-and reads the exit status through a pidfd, like any worker); it is a child subreaper, so the agent, orphaned
-when the intermediate exits, comes back to it. The zygote answers only after it reaped the intermediate, so
-the adoption has happened before foundationd hears the pid: the pid cannot be reaped by anybody else meanwhile.
+Why: an agent started by exec pays ~50-60 ms for the interpreter and the imports of zmq, lmdb and the SDK.
+A spare is an agent-to-be forked ahead of time (Android's unspecialised app processes): starting an agent is
+one message to it, so foundationd never waits for a fork, and the agent's own start-up (its LMDB store, its
+ZeroMQ context, the hello) is all that remains.
 
-Fork safety (DESIGN 2): nothing here creates a ZeroMQ context, an LMDB environment or a thread; the agent
-makes its own after the fork, exactly as after an exec. The process title (``/proc/PID/cmdline``, what ps
-shows) is rewritten to the exec'd agent's command line. What differs from an exec'd agent, on purpose:
-``__main__`` is this module, and every agent forked from one zygote shares its hash seed. Agents whose
-``env`` sets what only an exec applies (``PYTHON*``, ``LD_*``, ...) or that change user or limits are
-exec'd by foundationd instead (daemon/forkserver.py decides).
+Why the double fork: foundationd must be the agent's parent (it reaps it and reads its exit status through a
+pidfd, like any worker); it is a child subreaper, so the spare, orphaned when the intermediate exits, comes
+back to it. The zygote reports a spare only after it reaped the intermediate: the adoption has happened
+before foundationd hears of it. The spare waits for that too before it arms its parent-death signal, which
+follows the parent: armed under the intermediate, the intermediate's exit would kill it.
+
+Fork safety (DESIGN 2): the agent makes its ZeroMQ context and LMDB environment after the fork, exactly as
+after an exec. Its process title (``/proc/PID/cmdline``, what ps shows) and ``/proc/PID/environ`` are
+rewritten to what an exec'd agent's would be. What differs from an exec'd agent, on purpose: ``__main__`` is
+this module, and every agent forked from one zygote shares its hash seed. Agents whose ``env`` sets what only
+an exec applies (``PYTHON*``, ``LD_*``, ...) or that change user or limits are exec'd by foundationd instead
+(daemon/forkserver.py decides).
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import gc
 import os
 import select
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 import setproctitle
@@ -37,6 +45,7 @@ import setproctitle
 from agents import runtime  # the preload: zmq, lmdb, orjson and the SDK, imported once for every agent
 
 MAX_REQUEST = 1 << 20
+MAX_SPARES = 16  # per request; foundationd asks for one or two at a time
 ADOPTION_WAIT_MS = 5000  # the intermediate is already exiting; this only bounds a pathological stall
 
 
@@ -46,100 +55,150 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m agents.zygote FD (foundationd starts me)", file=sys.stderr)
         return 2
     runtime.die_with_daemon()
+    # Everything imported so far moves to the permanent generation: a child's collections never visit (and so
+    # never copy-on-write) the pages the zygote shares with it.
+    gc.freeze()
     sock = socket.socket(fileno=int(args[0]))
     sock.send(orjson.dumps({"ready": True, "pid": os.getpid()}))
     return serve(sock)
 
 
 def serve(sock: socket.socket) -> int:
-    """Answer spawn requests one at a time until foundationd closes its end."""
+    """Make the spares foundationd asks for, one request at a time, until it closes its end."""
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(sock, MAX_REQUEST, 1)
         except ConnectionResetError:
             return 0
+        for fd in fds:  # foundationd sends none; never keep one
+            os.close(fd)
         if not data:
-            for fd in fds:
-                os.close(fd)
             return 0
         try:
-            reply: dict[str, Any] = {"pid": spawn(orjson.loads(data), fds[0] if fds else -1, sock)}
-        except Exception as exc:  # every failure goes back to foundationd, which execs instead
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        finally:
-            for fd in fds:
-                os.close(fd)
-        sock.send(orjson.dumps(reply))
+            count = _spares_wanted(data)
+        except ValueError as exc:
+            sock.send(orjson.dumps({"error": str(exc)}))
+            continue
+        for _ in range(count):
+            try:
+                pid, channel = make_spare(sock)
+            except Exception as exc:  # told to foundationd, which execs agents meanwhile
+                sock.send(orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+                break
+            try:
+                socket.send_fds(sock, [orjson.dumps({"spare": pid})], [channel.fileno()])
+            finally:
+                channel.close()
 
 
-def spawn(request: dict[str, Any], output_fd: int, sock: socket.socket) -> int:
-    """Fork the agent through an intermediate that exits at once; return the agent's pid once it is adopted."""
-    if output_fd < 0:
-        raise ValueError("the request carried no output fd")
-    agent = request["agent"]
-    if not isinstance(agent, str) or ":" not in agent:
-        raise ValueError(f"bad agent reference {agent!r}")
+def _spares_wanted(data: bytes) -> int:
+    try:
+        request = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    count = request.get("spares") if isinstance(request, dict) else None
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SPARES:
+        raise ValueError(f'expected {{"spares": 1..{MAX_SPARES}}}, got {data[:80]!r}')
+    return count
+
+
+def make_spare(zygote_sock: socket.socket) -> tuple[int, socket.socket]:
+    """Fork a spare through an intermediate that exits at once; return its pid (adopted by foundationd by now)
+    and foundationd's end of the spare's socket."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     try:
         intermediate = os.fork()
         if intermediate == 0:
-            _intermediate(request, output_fd, sock, report_r, report_w)
+            _intermediate(zygote_sock, ours, theirs, report_r, report_w)
         os.close(report_w)
         report_w = -1
         answer = _read_all(report_r)
         os.waitpid(intermediate, 0)
+    except BaseException:
+        ours.close()
+        raise
     finally:
+        theirs.close()
         os.close(report_r)
         if report_w >= 0:
             os.close(report_w)
     if answer[:1] != b"P":
+        ours.close()
         raise RuntimeError(answer[1:].decode(errors="replace") or "the intermediate died before it forked")
-    return int(answer[1:])
+    return int(answer[1:]), ours
 
 
-def _intermediate(request: dict[str, Any], output_fd: int, sock: socket.socket, report_r: int, report_w: int) -> None:
+def _intermediate(zygote_sock: socket.socket, ours: socket.socket, theirs: socket.socket, report_r: int,
+                  report_w: int) -> None:
     try:
         os.close(report_r)
         pid = os.fork()
         if pid == 0:
             os.close(report_w)
-            become_agent(request, output_fd, sock)
+            ours.close()
+            spare(zygote_sock, theirs)
         # Both sides set the group (the classic race-free idiom): it exists before foundationd can signal it.
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)
         os.write(report_w, b"P%d" % pid)
-    except BaseException as exc:  # reported to the zygote, which replies with it
+    except BaseException as exc:  # reported to the zygote, which tells foundationd
         with contextlib.suppress(OSError):
             os.write(report_w, b"E" + f"{type(exc).__name__}: {exc}".encode())
     finally:
         os._exit(0)
 
 
-def become_agent(request: dict[str, Any], output_fd: int, sock: socket.socket) -> None:
-    """In the forked agent: become what an exec of ``python -m agents.runtime AGENT`` would give. Never returns."""
+def spare(zygote_sock: socket.socket, channel: socket.socket) -> NoReturn:
+    """An agent-to-be: wait for foundationd's adoption, then for the one request that makes it an agent.
+    Exits 0 when foundationd closes the channel unused."""
+
+    def wait() -> Any:
+        os.setpgid(0, 0)
+        zygote_sock.close()  # the zygote's channel to foundationd is not ours
+        _wait_for_adoption(int(os.environ["FOUNDATION_DAEMON_PID"]))
+        runtime.die_with_daemon()
+        setproctitle.setproctitle(f"{sys.executable} -m agents.zygote (spare)")
+        data, fds, _, _ = socket.recv_fds(channel, MAX_REQUEST, 1)
+        channel.close()
+        if not data or not fds:
+            return 0
+        return become_agent(orjson.loads(data), fds[0])
+
+    _exit_after(wait)
+
+
+def become_agent(request: dict[str, Any], output_fd: int) -> Any:
+    """In a spare: become what an exec of ``python -m agents.runtime AGENT`` would give; the runtime's status."""
+    agent = request["agent"]
+    if not isinstance(agent, str) or ":" not in agent:
+        raise ValueError(f"bad agent reference {agent!r}")
+    # ps, top and `pgrep -f` show what an exec'd agent shows. Before the environment changes: the title's room
+    # includes the environment block the zygote started with (see _show_environment).
+    title = f"{sys.executable} -m agents.runtime {agent}"
+    setproctitle.setproctitle(title)
+    setproctitle.setthreadtitle(os.path.basename(sys.executable))  # comm, which setproctitle also changed
+    _redirect(output_fd)
+    if request.get("umask") is not None:
+        os.umask(int(request["umask"]))
+    cwd = request.get("cwd")
+    if cwd:
+        os.chdir(cwd)
+    env = {str(k): str(v) for k, v in request.get("env", {}).items()}
+    os.environ.clear()
+    os.environ.update(env)
+    _show_environment(title, env)
+    sys.argv = [runtime.__file__, agent]
+    sys.path.insert(0, os.getcwd())  # what `python -m` puts first: the agent's working directory
+    return runtime.main([agent])
+
+
+def _exit_after(work: Callable[[], Any]) -> NoReturn:
+    """Run ``work`` and exit with its status, as the interpreter would have: SystemExit's code, or a traceback
+    and 1; never back into the zygote's code that forked us."""
     code: Any = 1
     try:
-        os.setpgid(0, 0)
-        # ps, top and `pgrep -f` show what an exec'd agent shows, not the zygote's command line. First: its setup
-        # needs the environment block the zygote started with, which the lines below replace.
-        title = f"{sys.executable} -m agents.runtime {request['agent']}"
-        setproctitle.setproctitle(title)
-        setproctitle.setthreadtitle(os.path.basename(sys.executable))  # comm, which setproctitle also changed
-        sock.detach()
-        _redirect(output_fd)
-        if request.get("umask") is not None:
-            os.umask(int(request["umask"]))
-        cwd = request.get("cwd")
-        if cwd:
-            os.chdir(cwd)
-        env = {str(k): str(v) for k, v in request.get("env", {}).items()}
-        os.environ.clear()
-        os.environ.update(env)
-        _show_environment(title, env)
-        sys.argv = [runtime.__file__, request["agent"]]
-        sys.path[0] = os.getcwd()  # what `python -m` puts first: the agent's working directory
-        _wait_for_adoption(int(request["daemon_pid"]))
-        code = runtime.main([request["agent"]])
+        code = work()
     except SystemExit as exc:
         code = exc.code
     except BaseException:  # as the interpreter would: print it, exit 1

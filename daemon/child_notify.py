@@ -4,9 +4,22 @@ A child declared ``ready = "notify"`` gets ``NOTIFY_SOCKET`` pointing at one dat
 directory. Every datagram carries the sender's credentials (SO_PASSCRED); the sender's process group must
 be a live child's, the group the daemon created for it, so one child cannot report for another.
 
-    READY=1      the child is started: its supervisor moves on to the next sibling
-    STATUS=...   shown in `foundationctl status`
-    WATCHDOG=1   resets the child's watchdog (``watchdog`` seconds), else it is killed and restarted
+    READY=1                the child is started: its supervisor moves on to the next sibling
+    STATUS=...             shown in `foundationctl status --json` (``status``) until the child exits
+    ERRNO=N, EXIT_STATUS=N shown in `foundationctl status --json` (``errno``, ``exit_status``) until its next start
+    EXTEND_TIMEOUT_USEC=N  while starting: its start deadline becomes at least N us from now (it may pass
+                           ``start_timeout``); while being stopped: its SIGTERM->SIGKILL deadline, likewise (not
+                           with ``shutdown`` "brutal_kill"/"infinity"); once running: ignored
+    WATCHDOG=1             resets the child's watchdog (``watchdog`` seconds), else it is killed and restarted;
+                           armed at READY=1 (or a first WATCHDOG=1), disarmed when its stop begins: from then on
+                           only the SIGKILL deadline counts, as under systemd
+    WATCHDOG=trigger       killed and restarted now, as after a watchdog timeout (with or without ``watchdog``)
+    WATCHDOG_USEC=N        a child with ``watchdog``: its interval is N us from now on, for this run (0: off); the
+                           timer restarts with it. Without ``watchdog``: ignored
+    STOPPING=1             logged; the daemon still decides on the exit as on any other
+
+Numbers are decimal, ASCII digits only; one that does not parse or is out of range (a microsecond value over a
+year, an errno over 4095, an exit status over 255) is ignored with a warning. Other fields are ignored.
 """
 
 from __future__ import annotations
@@ -24,6 +37,9 @@ log = logging.getLogger("foundationd.notify")
 SOCKET_NAME = "notify.sock"
 MAX_DATAGRAM = 4096
 _CRED = struct.Struct("3i")
+USEC_MAX = 366 * 86_400 * 1_000_000  # EXTEND_TIMEOUT_USEC, WATCHDOG_USEC: more than a year is a mistake
+ERRNO_MAX = 4095  # Linux's MAX_ERRNO
+EXIT_STATUS_MAX = 255
 
 
 class ChildNotifySocket:
@@ -85,6 +101,15 @@ def parse(data: bytes) -> dict[str, str]:
         if sep and key:
             fields[key] = value
     return fields
+
+
+def parse_uint(value: str, maximum: int) -> int | None:
+    """A decimal number from 0 to ``maximum`` in ASCII digits (no sign, space, underscore or other script's
+    digits, all of which ``int()`` would take), else None."""
+    if not 0 < len(value) <= 20 or not value.isascii() or not value.isdigit():
+        return None
+    number = int(value)
+    return number if number <= maximum else None
 
 
 def _sender_pid(ancdata: list[tuple[int, int, bytes]]) -> int | None:

@@ -25,7 +25,7 @@ from typing import Any
 from agents.state import StateError, StateStore, agent_state_path
 from daemon import forkserver, paths, version
 from daemon.broker import Broker
-from daemon.child_notify import ChildNotifySocket
+from daemon.child_notify import ERRNO_MAX, EXIT_STATUS_MAX, USEC_MAX, ChildNotifySocket, parse_uint
 from daemon.config import ConfigError, DaemonConfig, child_spec_from_dict, load_config
 from daemon.control_server import ControlServer, Peer, Reply
 from daemon.logs import LogRings
@@ -39,6 +39,7 @@ from daemon.protocol import (
     CancelTimer,
     Event,
     Exited,
+    ExtendTimeout,
     Halt,
     Log,
     Ready,
@@ -89,8 +90,11 @@ class Daemon:
         self.notifier = Notifier()
         self._ready_sent = False
         self._reloading = False
-        self._child_status: dict[str, str] = {}
+        # What notify children reported, shown in their status entries: "status" (STATUS=, until the child exits),
+        # "errno" and "exit_status" (ERRNO=, EXIT_STATUS=, until the child's next start, like last_exit).
+        self._child_status: dict[str, dict[str, Any]] = {}
         self._watchdogs: dict[str, TimerHandle] = {}
+        self._watchdog_usec: dict[str, tuple[int, float]] = {}  # name -> (pid, interval) set by WATCHDOG_USEC=
         self._restart_times: deque[float] = deque()
         self._restarts_seen = 0
         self._status_timer: TimerHandle | None = None
@@ -154,6 +158,8 @@ class Daemon:
         if self.notifier.enabled and self.notifier.watchdog_interval:  # no socket: nobody to ping
             self._ping_watchdog()
         try:
+            if self.shell.zygote.state == "booting":  # the tree's agents start from spares, not by exec
+                self.shell.zygote.wait_for_spare(forkserver.BOOT_WAIT)
             self._apply(self.tree.boot())
             self.loop.run()
         finally:
@@ -228,30 +234,88 @@ class Daemon:
         return None
 
     def _on_child_notify(self, name: str, pid: int, fields: dict[str, str]) -> None:
+        """One datagram of a notify child (its group leader is ``pid``), its fields as sd_notify(3) defines them.
+
+        Values that do not parse (not a decimal number, out of range) are ignored with a warning, field by field.
+        """
         if "STATUS" in fields:
-            self._child_status[name] = fields["STATUS"][:200]
+            self._child_status.setdefault(name, {})["status"] = fields["STATUS"][:200]
+        for key, maximum in (("ERRNO", ERRNO_MAX), ("EXIT_STATUS", EXIT_STATUS_MAX)):
+            if key in fields:
+                value = self._notify_number(name, key, fields[key], maximum)
+                if value is not None:
+                    self._child_status.setdefault(name, {})[key.lower()] = value
+        if "EXTEND_TIMEOUT_USEC" in fields:
+            usec = self._notify_number(name, "EXTEND_TIMEOUT_USEC", fields["EXTEND_TIMEOUT_USEC"], USEC_MAX)
+            if usec is not None:
+                self._apply(self.tree.handle(ExtendTimeout(name, pid, usec / 1e6)))
         if fields.get("READY") == "1":
             self._apply(self.tree.handle(Ready(name, pid)))
             self._arm_watchdog(name, pid)  # systemd arms a service's watchdog once it is started, too
+        if "WATCHDOG_USEC" in fields:
+            self._set_watchdog_usec(name, pid, fields["WATCHDOG_USEC"])
         if fields.get("WATCHDOG") == "1":
             self._arm_watchdog(name, pid)
+        elif fields.get("WATCHDOG") == "trigger":
+            self._watchdog_fired(name, pid, "watchdog triggered; killing it (requested by the child)", timeout=False)
+        if fields.get("STOPPING") == "1":
+            log.info("%s says it is stopping (STOPPING=1)", name)
+
+    def _notify_number(self, name: str, key: str, value: str, maximum: int) -> int | None:
+        number = parse_uint(value, maximum)
+        if number is None:
+            log.warning("%s sent %s=%r: not a whole number from 0 to %d; ignored", name, key, value[:40], maximum)
+        return number
 
     def _arm_watchdog(self, name: str, pid: int) -> None:
+        """(Re)start the child's watchdog timer: ``watchdog`` seconds, or what the child set with WATCHDOG_USEC=."""
         node = self.tree.find_quiet(name)
         if not isinstance(node, Worker) or node.spec.watchdog is None or node.pid != pid:
             return
         old = self._watchdogs.pop(name, None)
         if old is not None:
             old.cancel()
-        interval = node.spec.watchdog
+        override = self._watchdog_usec.get(name)
+        interval = override[1] if override is not None and override[0] == pid else node.spec.watchdog
+        if interval == 0:  # WATCHDOG_USEC=0: the child turned its watchdog off
+            return
+        self._watchdogs[name] = self.loop.call_later(
+            interval, lambda: self._watchdog_fired(name, pid, f"sent no WATCHDOG=1 for {interval:g}s; killing it")
+        )
 
-        def expired() -> None:
-            self._watchdogs.pop(name, None)
-            if node.pid == pid:
-                log.warning("%s sent no WATCHDOG=1 for %ss; killing it", name, interval)
-                self.shell.signal(pid, signal.SIGKILL)
+    def _watchdog_fired(self, name: str, pid: int, why: str, *, timeout: bool = True) -> None:
+        """A watchdog timeout, or WATCHDOG=trigger: SIGKILL, and the core restarts the child as after any crash."""
+        node = self.tree.find_quiet(name)
+        if not isinstance(node, Worker) or node.pid != pid:
+            return
+        timer = self._watchdogs.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        if timeout and node.state is State.STOPPING:
+            # As systemd stops a service's watchdog when its stop begins: the stop has its own SIGKILL deadline
+            # (``shutdown``, which the child may extend), and a child busy stopping need not ping.
+            log.debug("%s: watchdog ran out while it is being stopped; left to its stop", name)
+            return
+        log.warning("%s %s", name, why)
+        self.shell.signal(pid, signal.SIGKILL)
 
-        self._watchdogs[name] = self.loop.call_later(interval, expired)
+    def _set_watchdog_usec(self, name: str, pid: int, value: str) -> None:
+        """WATCHDOG_USEC=: the child's own watchdog interval from now on (this run only; 0 turns it off), as systemd
+        does: the timer restarts with the new value. Only for a child with ``watchdog`` configured."""
+        node = self.tree.find_quiet(name)
+        if not isinstance(node, Worker) or node.pid != pid:
+            return
+        if node.spec.watchdog is None:
+            log.debug("%s sent WATCHDOG_USEC= but has no watchdog configured; ignored", name)
+            return
+        usec = self._notify_number(name, "WATCHDOG_USEC", value, USEC_MAX)
+        if usec is None:
+            return
+        self._watchdog_usec[name] = (pid, usec / 1e6)
+        log.info("%s set its watchdog to %s (WATCHDOG_USEC=%d)", name, f"{usec / 1e6:g}s" if usec else "off", usec)
+        if name in self._watchdogs or node.state is State.RUNNING:
+            self._arm_watchdog(name, pid)
+        # (still starting and not pinging yet: READY=1 arms it with the new value)
 
     def _on_agent_hello(self, name: str) -> None:
         node = self.tree.find_quiet(name)
@@ -262,10 +326,16 @@ class Daemon:
 
     def _on_exit(self, event: Exited) -> None:
         node = self.tree.find_quiet(event.name)
-        self._child_status.pop(event.name, None)
-        watchdog = self._watchdogs.pop(event.name, None)
-        if watchdog is not None:
-            watchdog.cancel()
+        if isinstance(node, Worker) and node.pid == event.pid:
+            reported = self._child_status.get(event.name)
+            if reported is not None:
+                reported.pop("status", None)  # ERRNO= and EXIT_STATUS= stay until the next start
+                if not reported:
+                    del self._child_status[event.name]
+            self._watchdog_usec.pop(event.name, None)
+            watchdog = self._watchdogs.pop(event.name, None)
+            if watchdog is not None:
+                watchdog.cancel()
         if self.broker is not None and isinstance(node, Worker) and node.spec.agent and node.pid == event.pid:
             self.broker.agent_exited(event.name, event.describe())
         self._apply(self.tree.handle(event))
@@ -328,6 +398,7 @@ class Daemon:
     def _act(self, action: Action) -> None:
         match action:
             case Spawn(name, spec):
+                self._child_status.pop(name, None)  # what the last run reported (ERRNO=, EXIT_STATUS=)
                 try:
                     pid = self.shell.spawn(spec, self._spawn_env(name, spec))
                 except SpawnError as exc:
@@ -349,6 +420,7 @@ class Daemon:
             case Removed(names):
                 for name in names:
                     self.logs.forget(name)
+                    self._child_status.pop(name, None)
                     if self.broker is not None:
                         self.broker.forget(name)
             case Halt(code, reason):
@@ -452,7 +524,7 @@ class Daemon:
         if not self._child_status:
             return node
         if node["name"] in self._child_status:
-            node["status"] = self._child_status[node["name"]]
+            node.update(self._child_status[node["name"]])
         for child in node.get("children", ()):
             self._with_child_status(child)
         return node

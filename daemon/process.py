@@ -155,7 +155,8 @@ class ProcessShell:
         self._sh = shutil.which("sh")
         self.exec_helper = find_exec_helper()
         self._prlimit = shutil.which("prlimit")
-        self.zygote = ForkServer(self._launch_zygote, lambda pid: self.signal(pid, signal.SIGKILL),
+        self.zygote = ForkServer(self._launch_zygote, lambda pid: self.signal(pid, signal.SIGKILL), self._adopt_spare,
+                                 add_reader=add_reader, remove_reader=remove_reader, env=self._zygote_env,
                                  enabled=fork_server)
         self.guardian = GuardianLink(self._launch_guardian, lambda pid: self.signal(pid, signal.SIGKILL),
                                      lambda message: log.warning("%s", message))
@@ -187,9 +188,12 @@ class ProcessShell:
 
     def start_zygote(self) -> None:
         """Start the agent fork server now (at boot, when the tree has agents), so it imports while we boot."""
+        self.zygote.start()
+
+    def _zygote_env(self) -> dict[str, str]:
         env = self._helper_env(forkserver.NAME)
         env[forkserver.ROOM_VARIABLE] = "." * forkserver.ENVIRON_ROOM
-        self.zygote.start(env)
+        return env
 
     def start_guardian(self) -> None:
         """Start the guardian before the first child, so that no process group is ever unlisted."""
@@ -202,8 +206,13 @@ class ProcessShell:
         return env
 
     def _launch_zygote(self, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...]) -> int:
-        on_exit = lambda event: self.zygote.exited(event.describe())  # noqa: E731
+        on_exit = lambda event: self.zygote.exited(event.pid, event.describe())  # noqa: E731
         return self._launch_own(forkserver.NAME, argv, env, on_exit, pass_fds=pass_fds)
+
+    def _adopt_spare(self, pid: int) -> None:
+        """A spare the zygote made (already our child): watched until it becomes an agent or dies unused."""
+        on_exit = lambda event: self.zygote.spare_exited(event.pid)  # noqa: E731
+        self._watch(ProcessHandle(forkserver.SPARE_NAME, pid, os.pidfd_open(pid), None, None, on_exit=on_exit))
 
     def _launch_guardian(self, argv: list[str], stdin_fd: int) -> int:
         on_exit = lambda event: self.guardian.exited(event.describe())  # noqa: E731
@@ -236,9 +245,7 @@ class ProcessShell:
         return popen.pid
 
     def _spawn_forked(self, spec: WorkerSpec, extra_env: dict[str, str]) -> int | None:
-        """An agent forked by the zygote, or None when it cannot give one (the caller execs it instead)."""
-        if self.zygote.state == "off":
-            self.start_zygote()
+        """An agent made of a spare from the zygote, or None when there is none (the caller execs it instead)."""
         if self.zygote.state == "disabled":
             return None
         if spec.working_dir is not None and not os.path.isdir(spec.working_dir):
@@ -255,18 +262,21 @@ class ProcessShell:
         if pid is None:
             os.close(read_fd)
             return None
-        # Already our child (adopted before the zygote answered), alive or a zombie: the pid cannot be reused yet.
-        self._watch(ProcessHandle(spec.name, pid, os.pidfd_open(pid), None, read_fd))
+        # The spare's handle (our child since its adoption) becomes the agent's: its name, its output pipe.
+        handle = self._by_pid[pid]
+        handle.name, handle.on_exit, handle.output_fd = spec.name, None, read_fd
+        os.set_blocking(read_fd, False)
+        self._add_reader(read_fd, lambda: self._read_output(handle))
         return pid
 
     def _watch(self, handle: ProcessHandle) -> None:
-        assert handle.output_fd is not None
-        os.set_blocking(handle.output_fd, False)
         self._by_pid[handle.pid] = handle
         if handle.guarded:
             self.guardian.add(handle.pid)
         self._add_reader(handle.pidfd, self.reap)
-        self._add_reader(handle.output_fd, lambda: self._read_output(handle))
+        if handle.output_fd is not None:
+            os.set_blocking(handle.output_fd, False)
+            self._add_reader(handle.output_fd, lambda: self._read_output(handle))
 
     def identity(self, spec: WorkerSpec) -> tuple[int, int] | None:
         """The (uid, gid) a child with ``user`` runs as, else None; SpawnError if the user is gone."""

@@ -3,7 +3,7 @@
 Events flow into ``SupervisionTree.handle``; actions flow out. All are frozen values, so a test can
 feed a script of events and compare the actions with plain equality.
 
-    shell ── Spawned / Ready / SpawnFailed / Exited / TimerFired ──> core
+    shell ── Spawned / Ready / ExtendTimeout / SpawnFailed / Exited / TimerFired ──> core
     shell <── Spawn / Signal / StartTimer / CancelTimer / Log / Removed / Halt ── core
 """
 
@@ -35,6 +35,16 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class ExtendTimeout:
+    """A child asks for more time (sd_notify EXTEND_TIMEOUT_USEC): while it is starting, its start deadline, while
+    it is being stopped, its SIGTERM->SIGKILL deadline becomes at least ``seconds`` from now. Otherwise ignored."""
+
+    name: str
+    pid: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class SpawnFailed:
     name: str
     reason: str
@@ -63,7 +73,7 @@ class TimerFired:
     token: int
 
 
-Event = Spawned | Ready | SpawnFailed | Exited | TimerFired
+Event = Spawned | Ready | ExtendTimeout | SpawnFailed | Exited | TimerFired
 
 # ---- actions (core -> shell) ----
 
@@ -96,7 +106,7 @@ class CancelTimer:
 
 @dataclass(frozen=True)
 class Log:
-    level: str  # "info" | "notice" | "warning" | "error"
+    level: str  # "debug" | "info" | "notice" | "warning" | "error"
     message: str
 
 

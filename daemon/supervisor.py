@@ -37,6 +37,7 @@ from daemon.protocol import (
     CancelTimer,
     Event,
     Exited,
+    ExtendTimeout,
     Halt,
     Log,
     Ready,
@@ -95,6 +96,11 @@ class Worker(Node):
     started_at: float | None = None
     kill_timer: int | None = None
     ready_timer: int | None = None
+    # The timed phase in progress (starting: ready_timer, stopping: kill_timer): when it began and when its timer
+    # acts. EXTEND_TIMEOUT_USEC moves ``deadline`` later (``extended``); the timer, when it fires early, re-arms.
+    phase_began: float | None = None
+    deadline: float | None = None
+    extended: bool = False
     backoff_attempt: int = 0
     last_exit: str | None = None
 
@@ -212,6 +218,8 @@ class SupervisionTree:
                 self._on_spawned(name, pid, ready)
             case Ready(name, pid):
                 self._on_ready(name, pid)
+            case ExtendTimeout(name, pid, seconds):
+                self._on_extend_timeout(name, pid, seconds)
             case SpawnFailed(name, reason):
                 self._on_spawn_failed(name, reason)
             case Exited():
@@ -312,6 +320,7 @@ class SupervisionTree:
             return
         # Synchronous start (OTP's init_ack): siblings wait until this one is ready, or its time runs out.
         timeout = node.spec.start_timeout
+        self._begin_phase(node, timeout)
         node.ready_timer = self._start_timer(timeout, lambda: self._not_ready(node, pid, timeout))
 
     def _on_ready(self, name: str, pid: int) -> None:
@@ -320,6 +329,7 @@ class SupervisionTree:
             return
         self._cancel(node.ready_timer)
         node.ready_timer = None
+        self._end_phase(node)
         node.started_at = self._clock()
         node.transition(State.RUNNING)
         self._emit_log("info", f"started {name} (pid {pid})")
@@ -327,9 +337,59 @@ class SupervisionTree:
 
     def _not_ready(self, node: Worker, pid: int, timeout: float) -> None:
         node.ready_timer = None
-        if node.state is State.STARTING and node.pid == pid:
+        if node.state is not State.STARTING or node.pid != pid:
+            return
+        late = self._phase_extension(node)
+        if late is not None:
+            node.ready_timer = self._start_timer(late, lambda: self._not_ready(node, pid, timeout))
+            return
+        if node.extended:
+            self._emit_log("error", f"{node.name} was not ready within {self._phase_elapsed(node)}s (start_timeout "
+                           f"{timeout}s, extended by the child); killing it")
+        else:
             self._emit_log("error", f"{node.name} was not ready within {timeout}s; killing it")
-            self._out.append(Signal(node.name, pid, signal.SIGKILL))
+        self._end_phase(node)
+        self._out.append(Signal(node.name, pid, signal.SIGKILL))
+
+    def _on_extend_timeout(self, name: str, pid: int, seconds: float) -> None:
+        """EXTEND_TIMEOUT_USEC, as systemd reads it: the deadline of the phase the child is in (start, or stop after
+        SIGTERM) becomes at least ``seconds`` from now; it never moves earlier, and may pass start_timeout/shutdown.
+        A running child, or a stop without a SIGKILL deadline (brutal_kill, infinity, SIGKILL sent), has none."""
+        node = self._find_worker_by_pid(name, pid)
+        if node is None or not 0 <= seconds < float("inf") or node.deadline is None:
+            return
+        if node.state is State.STARTING and node.ready_timer is not None:
+            phase = "start"
+        elif node.state is State.STOPPING and node.kill_timer is not None:
+            phase = "stop"
+        else:
+            return
+        new = self._clock() + seconds
+        if new <= node.deadline:
+            return
+        # The timer stays as it is: when it fires before the new deadline it re-arms for the rest (one live timer
+        # per child however often the child asks, and nothing to cancel).
+        node.deadline = new
+        node.extended = True
+        self._emit_log("debug", f"{name} extended its {phase} timeout to {seconds:g}s from now")
+
+    def _begin_phase(self, node: Worker, timeout: float) -> None:
+        now = self._clock()
+        node.phase_began, node.deadline, node.extended = now, now + timeout, False
+
+    def _end_phase(self, node: Worker) -> None:
+        node.phase_began = node.deadline = None
+        node.extended = False
+
+    def _phase_extension(self, node: Worker) -> float | None:
+        """Seconds still left when the phase's timer fires before a deadline the child extended; else None."""
+        if not node.extended or node.deadline is None:
+            return None
+        left = node.deadline - self._clock()
+        return left if left > 0 else None
+
+    def _phase_elapsed(self, node: Worker) -> float:
+        return round(self._clock() - (node.phase_began or 0.0), 3)
 
     def _on_spawn_failed(self, name: str, reason: str) -> None:
         node = self._index.get(name)
@@ -347,6 +407,7 @@ class SupervisionTree:
         self._cancel(node.kill_timer)
         self._cancel(node.ready_timer)
         node.kill_timer = node.ready_timer = None
+        self._end_phase(node)
         node.pid = None
         node.last_exit = ev.describe()
         if node.state is State.STOPPING:
@@ -469,14 +530,26 @@ class SupervisionTree:
         shutdown = node.spec.shutdown
         sig = signal.SIGKILL if shutdown == BRUTAL_KILL else signal.SIGTERM
         self._out.append(Signal(node.name, node.pid, sig))
+        self._end_phase(node)  # a start cut short by this stop: its deadline no longer applies
         if shutdown not in (BRUTAL_KILL, INFINITY):
+            self._begin_phase(node, float(shutdown))
             node.kill_timer = self._start_timer(float(shutdown), lambda: self._kill_overdue(node))
 
     def _kill_overdue(self, node: Worker) -> None:
         node.kill_timer = None
-        if node.state is State.STOPPING and node.pid is not None:
+        if node.state is not State.STOPPING or node.pid is None:
+            return
+        late = self._phase_extension(node)
+        if late is not None:
+            node.kill_timer = self._start_timer(late, lambda: self._kill_overdue(node))
+            return
+        if node.extended:
+            self._emit_log("warning", f"{node.name} did not stop within {self._phase_elapsed(node)}s (shutdown "
+                           f"{node.spec.shutdown}s, extended by the child); sending SIGKILL")
+        else:
             self._emit_log("warning", f"{node.name} did not stop within {node.spec.shutdown}s; sending SIGKILL")
-            self._out.append(Signal(node.name, node.pid, signal.SIGKILL))
+        self._end_phase(node)
+        self._out.append(Signal(node.name, node.pid, signal.SIGKILL))
 
     def _begin_start(self, sup: Supervisor) -> None:
         sup.transition(State.STARTING)

@@ -3,6 +3,8 @@
 It executes the core's actions the way ``daemon.main.Daemon._apply`` does (a Spawn is answered at once
 with ``Spawned`` and the resulting actions join the queue), records every action in order, and never
 lets a process end by itself: a Signal is only recorded, and the test decides when a process exits.
+A ``ready = "notify"`` worker (or an agent) is spawned still starting, as the daemon does; the test
+says when it is ready (``ready``) or asks for more time for it (``extend``).
 
     test ── crash / exit / exit_after_signal / advance / request / attach / shutdown ──> FakeShell
     FakeShell ── events ──> SupervisionTree ── actions ──> FakeShell (spawn, record, timers)
@@ -20,8 +22,10 @@ from daemon.protocol import (
     CancelTimer,
     Event,
     Exited,
+    ExtendTimeout,
     Halt,
     Log,
+    Ready,
     Signal,
     Spawn,
     Spawned,
@@ -63,6 +67,14 @@ class FakeShell:
     def crash(self, name: str, status: int = 1) -> list[Action]:
         """The live process of ``name`` exits by itself with ``status``."""
         return self.send(Exited(name, self._pop_live(name), status=status))
+
+    def ready(self, name: str) -> list[Action]:
+        """A two-step child (``ready = "notify"``, an agent) says it is ready: READY=1, or an agent's hello."""
+        return self.send(Ready(name, self.live[name]))
+
+    def extend(self, name: str, seconds: float) -> list[Action]:
+        """The live process of ``name`` sends EXTEND_TIMEOUT_USEC for ``seconds``."""
+        return self.send(ExtendTimeout(name, self.live[name], seconds))
 
     def exit(self, name: str) -> list[Action]:
         return self.crash(name, status=0)
@@ -153,7 +165,8 @@ class FakeShell:
                     return self.tree.handle(SpawnFailed(name, "no such file"))
                 self._next_pid += 1
                 self.live[name] = self._next_pid
-                return self.tree.handle(Spawned(name, self._next_pid))
+                two_step = bool(spec.agent) or spec.ready == "notify"
+                return self.tree.handle(Spawned(name, self._next_pid, ready=not two_step))
             case Signal(name, pid, sig):
                 assert self.live.get(name) == pid, f"{name}: signal to pid {pid}, live {self.live.get(name)}"
                 self.signalled.setdefault(name, []).append(sig)

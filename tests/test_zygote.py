@@ -56,6 +56,11 @@ def facts_of(daemon: DaemonProcess, name: str) -> dict[str, Any]:
     return call(daemon, name, {"facts": True})
 
 
+def execd(pid: int) -> bool:
+    """The kernel's argv of an exec'd process is NUL-separated; a forked agent's is one rewritten title."""
+    return len([part for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if part]) > 1
+
+
 def comparable(facts: dict[str, Any]) -> dict[str, Any]:
     """What must be equal between a forked and an exec'd agent: everything but the pids and per-run values."""
     env = {k: v for k, v in facts["env"].items()
@@ -75,8 +80,8 @@ def test_a_forked_agent_looks_like_an_exec_d_one(start_daemon) -> None:
     assert zygote(forked_daemon)["spawns"] == 1
     exec_daemon = start_daemon(tree(spec, fork_server=False))
     execd = facts_of(exec_daemon, "facts")
-    assert zygote(exec_daemon) | {"pid": None} == {"state": "disabled", "pid": None, "spawns": 0, "fallbacks": 0,
-                                                   "last_error": None}
+    described = zygote(exec_daemon)
+    assert (described["state"], described["pid"], described["spares"], described["spawns"]) == ("disabled", None, [], 0)
 
     assert comparable(forked) == comparable(execd)
     for facts, daemon in ((forked, forked_daemon), (execd, exec_daemon)):
@@ -103,11 +108,10 @@ def test_agents_that_need_an_exec_are_execd(start_daemon) -> None:
     daemon.wait_running("plain")
     tuned = facts_of(daemon, "tuned")
     assert tuned["env"]["PYTHONHASHSEED"] == "7"
-    assert tuned["main"] == "__main__"
     assert tuned["argv"] == [FACTS]
-    # Exec'd: the kernel's argv is the real one, NUL-separated (a forked agent's is one rewritten title).
     raw = Path(f"/proc/{tuned['pid']}/cmdline").read_bytes().split(b"\0")
-    assert raw[1:4] == [b"-m", b"agents.runtime", FACTS.encode()]
+    assert raw[1:4] == [b"-m", b"agents.runtime", FACTS.encode()], "exec'd: the kernel's own argv"
+    assert not execd(daemon.wait_running("plain"))
     assert zygote(daemon)["spawns"] == 1, "only `plain` came from the zygote"
 
 
@@ -128,32 +132,50 @@ def test_fork_refusal_names_what_only_an_exec_applies(settings: dict[str, Any], 
 # ---- the zygote is supervised ----
 
 
+def gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
 def test_a_killed_zygote_is_replaced_and_agents_keep_starting(start_daemon) -> None:
     daemon = start_daemon(tree(agent("a"), agent("b")))
     first = facts_of(daemon, "a")
-    old = zygote(daemon)
-    assert old["state"] == "ready"
+    old = wait_for(lambda: (z := zygote(daemon))["state"] == "ready" and len(z["spares"]) == 2 and z, what="spares")
     os.kill(old["pid"], signal.SIGKILL)
-    wait_for(lambda: zygote(daemon)["state"] == "off", what="foundationd noticed the zygote's death")
-    assert zygote(daemon)["last_error"] == "exited (killed by SIGKILL)"
+    new = wait_for(lambda: (z := zygote(daemon))["pid"] not in (None, old["pid"]) and z["state"] == "ready" and z,
+                   what="a new zygote")
+    assert new["last_error"] == "exited (killed by SIGKILL)"
+    assert set(old["spares"]) <= set(new["spares"]), "spares made by the dead zygote are still good"
     os.kill(first["pid"], signal.SIGKILL)
     again = wait_for(lambda: (f := facts_of(daemon, "a"))["pid"] != first["pid"] and f, what="a restarted")
-    new = zygote(daemon)
-    assert new["state"] == "ready"
-    assert new["pid"] not in (None, old["pid"])
+    assert again["pid"] in old["spares"], "the restart took a spare"
     assert again["ppid"] == daemon.proc.pid
-    assert new["spawns"] == old["spawns"] + 1
-    assert not psutil.pid_exists(old["pid"]) or psutil.Process(old["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert zygote(daemon)["spawns"] == old["spawns"] + 1
+    assert gone(old["pid"])
 
 
-def test_the_zygote_dies_with_a_sigkilled_daemon(start_daemon) -> None:
+def test_a_spare_that_dies_unused_is_replaced(start_daemon) -> None:
+    daemon = start_daemon(tree(agent("a")))
+    first = facts_of(daemon, "a")
+    spares = wait_for(lambda: len(s := zygote(daemon)["spares"]) == 2 and s, what="two spares")
+    assert all(psutil.Process(pid).ppid() == daemon.proc.pid for pid in spares), "adopted by foundationd"
+    assert all(psutil.Process(pid).cmdline()[1:] == ["-m", "agents.zygote", "(spare)"] for pid in spares)
+    os.kill(spares[0], signal.SIGKILL)
+    fresh = wait_for(lambda: len(s := zygote(daemon)["spares"]) == 2 and spares[0] not in s and s,
+                     what="a replacement spare")
+    assert spares[1] in fresh
+    os.kill(first["pid"], signal.SIGKILL)
+    again = wait_for(lambda: (f := facts_of(daemon, "a"))["pid"] != first["pid"] and f, what="a restarted")
+    assert again["pid"] == spares[1], "the oldest live spare is used first"
+
+
+def test_the_zygote_and_its_spares_die_with_a_sigkilled_daemon(start_daemon) -> None:
     daemon = start_daemon(tree(agent("a")))
     daemon.wait_running("a")
-    pid = zygote(daemon)["pid"]
+    described = wait_for(lambda: len((z := zygote(daemon))["spares"]) == 2 and z, what="two spares")
     daemon.kill(signal.SIGKILL)
     daemon.wait_exit()
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-             what="zygote gone with its daemon")
+    for pid in (described["pid"], *described["spares"]):
+        wait_for(lambda p=pid: gone(p), what=f"{pid} gone with its daemon")
 
 
 def test_the_helpers_output_is_kept_like_a_childs(start_daemon) -> None:
@@ -174,20 +196,27 @@ def test_no_zygote_without_agents(start_daemon) -> None:
     assert not [p for p in psutil.Process(daemon.proc.pid).children() if "agents.zygote" in " ".join(p.cmdline())]
 
 
-def test_an_agent_attached_later_starts_the_zygote(start_daemon) -> None:
+def test_an_agent_attached_later_starts_the_zygote_for_the_next_ones(start_daemon) -> None:
     daemon = start_daemon(tree("[[supervisor.children]]\nname = \"s\"\ncommand = [\"sleep\", \"100\"]\n"))
     daemon.wait_running("s")
     with daemon.client() as client:
         client.request("attach", name="late", spec={"name": "late", "agent": FACTS, "working_dir": str(REPO)})
-    facts = facts_of(daemon, "late")
-    assert facts["ppid"] == daemon.proc.pid
+    first = facts_of(daemon, "late")
+    assert first["ppid"] == daemon.proc.pid
+    assert execd(first["pid"]), "the zygote it started was not ready yet"
+    assert zygote(daemon)["fallbacks"] == 1
+    wait_for(lambda: len(zygote(daemon)["spares"]) == 2, what="the zygote's spares")
+    with daemon.client() as client:
+        client.request("restart", name="late")
+    again = facts_of(daemon, "late")
+    assert not execd(again["pid"])
     assert zygote(daemon)["spawns"] == 1
 
 
 # ---- the zygote's protocol, and the daemon side when the zygote fails ----
 
 
-def run_zygote(tmp_path: Path) -> tuple[subprocess.Popen[bytes], socket.socket]:
+def run_zygote() -> tuple[subprocess.Popen[bytes], socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     env = {"PATH": os.environ.get("PATH", ""), "FOUNDATION_DAEMON_PID": str(os.getpid())}
     proc = subprocess.Popen([sys.executable, "-P", "-m", "agents.zygote", str(theirs.fileno())], cwd=REPO,
@@ -198,24 +227,21 @@ def run_zygote(tmp_path: Path) -> tuple[subprocess.Popen[bytes], socket.socket]:
     return proc, ours
 
 
-def test_the_zygote_answers_bad_requests_with_an_error_and_keeps_serving(tmp_path: Path) -> None:
-    proc, sock = run_zygote(tmp_path)
+def test_the_zygote_answers_bad_requests_with_an_error_and_keeps_serving() -> None:
+    proc, sock = run_zygote()
     try:
-        sock.send(b"{not json")
-        assert "JSONDecodeError" in orjson.loads(sock.recv(4096))["error"]
-        sock.send(orjson.dumps({"agent": "x:Y"}))
-        assert "no output fd" in orjson.loads(sock.recv(4096))["error"]
-        r, w = os.pipe()
-        try:
-            socket.send_fds(sock, [orjson.dumps({"agent": "no-colon"})], [w])
-            assert "bad agent reference" in orjson.loads(sock.recv(4096))["error"]
-            socket.send_fds(sock, [orjson.dumps({"agent": 7})], [w])
-            assert "bad agent reference" in orjson.loads(sock.recv(4096))["error"]
-        finally:
-            os.close(r)
-            os.close(w)
-        sock.send(orjson.dumps([1, 2]))
-        assert "error" in orjson.loads(sock.recv(4096))
+        for bad in (b"{not json", b"[1, 2]", b'{"spares": 0}', b'{"spares": "2"}', b'{"spares": true}',
+                    b'{"spares": 17}', b'{"pid": 1}'):
+            sock.send(bad)
+            assert "error" in orjson.loads(sock.recv(4096)), bad
+        sock.send(b'{"spares": 1}')
+        data, fds, _, _ = socket.recv_fds(sock, 4096, 2)
+        for fd in fds:
+            os.close(fd)
+        assert len(fds) == 1
+        pid = orjson.loads(data)["spare"]
+        # Not adopted by a subreaper here: the spare finds its parent is not its daemon and leaves by itself.
+        wait_for(lambda: gone(pid), what="the orphaned spare's exit")
         assert proc.poll() is None, "still serving"
     finally:
         sock.close()  # EOF: the zygote leaves its loop
@@ -230,6 +256,12 @@ class FakeZygotes:
     def __init__(self, script: str) -> None:
         self.script = script
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.killed: list[int] = []
+        self.readers: dict[int, Any] = {}
+
+    def server(self, **kw: Any) -> ForkServer:
+        return ForkServer(self.launch, self.kill, lambda pid: None, add_reader=self.readers.__setitem__,
+                          remove_reader=self.readers.pop, env=dict, **kw)
 
     def launch(self, argv: list[str], env: dict[str, str], fds: tuple[int, ...]) -> int:
         assert argv[-1] == str(fds[0])
@@ -238,6 +270,7 @@ class FakeZygotes:
         return proc.pid
 
     def kill(self, pid: int) -> None:
+        self.killed.append(pid)
         for proc in self.procs:
             if proc.pid == pid:
                 proc.kill()
@@ -248,46 +281,65 @@ class FakeZygotes:
             proc.wait(timeout=30)
 
 
-SILENT = "import sys, time; time.sleep(60)"
+SILENT = "import time; time.sleep(60)"
+MUTE = ("import socket, sys, time; s = socket.socket(fileno=int(sys.argv[1])); s.send(b'{\"ready\": true}');"
+        "s.recv(4096); time.sleep(60)")
 BABBLER = ("import socket, sys; s = socket.socket(fileno=int(sys.argv[1])); s.send(b'{\"ready\": true}');"
            "s.recv(4096); s.send(b'not json'); s.recv(4096)")
 
 
-def test_a_zygote_that_never_gets_ready_is_killed_then_given_up(tmp_path: Path) -> None:
-    fakes = FakeZygotes(SILENT)
-    server = ForkServer(fakes.launch, fakes.kill, boot_wait=0.2)
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_zygote_that_never_gets_ready_is_killed_then_given_up() -> None:
+    fakes, clock = FakeZygotes(SILENT), Clock()
+    server = fakes.server(boot_wait=5, clock=clock)
     try:
+        server.start()
         for attempt in range(1, 4):
-            server.start({})
             assert server.state == "booting"
-            assert server.spawn({"agent": "x:Y"}, 1) is None, "the caller execs instead"
-            assert fakes.procs[-1].wait(timeout=30) == -signal.SIGKILL, "the stuck zygote is killed"
-            assert server.fallbacks == attempt
+            assert server.spawn({"agent": "x:Y"}, 1) is None, "no spare: the caller execs"
+            clock.now += 6
+            assert server.spawn({"agent": "x:Y"}, 1) is None
+            assert fakes.killed[-1] == fakes.procs[attempt - 1].pid, "the stuck zygote is killed"
         assert server.state == "disabled"
-        assert "not ready" in (server.last_error or "")
-        server.start({})
+        assert "not ready after 5 s" in (server.last_error or "")
         assert len(fakes.procs) == 3, "given up: no fourth zygote"
+        assert server.fallbacks == 6
+        assert fakes.readers == {}, "no socket left on the loop"
     finally:
         fakes.reap()
 
 
-def test_a_zygote_that_answers_nonsense_is_killed_and_replaced(tmp_path: Path) -> None:
+def test_a_zygote_that_answers_nonsense_is_killed_and_replaced_until_given_up() -> None:
     fakes = FakeZygotes(BABBLER)
-    server = ForkServer(fakes.launch, fakes.kill, boot_wait=30)
+    server = fakes.server()
     try:
-        server.start({})
-        r, w = os.pipe()
-        try:
-            assert server.spawn({"agent": "x:Y"}, w) is None
-        finally:
-            os.close(r)
-            os.close(w)
-        assert server.state == "off"
-        assert "bad reply" in (server.last_error or "")
-        assert fakes.procs[0].wait(timeout=30) in (0, -signal.SIGKILL)
-        server.start({})
-        assert server.state == "booting"
-        assert len(fakes.procs) == 2
+        server.start()
+        assert server.wait_for_spare(30) is False
+        assert server.state == "disabled"
+        assert "bad message" in (server.last_error or "")
+        assert fakes.killed == [proc.pid for proc in fakes.procs]
+        assert len(fakes.procs) == 3
+        assert fakes.readers == {}
+    finally:
+        fakes.reap()
+
+
+def test_without_a_spare_at_hand_the_agent_is_execd_and_the_zygote_kept() -> None:
+    fakes = FakeZygotes(MUTE)
+    server = fakes.server()
+    try:
+        server.start()
+        readable = next(iter(fakes.readers.values()))
+        wait_for(lambda: readable() or server.state == "ready", what="ready")
+        assert server.spawn({"agent": "x:Y"}, 1) is None
+        assert (server.state, server.fallbacks, fakes.killed) == ("ready", 1, [])
     finally:
         server.close()
         fakes.reap()
