@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_WAIT = 86_400.0
+MIN_COMPACT = 64
 READ, WRITE = select.EPOLLIN, select.EPOLLOUT
 
 
@@ -43,6 +44,7 @@ class EventLoop:
         self._epoll = select.epoll()
         self._fds: dict[int, list[Callable[[], None] | None]] = {}  # fd -> [reader, writer]
         self._timers: list[TimerHandle] = []
+        self._compact_at = MIN_COMPACT  # heap size at which cancelled timers are swept out
         self._seq = itertools.count()
         self._signal_handlers: dict[int, Callable[[int], None]] = {}
         self._wake_r: socket.socket | None = None
@@ -96,6 +98,12 @@ class EventLoop:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         handle = TimerHandle(self.clock() + max(0.0, delay), next(self._seq), callback)
+        if len(self._timers) >= self._compact_at:
+            # A cancelled timer leaves the heap only when it reaches the top: a watchdog re-armed at every ping
+            # would pile them up. Sweeping when the heap has doubled keeps it under twice the live timers.
+            self._timers = [t for t in self._timers if not t.cancelled]
+            heapq.heapify(self._timers)
+            self._compact_at = max(MIN_COMPACT, 2 * len(self._timers))
         heapq.heappush(self._timers, handle)
         return handle
 

@@ -89,3 +89,24 @@ def test_a_descriptor_reused_in_the_same_turn_does_not_get_the_old_event(loop: E
     for fd in (a, b):
         if fd not in replaced:
             os.close(fd)
+
+
+def test_timers_cancelled_and_set_again_do_not_pile_up() -> None:
+    """What a watchdog re-armed at every ping does: 10,000 cancelled timers far in the future, one live."""
+    loop = EventLoop()
+    try:
+        live = [loop.call_later(1000, lambda: None) for _ in range(10)]
+        handle = loop.call_later(500, lambda: None)
+        for _ in range(10_000):
+            handle.cancel()
+            handle = loop.call_later(500, lambda: None)
+        assert len(loop._timers) < 2 * (len(live) + 1) + 64
+        fired: list[int] = []
+        soon = loop.call_later(0, lambda: fired.append(1))
+        loop.run_once()
+        assert fired == [1]
+        assert not soon.cancelled
+        assert all(not t.cancelled for t in live), "live timers survive the sweeps"
+        assert sum(not t.cancelled for t in loop._timers) == len(live) + 1
+    finally:
+        loop.close()
