@@ -252,8 +252,7 @@ class ProcessShell:
             raise SpawnError(f"{spec.working_dir}: working directory does not exist")
         env = self._env(spec)
         env.update(extra_env)
-        request = {"agent": spec.agent, "env": env, "cwd": spec.working_dir or os.getcwd(), "umask": spec.umask,
-                   "daemon_pid": os.getpid()}
+        request = {"agent": spec.agent, "env": env, "cwd": spec.working_dir or os.getcwd(), "umask": spec.umask}
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
             pid = self.zygote.spawn(request, write_fd)
