@@ -418,9 +418,16 @@ def _collect(node: dict[str, Any], own_prefix: str, child_indent: str, rows: lis
             f"up {format_duration(node.get('uptime_s'))}",
             f"restarts {_dash(node.get('restarts'))}",
             _dash(node.get("restart")),
-            _what(node),
+            _what(node) + _reported(node),
         ]
         rows.append((label, "worker", cells))
+
+
+def _reported(node: dict[str, Any]) -> str:
+    """What a notify child said of itself (STATUS=, ERRNO=, EXIT_STATUS=), after its command."""
+    said = [f'"{node["status"]}"'] if isinstance(node.get("status"), str) else []
+    said += [f"{key} {node[key]}" for key in ("errno", "exit_status") if isinstance(node.get(key), int)]
+    return "  " + ", ".join(said) if said else ""
 
 
 def _what(node: dict[str, Any]) -> str:

@@ -139,6 +139,18 @@ def test_render_status_aligns_worker_columns() -> None:
     assert all(line == line.rstrip() for line in text.splitlines())
 
 
+def test_render_status_shows_what_a_notify_child_reported() -> None:
+    tree = {"name": "root", "type": "supervisor", "children": [
+        {"name": "svc", "type": "worker", "state": "running", "command": ["svc"], "status": "serving 3 clients"},
+        {"name": "gone", "type": "worker", "state": "failed", "command": ["x"], "errno": 2, "exit_status": 3},
+        {"name": "plain", "type": "worker", "state": "running", "command": ["sleep", "1"]},
+    ]}
+    lines = render_status({"daemon": {"pid": 1}, "tree": tree}).splitlines()
+    assert lines[2].endswith('svc  "serving 3 clients"')
+    assert lines[3].endswith("x  errno 2, exit_status 3")
+    assert lines[4].endswith("sleep 1")
+
+
 def test_render_status_tolerates_missing_fields() -> None:
     text = render_status({"daemon": {"pid": 1}, "tree": {"name": "root", "type": "supervisor"}})
     assert text.splitlines()[0] == "foundationd pid 1, version -, up -"
