@@ -348,18 +348,21 @@ def test_without_a_spare_at_hand_the_agent_is_execd_and_the_zygote_kept() -> Non
 def test_a_reload_can_turn_the_fork_server_off_and_on(start_daemon) -> None:
     daemon = start_daemon(tree(agent("a")))
     first = facts_of(daemon, "a")
-    old = zygote(daemon)["pid"]
+    before = wait_for(lambda: len((z := zygote(daemon))["spares"]) == 2 and z, what="spares")
     assert daemon.config_path is not None
     daemon.config_path.write_text(tree(agent("a"), fork_server=False))
     with daemon.client() as client:
         client.request("reload")
     assert zygote(daemon)["state"] == "disabled"
-    wait_for(lambda: not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE,
-             what="the zygote stopped")
+    for pid in (before["pid"], *before["spares"]):
+        wait_for(lambda p=pid: gone(p), what=f"{pid}, the zygote or a spare, stopped")
     assert facts_of(daemon, "a")["pid"] == first["pid"], "running agents are untouched"
     daemon.config_path.write_text(tree(agent("a")))
     with daemon.client() as client:
         client.request("reload")
+    wait_for(lambda: len(zygote(daemon)["spares"]) == 2, what="the new zygote's spares")
+    with daemon.client() as client:
         client.request("restart", name="a")
-    assert zygote(daemon)["state"] == "ready"
-    assert facts_of(daemon, "a")["ppid"] == daemon.proc.pid
+    again = facts_of(daemon, "a")
+    assert again["ppid"] == daemon.proc.pid
+    assert not execd(again["pid"])
