@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import socket
 import sys
@@ -241,7 +242,7 @@ class ForkServer:
             message = None
         if not isinstance(message, dict):
             for fd in fds:
-                socket.socket(fileno=fd).close()
+                os.close(fd)
             self._abandon(f"bad message {data[:80]!r}")
         elif message.get("ready") is True and self.state == "booting":
             self.state = "ready"
@@ -258,7 +259,7 @@ class ForkServer:
             log.warning("zygote: %s", message["error"])
         else:
             for fd in fds:
-                socket.socket(fileno=fd).close()
+                os.close(fd)
             self._abandon(f"unexpected message {data[:80]!r}")
 
     # ---- failures ----
