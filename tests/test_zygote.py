@@ -168,6 +168,29 @@ def test_a_spare_that_dies_unused_is_replaced(start_daemon) -> None:
     assert again["pid"] == spares[1], "the oldest live spare is used first"
 
 
+def daemon_fds(daemon: DaemonProcess) -> list[str]:
+    fds = Path(f"/proc/{daemon.proc.pid}/fd")
+    return sorted(os.readlink(fd) for fd in fds.iterdir() if fd.exists())
+
+
+def test_agent_restarts_from_spares_leak_no_descriptor(start_daemon) -> None:
+    """Each restart consumes a spare (its channel, its pidfd) and gets a new one: the daemon's fds stay put."""
+    daemon = start_daemon(tree(agent("a")))
+    pid = daemon.wait_running("a")
+    wait_for(lambda: len(zygote(daemon)["spares"]) == 2, what="two spares")
+    with daemon.client() as client:
+        client.request("status")
+        baseline = daemon_fds(daemon)
+        for _ in range(12):
+            os.kill(pid, signal.SIGKILL)
+            pid = daemon.wait_running("a", not_pid=pid)
+            wait_for(lambda: len(zygote(daemon)["spares"]) == 2, what="the pool refilled")
+        assert zygote(daemon)["spawns"] == 13
+        kinds = lambda fds: sorted(t.split(":")[0] for t in fds)  # noqa: E731 - pipe:[inode] -> pipe
+        wait_for(lambda: kinds(daemon_fds(daemon)) == kinds(baseline), timeout=5,
+                 what=f"the daemon's fds back to {baseline}: {daemon_fds(daemon)}")
+
+
 def test_the_zygote_and_its_spares_die_with_a_sigkilled_daemon(start_daemon) -> None:
     daemon = start_daemon(tree(agent("a")))
     daemon.wait_running("a")
