@@ -70,6 +70,11 @@ class ChildNotifySocket:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
+    def drain(self) -> None:
+        """Handle what is queued now; foundationd calls it before it reaps, so that a datagram sent just before
+        an exit (``EXIT_STATUS=``, ``ERRNO=``) is read while the sender's zombie still names its group."""
+        self._on_readable()
+
     def _on_readable(self) -> None:
         for _ in range(256):  # bounded per turn: a chatty child cannot starve the loop
             try:

@@ -140,6 +140,7 @@ class Daemon:
             self._notify_child_of,
             self._on_child_notify,
         )
+        self.shell.before_reap = self.child_notify.drain
         self.broker = Broker(
             self.runtime_dir,
             self.state_dir,

@@ -151,6 +151,9 @@ class ProcessShell:
         # Read once: the daemon's own environment does not change, and os.environ costs ~1.5 us a variable.
         self._inherited_env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         self._by_pid: dict[int, ProcessHandle] = {}
+        # Called before exits are collected: what a child said just before it exited (sd_notify datagrams) is
+        # heard while its zombie still names its group.
+        self.before_reap: Callable[[], None] | None = None
         self._setpriv = shutil.which("setpriv")
         self._sh = shutil.which("sh")
         self.exec_helper = find_exec_helper()
@@ -303,6 +306,8 @@ class ProcessShell:
 
     def reap(self) -> None:
         """Collect every child that has exited: workers become Exited events, adopted orphans vanish."""
+        if self.before_reap is not None:
+            self.before_reap()
         while True:
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)

@@ -290,3 +290,23 @@ def test_malformed_values_are_ignored_with_a_warning(start_daemon, tmp_path) -> 
 )
 def test_parse_uint_takes_plain_decimal_digits_within_range(value: str, maximum: int, expected: int | None) -> None:
     assert parse_uint(value, maximum) == expected
+
+
+def test_what_a_child_says_just_before_it_exits_is_kept(start_daemon) -> None:
+    """No gate before the exit: the datagram and the exit arrive together. The daemon drains the notify socket
+    before it reaps (ProcessShell.before_reap), so the datagram is heard whichever the loop sees first; here
+    epoll's order usually has it first anyway, so this checks the behaviour, not that ordering."""
+    command = steps("send:READY=1", "send:ERRNO=5\\nEXIT_STATUS=4", "exit:4")
+    daemon = start_daemon(f"""
+        [[supervisor.children]]
+        name = "svc"
+        command = {command}
+        ready = "notify"
+        restart = "temporary"
+        [[supervisor.children]]
+        name = "next"
+        command = {SLEEP}
+    """)
+    daemon.wait_running("next")
+    node = wait_for(lambda: (n := daemon.node("svc"))["pid"] is None and n, what="svc exited")
+    assert (node.get("errno"), node.get("exit_status")) == (5, 4)
