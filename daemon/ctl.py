@@ -374,7 +374,7 @@ def render_status(result: dict[str, Any]) -> str:
     daemon = result.get("daemon") or {}
     header = (
         f"foundationd pid {_dash(daemon.get('pid'))}, version {_dash(daemon.get('version'))}, "
-        f"up {format_duration(daemon.get('uptime_s'))}"
+        f"up {format_duration(daemon.get('uptime_s'))}{_zygote(daemon.get('zygote'))}"
     )
     rows: list[Row] = []
     tree = result.get("tree")
@@ -428,6 +428,14 @@ def _reported(node: dict[str, Any]) -> str:
     said = [f'"{node["status"]}"'] if isinstance(node.get("status"), str) else []
     said += [f"{key} {node[key]}" for key in ("errno", "exit_status") if isinstance(node.get(key), int)]
     return "  " + ", ".join(said) if said else ""
+
+
+def _zygote(zygote: object) -> str:
+    """The agent fork server, when it runs: its state, pid and spares (agents-to-be forked ahead of time)."""
+    if not isinstance(zygote, dict) or zygote.get("state") not in ("booting", "ready"):
+        return ""
+    spares = zygote.get("spares") if isinstance(zygote.get("spares"), list) else []
+    return f"; zygote {zygote['state']} (pid {_dash(zygote.get('pid'))}, {len(spares)} spare{'s' * (len(spares) != 1)})"
 
 
 def _what(node: dict[str, Any]) -> str:

@@ -151,6 +151,13 @@ def test_render_status_shows_what_a_notify_child_reported() -> None:
     assert lines[4].endswith("sleep 1")
 
 
+def test_render_status_says_how_the_zygote_is() -> None:
+    daemon = {"pid": 1, "version": "0.1.0", "uptime_s": 5, "zygote": {"state": "ready", "pid": 7, "spares": [8, 9]}}
+    assert render_status({"daemon": daemon}).splitlines()[0].endswith("; zygote ready (pid 7, 2 spares)")
+    for off in ({"state": "off", "pid": None, "spares": []}, {"state": "disabled"}, None):
+        assert "zygote" not in render_status({"daemon": {**daemon, "zygote": off}})
+
+
 def test_render_status_tolerates_missing_fields() -> None:
     text = render_status({"daemon": {"pid": 1}, "tree": {"name": "root", "type": "supervisor"}})
     assert text.splitlines()[0] == "foundationd pid 1, version -, up -"
