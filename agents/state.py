@@ -97,7 +97,8 @@ def _round_up_to_page(size: int) -> int:
     return -(-size // _PAGE) * _PAGE
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a directory's entries durable (a new file or subdirectory in it survives a crash)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -148,9 +149,9 @@ class StateStore:
             self.stale_readers_cleared: int = env.reader_check()
             if fresh:
                 # The first commit's fdatasync makes data.mdb's contents durable, not its directory entry.
-                _fsync_dir(self._path)
+                fsync_dir(self._path)
                 with contextlib.suppress(PermissionError):  # an agent with user= cannot read <state>/agents (0711):
-                    _fsync_dir(os.path.dirname(os.path.abspath(self._path)))  # foundationd made and synced its dir
+                    fsync_dir(os.path.dirname(os.path.abspath(self._path)))  # foundationd made and synced its dir
         except (OSError, lmdb.Error) as exc:
             env.close()
             raise StateError(f"cannot open state store {self._path}: {exc}", code="lmdb", path=self._path) from exc

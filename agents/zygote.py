@@ -107,6 +107,7 @@ def make_spare(zygote_sock: socket.socket) -> tuple[int, socket.socket]:
     and foundationd's end of the spare's socket."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    answer = b""
     try:
         intermediate = os.fork()
         if intermediate == 0:
@@ -115,16 +116,14 @@ def make_spare(zygote_sock: socket.socket) -> tuple[int, socket.socket]:
         report_w = -1
         answer = _read_all(report_r)
         os.waitpid(intermediate, 0)
-    except BaseException:
-        ours.close()
-        raise
     finally:
         theirs.close()
         os.close(report_r)
         if report_w >= 0:
             os.close(report_w)
+        if answer[:1] != b"P":  # failed, however: foundationd's end goes too
+            ours.close()
     if answer[:1] != b"P":
-        ours.close()
         raise RuntimeError(answer[1:].decode(errors="replace") or "the intermediate died before it forked")
     return int(answer[1:]), ours
 

@@ -93,6 +93,7 @@ class GuardianLink:
 
     def start(self) -> None:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        launched = False
         try:
             with contextlib.suppress(OSError):  # a bigger pipe only makes a full one rarer
                 import fcntl  # noqa: PLC0415 - the guardian process itself never needs it
@@ -100,11 +101,11 @@ class GuardianLink:
                 fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
             argv = [sys.executable, "-I", "-S", os.path.abspath(__file__)]
             self.pid = self._launch(argv, read_fd)
-        except Exception:
-            os.close(write_fd)
-            raise
+            launched = True
         finally:
             os.close(read_fd)
+            if not launched:
+                os.close(write_fd)
         os.set_blocking(write_fd, False)
         self._fd = write_fd
         self._write(b"".join(b"+%d\n" % pgid for pgid in sorted(self.groups)))

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agents.state import StateError, StateStore, agent_state_path
+from agents.state import StateError, StateStore, agent_state_path, fsync_dir
 from daemon import forkserver, paths, version
 from daemon.broker import Broker
 from daemon.child_notify import ERRNO_MAX, EXIT_STATUS_MAX, USEC_MAX, ChildNotifySocket, parse_uint
@@ -472,7 +472,7 @@ class Daemon:
         own = agent_state_path(self.state_dir, name)
         if not own.exists():
             own.mkdir(mode=0o700)
-            _fsync_dir(agents_dir)  # the agent cannot (it may not read agents_dir): its directory entry is durable
+            fsync_dir(agents_dir)  # the agent cannot (it may not read agents_dir): its directory entry is durable
         owner = own.lstat().st_uid
         if owner == uid:
             return
@@ -807,14 +807,6 @@ def _str_arg(args: dict[str, Any], key: str) -> str:
 
 
 # ---- entry point ----
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _prepare_dir(path: Path, mode: int) -> None:

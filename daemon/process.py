@@ -438,10 +438,7 @@ class ProcessShell:
         return [self._setpriv, "--pdeathsig", "KILL", "--", self._sh, "-c", PDEATH_GUARD, str(os.getpid()), *command]
 
     def _env(self, spec: WorkerSpec, user_env: dict[str, str] | None = None) -> dict[str, str]:
-        env = dict(self._inherited_env)
-        env.update(self._base_env)
-        env["FOUNDATION_NAME"] = spec.name
-        env["FOUNDATION_DAEMON_PID"] = str(os.getpid())
+        env = self._helper_env(spec.name)
         env.update(user_env or {})
         env.update(dict(spec.env))
         return env

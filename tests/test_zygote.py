@@ -19,7 +19,7 @@ import orjson
 import psutil
 import pytest
 
-from agents.testing import DaemonProcess, wait_for
+from agents.testing import DaemonProcess, exited, wait_for
 from daemon.forkserver import ForkServer, fork_refusal
 from daemon.spec import WorkerSpec
 from ipc.errors import ErrorCode, FoundationError
@@ -132,10 +132,6 @@ def test_fork_refusal_names_what_only_an_exec_applies(settings: dict[str, Any], 
 # ---- the zygote is supervised ----
 
 
-def gone(pid: int) -> bool:
-    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-
-
 def test_a_killed_zygote_is_replaced_and_agents_keep_starting(start_daemon) -> None:
     daemon = start_daemon(tree(agent("a"), agent("b")))
     first = facts_of(daemon, "a")
@@ -150,7 +146,7 @@ def test_a_killed_zygote_is_replaced_and_agents_keep_starting(start_daemon) -> N
     assert again["pid"] in old["spares"], "the restart took a spare"
     assert again["ppid"] == daemon.proc.pid
     assert zygote(daemon)["spawns"] == old["spawns"] + 1
-    assert gone(old["pid"])
+    assert exited(old["pid"])
 
 
 def test_a_spare_that_dies_unused_is_replaced(start_daemon) -> None:
@@ -198,7 +194,7 @@ def test_the_zygote_and_its_spares_die_with_a_sigkilled_daemon(start_daemon) -> 
     daemon.kill(signal.SIGKILL)
     daemon.wait_exit()
     for pid in (described["pid"], *described["spares"]):
-        wait_for(lambda p=pid: gone(p), what=f"{pid} gone with its daemon")
+        wait_for(lambda p=pid: exited(p), what=f"{pid} gone with its daemon")
 
 
 def test_the_helpers_output_is_kept_like_a_childs(start_daemon) -> None:
@@ -264,7 +260,7 @@ def test_the_zygote_answers_bad_requests_with_an_error_and_keeps_serving() -> No
         assert len(fds) == 1
         pid = orjson.loads(data)["spare"]
         # Not adopted by a subreaper here: the spare finds its parent is not its daemon and leaves by itself.
-        wait_for(lambda: gone(pid), what="the orphaned spare's exit")
+        wait_for(lambda: exited(pid), what="the orphaned spare's exit")
         assert proc.poll() is None, "still serving"
     finally:
         sock.close()  # EOF: the zygote leaves its loop
@@ -378,7 +374,7 @@ def test_a_reload_can_turn_the_fork_server_off_and_on(start_daemon) -> None:
         client.request("reload")
     assert zygote(daemon)["state"] == "disabled"
     for pid in (before["pid"], *before["spares"]):
-        wait_for(lambda p=pid: gone(p), what=f"{pid}, the zygote or a spare, stopped")
+        wait_for(lambda p=pid: exited(p), what=f"{pid}, the zygote or a spare, stopped")
     assert facts_of(daemon, "a")["pid"] == first["pid"], "running agents are untouched"
     daemon.config_path.write_text(tree(agent("a")))
     with daemon.client() as client:
