@@ -21,7 +21,7 @@ after an exec. Its process title (``/proc/PID/cmdline``, what ps shows) and ``/p
 rewritten to what an exec'd agent's would be. What differs from an exec'd agent, on purpose: ``__main__`` is
 this module, and every agent forked from one zygote shares its hash seed. Agents whose ``env`` sets what only
 an exec applies (``PYTHON*``, ``LD_*``, ...) or that change user or limits are exec'd by foundationd instead
-(daemon/forkserver.py decides).
+(daemon/shell/forkserver.py decides).
 """
 
 from __future__ import annotations

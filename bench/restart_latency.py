@@ -43,8 +43,8 @@ from bench.common import (
     workers_config,
     write_results,
 )
-from daemon.process import ProcessShell, find_exec_helper, start_process
-from daemon.spec import WorkerSpec
+from daemon.core.spec import WorkerSpec
+from daemon.shell.process import ProcessShell, find_exec_helper, start_process
 
 SLEEP = "/usr/bin/sleep"
 TRUE = "/bin/true"
@@ -69,7 +69,7 @@ def daemon_argv(command: list[str]) -> list[str]:
 
 
 def floor_like_daemon(argv: list[str], runs: int, warmup: int = 3) -> list[float]:
-    """ProcessShell.spawn's own start (daemon/process.py start_process: pipe, own group), plus the wait."""
+    """ProcessShell.spawn's own start (daemon/shell/process.py start_process: pipe, own group), plus the wait."""
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
     helper = find_exec_helper()
     times = []

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from daemon.spec import (
+from daemon.core.spec import (
     BRUTAL_KILL,
     INFINITY,
     Backoff,

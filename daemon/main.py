@@ -22,19 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agents.state import StateError, StateStore, agent_state_path, fsync_dir
-from daemon import forkserver, paths, version
-from daemon.broker import Broker
-from daemon.child_notify import ERRNO_MAX, EXIT_STATUS_MAX, USEC_MAX, ChildNotifySocket, parse_uint
+from daemon import paths, version
+from daemon.broker.broker import Broker
 from daemon.config import ConfigError, DaemonConfig, child_spec_from_dict, load_config
-from daemon.control_server import ControlServer, Peer, Reply
-from daemon.logs import LogRings
-from daemon.loop import EventLoop, TimerHandle
-from daemon.memory import MemoryWatch
-from daemon.notify import Notifier
-from daemon.output import OutputSink, SinkHandler, stderr_is_journal
-from daemon.process import GUARDIAN_NAME, ProcessShell, SpawnError, become_subreaper
-from daemon.protocol import (
+from daemon.control.server import ControlServer, Peer, Reply
+from daemon.core.protocol import (
     Action,
     CancelTimer,
     Event,
@@ -51,12 +43,21 @@ from daemon.protocol import (
     StartTimer,
     TimerFired,
 )
-from daemon.reload import Plan, diff
-from daemon.spec import ChildSpec, SupervisorSpec, WorkerSpec
-from daemon.states import DOWN, State
-from daemon.supervisor import AnyNode, SupervisionTree, Supervisor, Worker
+from daemon.core.reload import Plan, diff
+from daemon.core.spec import ChildSpec, SupervisorSpec, WorkerSpec
+from daemon.core.states import DOWN, State
+from daemon.core.tree import AnyNode, SupervisionTree, Supervisor, Worker
+from daemon.shell import forkserver
+from daemon.shell.child_notify import ERRNO_MAX, EXIT_STATUS_MAX, USEC_MAX, ChildNotifySocket, parse_uint
+from daemon.shell.logs import LogRings
+from daemon.shell.loop import EventLoop, TimerHandle
+from daemon.shell.memory import MemoryWatch
+from daemon.shell.notify import Notifier
+from daemon.shell.output import OutputSink, SinkHandler, stderr_is_journal
+from daemon.shell.process import GUARDIAN_NAME, ProcessShell, SpawnError, become_subreaper
 from ipc.control import Request
 from ipc.errors import ErrorCode, FoundationError
+from ipc.state_store import StateError, StateStore, agent_state_path, fsync_dir
 
 log = logging.getLogger("foundationd")
 

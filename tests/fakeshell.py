@@ -17,7 +17,7 @@ import signal
 from collections import deque
 from collections.abc import Callable
 
-from daemon.protocol import (
+from daemon.core.protocol import (
     Action,
     CancelTimer,
     Event,
@@ -33,8 +33,8 @@ from daemon.protocol import (
     StartTimer,
     TimerFired,
 )
-from daemon.spec import ChildSpec, SupervisorSpec, WorkerSpec
-from daemon.supervisor import SupervisionTree
+from daemon.core.spec import ChildSpec, SupervisorSpec, WorkerSpec
+from daemon.core.tree import SupervisionTree
 
 SIGTERM = int(signal.SIGTERM)
 SIGKILL = int(signal.SIGKILL)

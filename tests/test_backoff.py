@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.backoff import delay
-from daemon.spec import Backoff
+from daemon.core.backoff import delay
+from daemon.core.spec import Backoff
 
 
 def test_without_jitter_the_delay_doubles_from_initial():

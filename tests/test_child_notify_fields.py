@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from agents.testing import DaemonProcess, wait_for
-from daemon.child_notify import USEC_MAX, parse_uint
+from daemon.shell.child_notify import USEC_MAX, parse_uint
 
 CHILDREN = Path(__file__).parent / "children"
 SLEEP = json.dumps(["sleep", "1000"])

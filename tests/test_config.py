@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import ConfigError, DaemonConfig, child_spec_from_dict, load_config, parse_config
-from daemon.spec import (
+from daemon.core.spec import (
     BRUTAL_KILL,
     INFINITY,
     Backoff,

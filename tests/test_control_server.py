@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from daemon.control_server import ControlServer
-from daemon.loop import EventLoop
+from daemon.control.server import ControlServer
+from daemon.shell.loop import EventLoop
 from ipc.control import encode
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from daemon.ctl import format_duration, main, render_status
+from daemon.control.cli import format_duration, main, render_status
 from ipc.control import SOCKET_NAME
 
 NESTED_STATUS: dict[str, Any] = {

@@ -143,7 +143,7 @@ def test_no_child_outlives_a_sigkilled_daemon(start_daemon) -> None:
 
 def test_no_child_outlives_a_daemon_sigkilled_right_after_a_spawn(start_daemon) -> None:
     # The attach reply comes once the children have exec'd setpriv, maybe before setpriv armed PDEATHSIG: the
-    # race the sh guard in daemon/process.py closes (without it, 4 runs in 10 leaked a child under CPU load).
+    # race the sh guard in daemon/shell/process.py closes (without it, 4 runs in 10 leaked a child under CPU load).
     daemon = start_daemon("")
     assert daemon.proc is not None
     burst = {"name": "burst", "children": [{"name": f"late{i}", "command": ["sleep", "1000"]} for i in range(20)]}
@@ -155,7 +155,7 @@ def test_no_child_outlives_a_daemon_sigkilled_right_after_a_spawn(start_daemon) 
 
 
 def test_no_grandchild_outlives_a_sigkilled_daemon(start_daemon, tmp_path: Path) -> None:
-    """PDEATHSIG reaches only the child; the guardian (daemon/guardian.py) kills the rest of its group."""
+    """PDEATHSIG reaches only the child; the guardian (daemon/shell/guardian.py) kills the rest of its group."""
     pidfile = tmp_path / "grandchild.pid"
     daemon = start_daemon(f"""
         [[supervisor.children]]

@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 from agents.testing import wait_for
-from daemon.process import ProcessShell, find_exec_helper, start_process
-from daemon.spec import WorkerSpec
+from daemon.core.spec import WorkerSpec
+from daemon.shell.process import ProcessShell, find_exec_helper, start_process
 
 HELPER = find_exec_helper()
 needs_helper = pytest.mark.skipif(HELPER is None, reason="foundation-exec was not built (no C compiler at install)")

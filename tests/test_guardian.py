@@ -1,6 +1,6 @@
-"""The guardian (daemon/guardian.py): what a SIGKILLed foundationd leaves behind is killed, and nothing else.
+"""The guardian (daemon/shell/guardian.py): what a SIGKILLed foundationd leaves behind is killed, and nothing else.
 
-The guardian program runs for real (``python -I -S daemon/guardian.py``) on a real pipe and real process groups;
+The guardian program runs for real (``python -I -S daemon/shell/guardian.py``) on a real pipe and real process groups;
 the daemon tests kill real daemons. tests/test_daemon_lifecycle.py has the grandchild case end to end.
 """
 
@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from agents.testing import exited, wait_for
-from daemon import guardian
-from daemon.guardian import GuardianLink
+from daemon.shell import guardian
+from daemon.shell.guardian import GuardianLink
 
 GUARDIAN = Path(guardian.__file__)
 CHILDREN = Path(__file__).parent / "children"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.intensity import add_restart, exceeded
+from daemon.core.intensity import add_restart, exceeded
 
 
 def fold(times: list[float], period: float) -> tuple[float, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.logs import LogRings
+from daemon.shell.logs import LogRings
 
 
 def test_tail_keeps_the_last_lines_per_child() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.loop import EventLoop
+from daemon.shell.loop import EventLoop
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
-"""Per-recipient bookkeeping (daemon/mailbox.py) and the durable outbox under it (daemon/outbox.py)."""
+"""Per-recipient bookkeeping (daemon/broker/mailbox.py) and the durable outbox under it (daemon/broker/outbox.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.mailbox import Entry, Mailbox
-from daemon.outbox import Batch, Outbox
+from daemon.broker.mailbox import Entry, Mailbox
+from daemon.broker.outbox import Batch, Outbox
 
 
 def cast(n: int, name: str = "a") -> Entry:

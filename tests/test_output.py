@@ -13,8 +13,8 @@ import textwrap
 from pathlib import Path
 
 from agents.testing import wait_for
-from daemon.loop import EventLoop
-from daemon.output import CHUNK, OutputSink
+from daemon.shell.loop import EventLoop
+from daemon.shell.output import CHUNK, OutputSink
 from ipc.control import ControlClient
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from daemon.reload import Plan, diff
-from daemon.spec import RestartType, Strategy, SupervisorSpec, WorkerSpec
+from daemon.core.reload import Plan, diff
+from daemon.core.spec import RestartType, Strategy, SupervisorSpec, WorkerSpec
 
 
 def w(name: str, *cmd: str, **kw) -> WorkerSpec:

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from agents.testing import DaemonProcess, WaitTimeout, wait_for
-from daemon.notify import Notifier
+from daemon.shell.notify import Notifier
 
 CHILDREN = Path(__file__).parent / "children"
 SLEEP = json.dumps(["sleep", "1000"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.spec import SupervisorSpec, WorkerSpec
-from daemon.states import ALIVE, ALLOWED, DOWN, IllegalTransition, State
-from daemon.supervisor import Supervisor, Worker
+from daemon.core.spec import SupervisorSpec, WorkerSpec
+from daemon.core.states import ALIVE, ALLOWED, DOWN, IllegalTransition, State
+from daemon.core.tree import Supervisor, Worker
 
 STARTING, RUNNING, STOPPING, STOPPED, FAILED = (
     State.STARTING,

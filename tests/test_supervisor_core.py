@@ -16,9 +16,9 @@ from fakeshell import SIGKILL, SIGTERM, FakeShell, halts, kinds, spawns, timers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon import backoff
-from daemon.protocol import CancelTimer, Exited, Halt, Log, Signal, Spawn, Spawned, StartTimer, TimerFired
-from daemon.spec import (
+from daemon.core import backoff
+from daemon.core.protocol import CancelTimer, Exited, Halt, Log, Signal, Spawn, Spawned, StartTimer, TimerFired
+from daemon.core.spec import (
     BRUTAL_KILL,
     INFINITY,
     Backoff,
@@ -27,8 +27,8 @@ from daemon.spec import (
     SupervisorSpec,
     WorkerSpec,
 )
-from daemon.states import ALIVE, DOWN
-from daemon.supervisor import Supervisor, Worker, should_restart
+from daemon.core.states import ALIVE, DOWN
+from daemon.core.tree import Supervisor, Worker, should_restart
 from ipc.errors import ErrorCode, FoundationError
 
 PERMANENT, TRANSIENT, TEMPORARY = RestartType.PERMANENT, RestartType.TRANSIENT, RestartType.TEMPORARY

@@ -11,8 +11,8 @@ import math
 import pytest
 from fakeshell import SIGKILL, FakeShell, kinds, timers
 
-from daemon.protocol import ExtendTimeout, Log
-from daemon.spec import BRUTAL_KILL, INFINITY, SupervisorSpec, WorkerSpec
+from daemon.core.protocol import ExtendTimeout, Log
+from daemon.core.spec import BRUTAL_KILL, INFINITY, SupervisorSpec, WorkerSpec
 
 T0 = 1000.0  # FakeShell's clock at boot
 

@@ -23,9 +23,9 @@ import pytest
 
 from agents.testing import wait_for
 from daemon.config import ConfigError, child_spec_from_dict, parse_config
-from daemon.memory import MemoryWatch, group_rss
-from daemon.process import ProcessShell, SpawnError
-from daemon.spec import WorkerSpec
+from daemon.core.spec import WorkerSpec
+from daemon.shell.memory import MemoryWatch, group_rss
+from daemon.shell.process import ProcessShell, SpawnError
 
 CHILDREN = Path(__file__).parent / "children"
 HOG = str(CHILDREN / "memory_hog.py")

@@ -1,4 +1,4 @@
-"""The agent fork server (agents/zygote.py, daemon/forkserver.py): a forked agent is the process an exec'd one
+"""The agent fork server (agents/zygote.py, daemon/shell/forkserver.py): a forked agent is the process an exec'd one
 would be, the zygote is supervised like a child, and whenever it cannot answer the agent is exec'd instead.
 
 Real daemons, real zygotes, real agents; the ForkServer tests at the end drive the daemon-side class with real
@@ -20,8 +20,8 @@ import psutil
 import pytest
 
 from agents.testing import DaemonProcess, exited, wait_for
-from daemon.forkserver import ForkServer, fork_refusal
-from daemon.spec import WorkerSpec
+from daemon.core.spec import WorkerSpec
+from daemon.shell.forkserver import ForkServer, fork_refusal
 from ipc.errors import ErrorCode, FoundationError
 
 REPO = Path(__file__).resolve().parents[1]

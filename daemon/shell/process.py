@@ -40,11 +40,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon import forkserver
-from daemon.forkserver import ForkServer
-from daemon.guardian import GuardianLink
-from daemon.protocol import Exited
-from daemon.spec import WorkerSpec
+from daemon.core.protocol import Exited
+from daemon.core.spec import WorkerSpec
+from daemon.shell import forkserver
+from daemon.shell.forkserver import ForkServer
+from daemon.shell.guardian import GuardianLink
 
 log = logging.getLogger("foundationd")
 

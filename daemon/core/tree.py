@@ -31,8 +31,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from daemon import backoff, intensity
-from daemon.protocol import (
+from daemon.core import backoff, intensity
+from daemon.core.protocol import (
     Action,
     CancelTimer,
     Event,
@@ -49,8 +49,8 @@ from daemon.protocol import (
     StartTimer,
     TimerFired,
 )
-from daemon.spec import BRUTAL_KILL, INFINITY, ChildSpec, RestartType, Strategy, SupervisorSpec, WorkerSpec
-from daemon.states import ALIVE, ALLOWED, DOWN, IllegalTransition, State
+from daemon.core.spec import BRUTAL_KILL, INFINITY, ChildSpec, RestartType, Strategy, SupervisorSpec, WorkerSpec
+from daemon.core.states import ALIVE, ALLOWED, DOWN, IllegalTransition, State
 from ipc.errors import ErrorCode, FoundationError
 
 ROOT = "root"

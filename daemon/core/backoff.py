@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from daemon.spec import Backoff
+from daemon.core.spec import Backoff
 
 
 def delay(policy: Backoff, attempt: int, rng: random.Random) -> float:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon.loop import EventLoop
+from daemon.shell.loop import EventLoop
 from ipc.control import MAX_LINE, SOCKET_NAME, Request, error_reply, ok_reply, parse_request
 from ipc.errors import ErrorCode, FoundationError
 

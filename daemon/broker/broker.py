@@ -32,9 +32,9 @@ from typing import Any, ClassVar
 import lmdb
 import zmq
 
-from daemon.loop import EventLoop, TimerHandle
-from daemon.mailbox import Entry, Mailbox
-from daemon.outbox import Batch, Outbox, outbox_path
+from daemon.broker.mailbox import Entry, Mailbox
+from daemon.broker.outbox import Batch, Outbox, outbox_path
+from daemon.shell.loop import EventLoop, TimerHandle
 from ipc import wire
 from ipc.errors import ErrorCode, FoundationError
 

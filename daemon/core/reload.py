@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from daemon.spec import ChildSpec, SupervisorSpec, WorkerSpec
+from daemon.core.spec import ChildSpec, SupervisorSpec, WorkerSpec
 
 
 @dataclass(frozen=True)

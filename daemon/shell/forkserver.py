@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from daemon.spec import WorkerSpec
+from daemon.core.spec import WorkerSpec
 
 log = logging.getLogger("foundationd")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
-from daemon.spec import WorkerSpec
+from daemon.core.spec import WorkerSpec
 
 # ---- events (shell -> core) ----
 
