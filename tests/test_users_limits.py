@@ -29,7 +29,6 @@ from daemon.shell.process import ProcessShell, SpawnError
 
 CHILDREN = Path(__file__).parent / "children"
 HOG = str(CHILDREN / "memory_hog.py")
-MAIN = Path(__file__).parent.parent / "daemon" / "main.py"
 MiB = 1 << 20
 C0 = "supervisor.children[0]"
 
@@ -320,10 +319,6 @@ def test_a_child_without_these_keys_runs_its_command_directly(start_daemon) -> N
     assert proc_limits(pid)["Max open files"] == proc_limits(d.proc.pid)["Max open files"]
 
 
-memory_watch_wired = "MemoryWatch" in MAIN.read_text()
-
-
-@pytest.mark.skipif(not memory_watch_wired, reason="wired by main.py in a follow-up")
 def test_a_child_over_max_memory_is_restarted(start_daemon, tmp_path: Path) -> None:
     once = tmp_path / "hogged"
     command = json.dumps([sys.executable, HOG, "100", str(once)])

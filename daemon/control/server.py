@@ -22,15 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from daemon.control.verbs import QUIET_VERBS, READ_VERBS
 from daemon.shell.loop import EventLoop
 from ipc.control import MAX_LINE, SOCKET_NAME, Request, error_reply, ok_reply, parse_request
 from ipc.errors import ErrorCode, FoundationError
 
 log = logging.getLogger("foundationd.control")
 
-READ_VERBS = frozenset({"status", "state", "logs", "metrics", "events", "doctor", "flags"})
-# Data-plane verbs: allowed like any mutating verb, but logged at debug level (thousands a second).
-QUIET_VERBS = frozenset({"send", "call"})
 Reply = Callable[[Any], Any]  # returns False once the client has gone
 # A handler answers through ``reply`` (a result) or raises FoundationError; it may keep ``reply``
 # and call it later, when the operation it started has finished.

@@ -1,0 +1,296 @@
+"""foundationd's wiring: which part hears what, and where the core's decisions go. No decisions here.
+
+    SIGTERM/INT/HUP/CHLD ─┐                                   ┌─> ProcessShell: spawn, signal, reap ──┐
+    pidfds, output pipes ─┤                                   │   (zygote, guardian, exec helper)     │ Exited,
+    notify socket ────────┼─> EventLoop ─> App.apply(events) ─┤                                       │ Spawned,
+    broker socket ────────┤   (one poll)    │  ^              ├─> timers (loop.call_later) ───────────┤ Ready,
+    control socket ───────┘                 v  │              ├─> log, Removed -> forget, Halt        │ TimerFired
+                                 SupervisionTree (pure core)  └─> core events -> (events/metrics) <───┘
+                                            │ actions
+    control verbs (daemon/control/verbs/*) ─┴─> tree requests, Waiters (answer when settled), PlanRunner (reload)
+    broker (daemon/broker/) <── agent hello = Ready; agent exit -> broker.agent_exited; tree -> mailbox bounds
+
+Every event goes into the core; the core returns actions; ``apply`` carries them out and feeds the events they
+cause straight back, then checks waiters and tells systemd. The parts live in daemon/shell (processes, sockets),
+daemon/broker (messaging), daemon/control (verbs), daemon/services (reload, state reads, systemd status).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from daemon import version
+from daemon.broker.broker import Broker
+from daemon.config import DaemonConfig
+from daemon.control.server import ControlServer, Reply
+from daemon.control.verbs import VERBS
+from daemon.control.waiters import Waiters
+from daemon.core.protocol import (
+    Action,
+    CancelTimer,
+    Event,
+    Exited,
+    Halt,
+    Log,
+    Ready,
+    Removed,
+    Signal,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    StartTimer,
+    TimerFired,
+)
+from daemon.core.spec import ChildSpec, SupervisorSpec, WorkerSpec
+from daemon.core.tree import SupervisionTree, Worker
+from daemon.services.plan_runner import PlanRunner
+from daemon.services.reload import Reloader
+from daemon.services.state_reader import StateReaders
+from daemon.services.systemd_status import SystemdStatus
+from daemon.services.tree_queries import TreeQueries
+from daemon.shell import forkserver
+from daemon.shell.child_notify import ChildNotifySocket
+from daemon.shell.child_watchdog import ChildReports
+from daemon.shell.logs import LogRings
+from daemon.shell.loop import EventLoop, TimerHandle
+from daemon.shell.memory import MemoryWatch
+from daemon.shell.notify import Notifier
+from daemon.shell.output import OutputSink
+from daemon.shell.process import ProcessShell, SpawnError, become_subreaper
+from daemon.shell.spawn_env import SpawnEnv
+from ipc.errors import ErrorCode, FoundationError
+
+log = logging.getLogger("foundationd")
+
+EXIT_OK = 0
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO,
+          "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class App:
+    def __init__(self, config: DaemonConfig, runtime_dir: Path, state_dir: Path,
+                 sinks: tuple[OutputSink, ...] = (), config_path: str | None = None) -> None:
+        self.config, self.runtime_dir, self.state_dir, self._sinks = config, runtime_dir, state_dir, sinks
+        self.started_at = time.monotonic()
+        self.loop = EventLoop()
+        self.tree = SupervisionTree(config.root, self.loop.clock)
+        self.shell = ProcessShell(self.loop.add_reader, self.loop.remove_reader, self._on_exit, self._on_output,
+                                  base_env={"FOUNDATION_RUNTIME_DIR": str(runtime_dir),
+                                            "FOUNDATION_STATE_DIR": str(state_dir)},
+                                  fork_server=config.fork_server)
+        self.notifier = Notifier()
+        self.systemd = SystemdStatus(self.notifier, self.tree, self.loop.clock, self.loop.call_later)
+        self.queries = TreeQueries(self.tree, self.shell.signal)
+        self.memory = MemoryWatch(self.loop.call_later, self.queries.memory_watched, self.queries.kill_for_memory)
+        self._memory_poke = False
+        self.logs = LogRings()
+        self.states = StateReaders(state_dir)
+        self.reports = ChildReports(self.tree, self.loop.call_later, self.shell.signal, self.feed)
+        self.spawn_env = SpawnEnv(runtime_dir, state_dir, self.shell)
+        self.waiters = Waiters(self.loop.call_later)
+        self.reloader = Reloader(tree=self.tree, runner=PlanRunner(self.tree, self.apply, self.waiters),
+                                 notifier=self.notifier, config_path=config_path,
+                                 is_ready=lambda: self.systemd.ready_sent, adopt=self._adopt_config)
+        self.control: ControlServer | None = None
+        self.broker: Broker | None = None
+        self.child_notify: ChildNotifySocket | None = None
+        self._timers: dict[int, TimerHandle] = {}
+        self._pending: deque[Event] = deque()
+        self._exit_code = EXIT_OK
+
+    # ---- lifecycle ----
+
+    def run(self) -> int:
+        become_subreaper()
+        for sink in self._sinks:
+            sink.attach(self.loop.add_writer, self.loop.remove_writer)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self._on_stop_signal)
+        self.loop.add_signal_handler(signal.SIGCHLD, lambda _: self.shell.reap())
+        self.loop.add_signal_handler(signal.SIGHUP, lambda _: self.reload(None))
+        self.child_notify = ChildNotifySocket(self.runtime_dir, self.loop.add_reader, self.loop.remove_reader,
+                                              self.reports.child_of, self.reports.on_notify)
+        self.shell.before_reap = self.child_notify.drain
+        q = self.queries
+        self.broker = Broker(self.runtime_dir, self.state_dir, self.loop, agent_alive=q.agent_alive,
+                             kill=q.kill_agent, mailbox_bound=q.mailbox_bound, liveness=q.liveness,
+                             on_hello=self._on_agent_hello)
+        self.spawn_env.broker, self.spawn_env.notify = self.broker, self.child_notify
+        self.shell.start_guardian()  # before the first child: a SIGKILLed daemon leaves no process group behind
+        if _has_agents(self.config.root):  # the zygote imports the SDK while the rest of the daemon boots
+            self.shell.start_zygote()
+        handlers = {name: functools.partial(verb.handle, self) for name, verb in VERBS.items()}
+        self.control = ControlServer(self.runtime_dir, handlers, self.loop, self.config.control_group)
+        log.info("foundationd %s (pid %d) starting; control socket %s", version(), os.getpid(), self.control.path)
+        self.systemd.start_watchdog()
+        try:
+            if self.shell.zygote.state == "booting":  # the tree's agents start from spares, not by exec
+                self.shell.zygote.wait_for_spare(forkserver.BOOT_WAIT)
+            self.apply(self.tree.boot())
+            self.loop.run()
+        finally:
+            self._close()
+        return self._exit_code
+
+    def _close(self) -> None:
+        for part in (self.memory, self.control, self.shell, self.broker, self.child_notify, self.states,
+                     self.notifier):
+            if part is not None:
+                part.close()
+        for sink in self._sinks:
+            sink.flush()
+            sink.detach()
+        self.loop.close()
+
+    def _on_stop_signal(self, signum: int) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        if not self.tree.shutting_down:
+            self.notifier.stopping()
+        self.apply(self.tree.shutdown())
+
+    def shutdown_soon(self) -> None:
+        self.loop.call_later(0, self.shutdown)
+
+    def reload(self, reply: Reply | None) -> None:
+        self.reloader.reload(self.config, reply)
+
+    def _adopt_config(self, new: DaemonConfig) -> None:
+        self.config = new
+        self.shell.zygote.configure(new.fork_server)
+
+    # ---- events in ----
+
+    def feed(self, event: Event) -> None:
+        self.apply(self.tree.handle(event))
+
+    def _on_agent_hello(self, name: str) -> None:
+        node = self.tree.find_quiet(name)
+        if isinstance(node, Worker) and node.pid is not None:
+            self.feed(Ready(name, node.pid))
+
+    def _on_exit(self, event: Exited) -> None:
+        node = self.tree.find_quiet(event.name)
+        if isinstance(node, Worker) and node.pid == event.pid:
+            self.reports.exited(event.name)
+            if self.broker is not None and node.spec.agent:
+                self.broker.agent_exited(event.name, event.describe())
+        self.feed(event)
+
+    def _on_output(self, name: str, lines: list[bytes]) -> None:
+        """A child's complete lines: to our stdout with its name in front, and into its ring for `logs`."""
+        prefix = name.encode() + b" | "
+        if self._sinks:
+            self._sinks[0].write(b"".join(prefix + line + b"\n" for line in lines))
+        self.logs.add(name, [line.decode(errors="replace") for line in lines])
+
+    def _fire(self, token: int) -> None:
+        self._timers.pop(token, None)
+        self.feed(TimerFired(token))
+
+    # ---- the core's actions out ----
+
+    def apply(self, actions: list[Action]) -> None:
+        """Carry out the core's actions; the events they cause go straight back into the core."""
+        queue = deque(actions)
+        while queue:
+            self._act(queue.popleft())
+            while self._pending:
+                queue.extend(self.tree.handle(self._pending.popleft()))
+        # core events: drained here once the tree emits them
+        self.waiters.check()
+        self.systemd.after_batch()
+        if self._memory_poke:  # after the batch: the tree has recorded the new pids by now
+            self._memory_poke = False
+            self.memory.poke()
+
+    def _act(self, action: Action) -> None:
+        match action:
+            case Spawn(name, spec):
+                self._spawn(name, spec)
+            case Signal(_, pid, sig):
+                self.shell.signal(pid, sig)
+            case StartTimer(token, delay):
+                self._timers[token] = self.loop.call_later(delay, lambda t=token: self._fire(t))
+            case CancelTimer(token):
+                handle = self._timers.pop(token, None)
+                if handle is not None:
+                    handle.cancel()
+            case Log(level, message):
+                log.log(LEVELS.get(level, logging.INFO), "%s", message)
+            case Removed(names):
+                for name in names:
+                    self._forget(name)
+            case Halt(code, reason):
+                log.log(logging.INFO if code == 0 else logging.ERROR, "halting: %s", reason)
+                self._exit_code = code
+                self.loop.stop()
+
+    def _spawn(self, name: str, spec: WorkerSpec) -> None:
+        self.reports.forget(name)  # what the last run reported (ERRNO=, EXIT_STATUS=)
+        try:
+            pid = self.shell.spawn(spec, self.spawn_env.extra(name, spec))
+        except SpawnError as exc:
+            self._pending.append(SpawnFailed(name, str(exc)))
+            return
+        self._memory_poke = self._memory_poke or spec.max_memory is not None
+        two_step = bool(spec.agent) or spec.ready == "notify"
+        self._pending.append(Spawned(name, pid, ready=not two_step))
+
+    def _forget(self, name: str) -> None:
+        self.logs.forget(name)
+        self.reports.forget(name)
+        self.spawn_env.forget(name)
+        self.states.forget(name)
+        if self.broker is not None:
+            self.broker.forget(name)
+
+    # ---- what verbs and the broker ask ----
+
+    def wait(self, done: Callable[[], bool], answer: Callable[[], Any], reply: Reply) -> None:
+        self.waiters.wait(done, answer, reply)
+
+    def check_spawnable(self, spec: ChildSpec) -> None:
+        """Refuse an operator's start/attach of a command that cannot be spawned: each failed spawn counts as
+        a crash, so it would loop synchronously through the restart intensity and fail up to the root."""
+        for worker in _workers(spec):
+            try:
+                self.shell.check(worker)
+            except SpawnError as exc:
+                raise FoundationError(ErrorCode.SPAWN_FAILED, f"{worker.name}: {exc}") from None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "daemon": {
+                "pid": os.getpid(),
+                "version": version(),
+                "uptime_s": round(time.monotonic() - self.started_at, 3),
+                "runtime_dir": str(self.runtime_dir),
+                "state_dir": str(self.state_dir),
+                "zygote": self.shell.zygote.describe(),
+                "guardian": {"pid": self.shell.guardian.pid},
+            },
+            "tree": self.reports.with_reports(self.tree.snapshot()),
+            "broker": self.broker.stats() if self.broker is not None else None,
+        }
+
+
+def _workers(spec: ChildSpec) -> list[WorkerSpec]:
+    if isinstance(spec, SupervisorSpec):
+        return [worker for child in spec.children for worker in _workers(child)]
+    return [spec]
+
+
+def _has_agents(spec: SupervisorSpec) -> bool:
+    return any(_has_agents(c) if isinstance(c, SupervisorSpec) else bool(c.agent) for c in spec.children)
+

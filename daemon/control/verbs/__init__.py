@@ -1,0 +1,32 @@
+"""The registry of control verbs: one module per verb (its permission, daemon-side handler, CLI arguments and
+rendering), listed here in the order ``foundationctl --help`` shows them. The control server's handler table and
+permission sets and ``foundationctl``'s parser are both built from ``VERBS``; docs/protocol.md's verb list is
+checked against it by tests/test_verb_registry.py."""
+
+from __future__ import annotations
+
+from daemon.control.verbs import (
+    attach,
+    call,
+    detach,
+    logs,
+    reload,
+    restart,
+    send,
+    shutdown,
+    start,
+    state,
+    status,
+    stop,
+)
+from daemon.control.verbs.base import Verb
+
+VERBS: dict[str, Verb] = {
+    module.VERB.name: module.VERB
+    for module in (status, start, stop, restart, attach, detach, shutdown, send, call, state, reload, logs)
+}
+
+# Verbs later issues will add that a control_group member may already use (they answer unknown_verb until then).
+FUTURE_READ_VERBS = frozenset({"metrics", "events", "doctor", "flags"})
+READ_VERBS = frozenset({v.name for v in VERBS.values() if v.access == "read"}) | FUTURE_READ_VERBS
+QUIET_VERBS = frozenset(v.name for v in VERBS.values() if v.access == "quiet")

@@ -1,0 +1,73 @@
+"""``attach``: add a child to a running supervisor (OTP's start_child).
+
+Wire: ``{"verb": "attach", "args": {"parent": SUP, "spec": {...config keys...}}}`` -> ``{"name", "state", "pid"}``
+once its first start has settled. CLI: ``foundationctl attach NAME [--parent SUP] [--restart TYPE] [--json]
+(-- COMMAND... | --agent MODULE:CLASS)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from daemon.config import ConfigError, child_spec_from_dict
+from daemon.control.cli_common import EXIT_OK, PROG, add_json, print_result
+from daemon.control.verbs.base import Reply, Verb
+from daemon.control.verbs.lifecycle import Context, describe, parked
+from daemon.core.states import State
+from ipc.control import ControlClient, Request
+from ipc.errors import ErrorCode, FoundationError
+
+RESTART_TYPES = ("permanent", "transient", "temporary")
+USAGE = f"{PROG} attach NAME [--parent SUP] [--restart TYPE] [--json] (-- COMMAND... | --agent MODULE:CLASS)"
+
+
+def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
+    parent = req.args.get("parent", "root")
+    if not isinstance(parent, str):
+        raise FoundationError(ErrorCode.BAD_REQUEST, "'parent' must be a string")
+    try:
+        spec = child_spec_from_dict(req.args.get("spec"), key="spec")
+    except ConfigError as exc:
+        raise FoundationError(ErrorCode.INVALID_SPEC, str(exc)) from None
+    ctx.check_spawnable(spec)
+    ctx.apply(ctx.tree.attach(parent, spec))
+    node = ctx.tree.find(spec.name)
+    ctx.wait(lambda: (node.incarnation > 0 and node.state is not State.STARTING) or parked(node),
+             lambda: describe(node), reply)
+
+
+def setup(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the new child's name")
+    parser.add_argument("--parent", metavar="SUP", default="root", help="supervisor to attach to (root)")
+    parser.add_argument(
+        "--restart", metavar="TYPE", choices=RESTART_TYPES, help="permanent|transient|temporary"
+    )
+    parser.add_argument("--agent", metavar="MODULE:CLASS", help="run a Python agent instead of a command")
+    add_json(parser)
+    parser.epilog = "Everything after -- is the command, passed as is: options there belong to it."
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.tail and args.agent:
+        parser.error("give either -- COMMAND... or --agent MODULE:CLASS, not both")
+    if not args.tail and not args.agent:
+        parser.error("a command (-- COMMAND...) or --agent MODULE:CLASS is required")
+
+
+def run(client: ControlClient, args: argparse.Namespace) -> int:
+    spec: dict[str, Any] = {"name": args.name}
+    if args.agent:
+        spec["agent"] = args.agent
+    else:
+        spec["command"] = list(args.tail)
+    if args.restart:
+        spec["restart"] = args.restart
+    result = client.request("attach", parent=args.parent, spec=spec)
+    name = result.get("name", args.name) if isinstance(result, dict) else args.name
+    print_result(args, result, lambda: f"attached {name} to {args.parent}")
+    return EXIT_OK
+
+
+VERB = Verb("attach", "add a child to a running supervisor", "write", handle, run, setup=setup, check=check,
+            takes_tail=True, usage=USAGE)

@@ -1,0 +1,152 @@
+"""``status``: the daemon and its supervision tree (DESIGN 3.3).
+
+Wire: ``{"verb": "status"}`` -> ``{"daemon": {...}, "tree": {...}, "broker": {...}}``.
+CLI: ``foundationctl status [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any, Protocol
+
+from daemon.control.cli_common import EXIT_OK, add_json, print_result
+from daemon.control.verbs.base import Reply, Verb
+from ipc.control import ControlClient, Request
+
+COMMAND_DISPLAY_MAX = 48  # a worker's command is shown in `status`, shortened past this many characters
+
+
+class Context(Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+
+def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
+    reply(ctx.status())
+
+
+def run(client: ControlClient, args: argparse.Namespace) -> int:
+    result = client.request("status")
+    print_result(args, result, lambda: render_status(result))
+    return EXIT_OK
+
+
+Row = tuple[str, str, list[str]]  # (tree prefix + name, node type, the remaining cells)
+
+
+
+
+
+def render_status(result: dict[str, Any]) -> str:
+    """Render a ``status`` result (DESIGN 3.3) as a header line and an aligned tree.
+
+    A pure function so the layout is tested without a daemon. Missing or null fields print as ``-``:
+    a stopped worker has no pid and no uptime, and a newer daemon may omit or add keys.
+    """
+    daemon = result.get("daemon") or {}
+    header = (
+        f"foundationd pid {_dash(daemon.get('pid'))}, version {_dash(daemon.get('version'))}, "
+        f"up {format_duration(daemon.get('uptime_s'))}{_zygote(daemon.get('zygote'))}"
+    )
+    rows: list[Row] = []
+    tree = result.get("tree")
+    if isinstance(tree, dict):
+        _collect(tree, "", "", rows)
+    name_width = max((len(label) for label, _, _ in rows), default=0)
+    widths: dict[str, list[int]] = {}
+    for _, kind, cells in rows:
+        kind_widths = widths.setdefault(kind, [])
+        for i, cell in enumerate(cells):
+            if i == len(kind_widths):
+                kind_widths.append(0)
+            kind_widths[i] = max(kind_widths[i], len(cell))
+    lines = [header]
+    for label, kind, cells in rows:
+        padded = [cell.ljust(width) for cell, width in zip(cells, widths[kind], strict=False)]
+        lines.append("  ".join([label.ljust(name_width), *padded]).rstrip())
+    return "\n".join(lines)
+
+
+def _collect(node: dict[str, Any], own_prefix: str, child_indent: str, rows: list[Row]) -> None:
+    """Depth-first: one row per node; workers and supervisors are aligned among their own kind."""
+    label = own_prefix + str(node.get("name", "?"))
+    if node.get("type") == "supervisor":
+        cells = [
+            _dash(node.get("strategy")),
+            _dash(node.get("state")),
+            f"restarts {_dash(node.get('restarts'))} ({_dash(node.get('intensity'))} in "
+            f"{_period(node.get('period'))})",
+        ]
+        rows.append((label, "supervisor", cells))
+        children = [child for child in node.get("children") or [] if isinstance(child, dict)]
+        for i, child in enumerate(children):
+            last = i == len(children) - 1
+            branch, indent = ("└─ ", "   ") if last else ("├─ ", "│  ")
+            _collect(child, child_indent + branch, child_indent + indent, rows)
+    else:
+        cells = [
+            _dash(node.get("state")),
+            f"pid {_dash(node.get('pid'))}",
+            f"up {format_duration(node.get('uptime_s'))}",
+            f"restarts {_dash(node.get('restarts'))}",
+            _dash(node.get("restart")),
+            _what(node) + _reported(node),
+        ]
+        rows.append((label, "worker", cells))
+
+
+def _reported(node: dict[str, Any]) -> str:
+    """What a notify child said of itself (STATUS=, ERRNO=, EXIT_STATUS=), after its command."""
+    said = [f'"{node["status"]}"'] if isinstance(node.get("status"), str) else []
+    said += [f"{key} {node[key]}" for key in ("errno", "exit_status") if isinstance(node.get(key), int)]
+    return "  " + ", ".join(said) if said else ""
+
+
+def _zygote(zygote: object) -> str:
+    """The agent fork server, when it runs: its state, pid and spares (agents-to-be forked ahead of time)."""
+    if not isinstance(zygote, dict) or zygote.get("state") not in ("booting", "ready"):
+        return ""
+    spares = zygote.get("spares") if isinstance(zygote.get("spares"), list) else []
+    return f"; zygote {zygote['state']} (pid {_dash(zygote.get('pid'))}, {len(spares)} spare{'s' * (len(spares) != 1)})"
+
+
+def _what(node: dict[str, Any]) -> str:
+    """What a worker runs: its agent class or its command line, shortened so rows stay on one line."""
+    if node.get("agent"):
+        text = f"agent {node['agent']}"
+    elif node.get("command"):
+        command = node["command"]
+        text = shlex.join(str(part) for part in command) if isinstance(command, list) else str(command)
+    else:
+        return ""
+    if len(text) > COMMAND_DISPLAY_MAX:
+        text = text[: COMMAND_DISPLAY_MAX - 1] + "…"
+    return text
+
+
+def format_duration(seconds: float | None) -> str:
+    """``12s``, ``3m12s``, ``2h05m``, ``3d04h``: two units are enough to read a tree at a glance."""
+    if seconds is None or not isinstance(seconds, int | float):
+        return "-"
+    total = max(int(seconds), 0)
+    days, rem = divmod(total, 86400)
+    hours, rem = divmod(rem, 3600)
+    minutes, secs = divmod(rem, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _period(value: Any) -> str:
+    return f"{value:g}s" if isinstance(value, int | float) else "-"
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+VERB = Verb("status", "show the daemon and its supervision tree", "read", handle, run, setup=add_json)
