@@ -131,6 +131,8 @@ class App:
         self.control = ControlServer(self.runtime_dir, handlers, self.loop, self.config.control_group)
         log.info("foundationd %s (pid %d) starting; control socket %s", version(), os.getpid(), self.control.path)
         self.systemd.start_watchdog()
+        if not self.config.root.children:
+            log.warning("the config has no children: the tree is empty (add [[supervisor.children]], or attach)")
         try:
             if self.shell.zygote.state == "booting":  # the tree's agents start from spares, not by exec
                 self.shell.zygote.wait_for_spare(forkserver.BOOT_WAIT)

@@ -35,14 +35,17 @@ def _prepare_dir(path: Path, mode: int) -> None:
         path.chmod(mode)
 
 
-def _lock_runtime_dir(runtime_dir: Path) -> int:
-    """One daemon per runtime directory: a second one would steal the control socket."""
-    fd = os.open(runtime_dir / "foundationd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _lock(directory: Path, what: str) -> int:
+    """One daemon per runtime directory (a second would steal the control socket) and per state directory (two
+    brokers on one outbox, two counters on one agent's state). flock: released by the kernel when we die."""
+    fd = os.open(directory / "foundationd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise SystemExit(f"foundationd: another foundationd is running with runtime dir {runtime_dir}") from None
+        message = f"foundationd: another foundationd (pid {holder}) is running with {what} {directory}"
+        raise SystemExit(message) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
@@ -106,12 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"foundationd: cannot prepare directories: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    lock_fd = _lock_runtime_dir(runtime_dir)
+    locks = [_lock(runtime_dir, "runtime dir")]
+    try:
+        if state_dir.resolve() != runtime_dir.resolve():
+            locks.append(_lock(state_dir, "state dir"))
+    except SystemExit:
+        os.close(locks[0])
+        raise
     _raise_fd_limit()
     try:
         return App(config, runtime_dir, state_dir, sinks, config_path=args.config).run()
     finally:
-        os.close(lock_fd)
+        for fd in locks:
+            os.close(fd)
 
 
 if __name__ == "__main__":

@@ -243,7 +243,7 @@ def test_stop_start_restart_by_name(daemon: DaemonProcess) -> None:
         started = client.request("start", name="x")
         assert started["state"] == "running"
         assert started["pid"] not in (None, first)
-        assert client.request("start", name="x") == started  # already running: nothing happens
+        assert client.request("start", name="x") == {**started, "already": True}  # running: nothing happens
         restarted = client.request("restart", name="x")
         assert restarted["state"] == "running"
         assert restarted["pid"] != started["pid"]

@@ -19,6 +19,7 @@ Python callers can use it directly.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import orjson
@@ -104,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_DAEMON_ERROR
     except ControlUnreachable as exc:
+        if isinstance(exc.__cause__, PermissionError):  # the socket's mode refused us: the daemon runs, we may not
+            print(f"error: permission_denied: uid {os.getuid()} may not use {path}: allowed are root, the daemon's "
+                  "user and, for read verbs, members of its control_group", file=sys.stderr)
+            return EXIT_DAEMON_ERROR
         print(f"error: cannot reach foundationd at {path}: {_reason(exc)}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except orjson.JSONDecodeError as exc:

@@ -165,7 +165,9 @@ class ControlServer:
             return
         if verb in READ_VERBS and self._read_gid is not None and self._in_group(peer, self._read_gid):
             return
-        raise FoundationError(ErrorCode.PERMISSION_DENIED, f"uid {peer.uid} may not use {verb!r}")
+        group = f", and members of gid {self._read_gid} for read verbs" if self._read_gid is not None else ""
+        raise FoundationError(ErrorCode.PERMISSION_DENIED, f"uid {peer.uid} may not use {verb!r}: allowed are root, "
+                              f"uid {os.getuid()} (the daemon's user){group} (control_group)")
 
     @staticmethod
     def _in_group(peer: Peer, gid: int) -> bool:

@@ -36,6 +36,12 @@ def setup(parser: argparse.ArgumentParser) -> None:
     add_json(parser)
 
 
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not 0 < args.timeout <= 3600:
+        parser.error("--timeout must be a number of seconds in (0, 3600]")
+    check_json(parser, args)
+
+
 def run(client: ControlClient, args: argparse.Namespace) -> int:
     result = client.request("call", name=args.name, body=args.parsed_body, timeout=args.timeout)
     reply = result.get("reply") if isinstance(result, dict) else result
@@ -46,4 +52,4 @@ def run(client: ControlClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-VERB = Verb("call", "ask an agent and print its reply", "quiet", handle, run, setup=setup, check=check_json)
+VERB = Verb("call", "ask an agent and print its reply", "quiet", handle, run, setup=setup, check=check)

@@ -30,8 +30,8 @@ def act_on_node(ctx: Context, req: Request, reply: Reply) -> None:
     node = ctx.tree.find(name)
     before = node.incarnation
     if req.verb == "start" and node.state is State.RUNNING:
-        reply(describe(node))
-        return
+        reply({**describe(node), "already": True})  # nothing was started: say so (supervisorctl: ERROR (already
+        return  # started)); still exit 0, as systemctl start of an active unit
     if req.verb in ("start", "restart") and node.parent is not None:
         ctx.check_spawnable(node.spec)
     ctx.apply(ctx.tree.request(req.verb, name))
@@ -60,6 +60,10 @@ def run_lifecycle(verb: str, past: str, expected_state: str) -> Run:
 
     def run(client: ControlClient, args: argparse.Namespace) -> int:
         result = client.request(verb, name=args.name)
+        if isinstance(result, dict) and result.get("already"):
+            pid = f" (pid {result['pid']})" if result.get("pid") is not None else ""
+            print_result(args, result, lambda: f"{result.get('name', args.name)} was already running{pid}")
+            return EXIT_OK
         print_result(args, result, lambda: confirm(past, result, args.name, expected_state))
         return EXIT_OK
 

@@ -1,8 +1,10 @@
 """``logs``: a child's recent output (also ``(zygote)`` and ``(guardian)``); with ``follow``, then every new line.
+For a supervisor (and without a name: the root), the output of every worker under it, merged in time order, each
+line prefixed with its child's name (``ticker | tick 3``).
 
 Wire: ``{"verb": "logs", "args": {"name": NAME, "lines": N, "follow": bool}}`` -> ``{"name", "lines": [{"t",
 "line"}], "more": bool}``, then with ``follow`` one more reply per batch of new lines.
-CLI: ``foundationctl logs NAME [-n N] [-f] [--json]``.
+CLI: ``foundationctl logs [NAME] [-n N] [-f] [--json]``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import orjson
 
 from daemon.control.cli_common import EXIT_OK, add_json, print_result
 from daemon.control.verbs.base import Reply, Verb, str_arg
-from daemon.core.tree import SupervisionTree
+from daemon.core.tree import AnyNode, SupervisionTree, Supervisor, Worker
 from daemon.shell.forkserver import NAME as ZYGOTE_NAME
 from daemon.shell.process import GUARDIAN_NAME
 from ipc.control import ControlClient, Request
@@ -33,12 +35,16 @@ class Context(Protocol):
 
 
 def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
-    name = str_arg(req.args, "name")
-    if ctx.tree.find_quiet(name) is None and name not in (ZYGOTE_NAME, GUARDIAN_NAME):
+    name = str_arg(req.args, "name") if "name" in req.args else ctx.tree.root.name
+    node = ctx.tree.find_quiet(name)
+    if node is None and name not in (ZYGOTE_NAME, GUARDIAN_NAME):
         raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no child named {name!r}")
     count = req.args.get("lines", 50)
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise FoundationError(ErrorCode.BAD_REQUEST, "'lines' must be a non-negative integer")
+    if isinstance(node, Supervisor):
+        _merged(ctx, name, _workers(node), count, follow=bool(req.args.get("follow")), reply=reply)
+        return
     tail = [{"t": t, "line": line} for t, line in ctx.logs.tail(name, count)]
     alive = reply({"name": name, "lines": tail, "more": bool(req.args.get("follow"))})
     if req.args.get("follow") and alive is not False:
@@ -47,8 +53,27 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
         )
 
 
+def _merged(ctx: Context, name: str, children: list[str], count: int, *, follow: bool, reply: Reply) -> None:
+    """The last ``count`` lines of all ``children`` together, oldest first, each with its child's name."""
+    lines = sorted((t, child, line) for child in children for t, line in ctx.logs.tail(child, count))
+    tail = [{"t": t, "child": child, "line": f"{child} | {line}"} for t, child, line in lines[-count:] if count]
+    alive = reply({"name": name, "lines": tail, "more": follow})
+    if not follow or alive is False:
+        return
+    for child in children:
+        ctx.logs.follow(child, lambda new, c=child: reply(
+            {"name": name, "lines": [{"child": c, "line": f"{c} | {x}"} for x in new]}) is not False)
+
+
+def _workers(node: AnyNode) -> list[str]:
+    if isinstance(node, Worker):
+        return [node.name]
+    return [name for child in node.children for name in _workers(child)]
+
+
 def setup(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="the child")
+    parser.add_argument("name", metavar="NAME", nargs="?",
+                        help="the child; a supervisor (or none: the whole tree) merges its children's output")
     parser.add_argument("-n", "--lines", type=int, default=50, metavar="N", help="how many recent lines (50)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until interrupted")
     add_json(parser)
@@ -58,14 +83,19 @@ def run(client: ControlClient, args: argparse.Namespace) -> int:
     if args.lines < 0:
         raise FoundationError(ErrorCode.BAD_REQUEST, "-n must be >= 0")
     if not args.follow:
-        result = client.request("logs", name=args.name, lines=args.lines)
+        result = client.request("logs", lines=args.lines, **_name(args))
         print_result(args, result, lambda: "\n".join(entry["line"] for entry in result["lines"]))
         return EXIT_OK
     client.settimeout(None)  # following waits for output as long as it takes
-    for result in client.stream("logs", name=args.name, lines=args.lines, follow=True):
+    for result in client.stream("logs", lines=args.lines, follow=True, **_name(args)):
         for entry in result["lines"]:
             print(orjson.dumps(entry).decode() if getattr(args, "json", False) else entry["line"], flush=True)
     return EXIT_OK
 
 
-VERB = Verb("logs", "show a child's recent output", "read", handle, run, setup=setup)
+def _name(args: argparse.Namespace) -> dict[str, str]:
+    return {"name": args.name} if args.name is not None else {}
+
+
+VERB = Verb("logs", "show a child's recent output (a supervisor's: its children's, merged)", "read", handle, run,
+            setup=setup)

@@ -1,0 +1,102 @@
+"""Issue 11's operator defects in the daemon's own verbs and entry point, each against a real daemon: a second
+daemon on one state directory, `start` of a running child, `logs` of a supervisor, `call --timeout 0`, an empty
+config, and a peer the socket refuses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agents.testing import DaemonProcess, wait_for
+from daemon.control import cli
+
+FOUNDATIONCTL = str(Path(sys.executable).with_name("foundationctl"))
+SLEEPER = f"""
+[[supervisor.children]]
+name = "pipeline"
+[[supervisor.children.children]]
+name = "one"
+command = ["{sys.executable}", "-u", "-c", "import time; print('one says hi'); time.sleep(1000)"]
+[[supervisor.children.children]]
+name = "two"
+command = ["{sys.executable}", "-u", "-c", "import time; print('two says hi'); time.sleep(1000)"]
+"""
+
+
+def ctl(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FOUNDATION_RUNTIME_DIR", "RUNTIME_DIRECTORY")}
+    return subprocess.run([FOUNDATIONCTL, "--runtime-dir", str(daemon.runtime_dir), *args], capture_output=True,
+                          text=True, timeout=30, check=False, env=env)
+
+
+def test_a_second_daemon_on_the_same_state_directory_exits_with_a_clear_error(start_daemon, tmp_path: Path) -> None:
+    first: DaemonProcess = start_daemon(SLEEPER)
+    second = DaemonProcess(tmp_path, SLEEPER, name="second")
+    second.state_dir = first.state_dir  # its own runtime directory, the first one's state
+    second.start(wait=False)
+    assert second.wait_exit() != 0
+    assert f"another foundationd (pid {first.proc.pid}) is running with state dir {first.state_dir}" in second.log()
+    assert first.status()["tree"]["state"] == "running"
+    second.stop()
+
+
+def test_start_of_a_running_child_says_it_was_already_running(start_daemon) -> None:
+    d: DaemonProcess = start_daemon(SLEEPER)
+    pid = d.wait_running("one")
+    out = ctl(d, "start", "one")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"one was already running (pid {pid})"
+    assert d.pid("one") == pid
+
+
+def test_logs_of_a_supervisor_and_without_a_name_merge_its_workers_output(start_daemon) -> None:
+    d: DaemonProcess = start_daemon(SLEEPER)
+    d.wait_running("two")
+    wait_for(lambda: "two says hi" in ctl(d, "logs", "two").stdout, what="two's output")
+    for args in (("logs", "pipeline"), ("logs",)):
+        wait_for(lambda a=args: {"one | one says hi", "two | two says hi"} <= set(ctl(d, *a).stdout.splitlines()),
+                 what=f"merged output of {args}")
+
+
+def test_call_with_a_zero_timeout_is_a_usage_error(start_daemon) -> None:
+    d: DaemonProcess = start_daemon(SLEEPER)
+    out = ctl(d, "call", "one", "{}", "--timeout", "0")
+    assert out.returncode == 2
+    assert "--timeout must be a number of seconds in (0, 3600]" in out.stderr
+
+
+def test_an_empty_config_starts_with_a_warning(start_daemon) -> None:
+    d: DaemonProcess = start_daemon("[supervisor]\nstrategy = 'one_for_one'\n")
+    d.wait_log("the config has no children: the tree is empty")
+    assert d.status()["tree"]["children"] == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another user")
+def test_a_peer_the_socket_refuses_gets_exit_1_and_who_is_allowed(start_daemon) -> None:
+    """foundationctl runs in a forked child that became nobody (in-process: nobody may not be able to exec this
+    venv's scripts, e.g. under a 0700 /root); its connect is refused by the directory's and socket's modes."""
+    d: DaemonProcess = start_daemon(SLEEPER)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: become nobody, run the CLI's main, report through the pipe
+        code = 99
+        try:
+            sys.stderr = os.fdopen(write_end, "w")  # (pytest has replaced sys.stderr in this process)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            code = cli.main(["--runtime-dir", str(d.runtime_dir), "status"])
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as err:
+        stderr = err.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 1, stderr
+    assert "error: permission_denied:" in stderr
+    assert "allowed are root" in stderr
