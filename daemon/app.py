@@ -259,6 +259,9 @@ class App:
 
     # ---- what verbs and the broker ask ----
 
+    def send_signal(self, pid: int, sig: int) -> None:
+        self.shell.signal(pid, sig)
+
     def wait(self, done: Callable[[], bool], answer: Callable[[], Any], reply: Reply) -> None:
         self.waiters.wait(done, answer, reply)
 

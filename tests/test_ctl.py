@@ -191,7 +191,7 @@ def test_format_duration(seconds: float | None, text: str) -> None:
         [],
         ["bogus"],
         ["start"],
-        ["start", "a", "b"],
+        ["detach", "a", "b"],
         ["status", "--bogus"],
         ["attach", "worker"],
         ["attach", "worker", "--"],

@@ -100,3 +100,40 @@ def test_a_peer_the_socket_refuses_gets_exit_1_and_who_is_allowed(start_daemon) 
     assert os.waitstatus_to_exitcode(status) == 1, stderr
     assert "error: permission_denied:" in stderr
     assert "allowed are root" in stderr
+
+
+def test_status_pid_and_signal_of_one_child(start_daemon) -> None:
+    d: DaemonProcess = start_daemon(SLEEPER)
+    pid = d.wait_running("one")
+    out = ctl(d, "status", "pipeline")
+    assert out.returncode == 0, out.stderr
+    assert "pipeline" in out.stdout
+    assert f"pid {pid}" in out.stdout
+    assert "root" not in out.stdout.split("\n", 1)[1]
+    assert ctl(d, "status", "nosuch").returncode == 1
+    assert ctl(d, "pid", "one").stdout.strip() == str(pid)
+    assert ctl(d, "pid").stdout.strip() == str(d.proc.pid)
+    out = ctl(d, "signal", "one", "KILL")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"sent SIGKILL to one (pid {pid})"
+    d.wait_running("one", not_pid=pid)  # died of it; restarted as after any crash
+    assert d.node("one")["restarts"] == 1
+    assert ctl(d, "signal", "one", "NOPE").returncode == 2
+
+
+def test_restart_of_several_names_all_and_a_supervisors_children(start_daemon) -> None:
+    d: DaemonProcess = start_daemon(SLEEPER)
+    one, two = d.wait_running("one"), d.wait_running("two")
+    out = ctl(d, "restart", "pipeline/*")
+    assert out.returncode == 0, out.stderr
+    assert [line.split()[:2] for line in out.stdout.splitlines()] == [["restarted", "one"], ["restarted", "two"]]
+    assert d.pid("one") != one
+    assert d.pid("two") != two
+    out = ctl(d, "stop", "two", "nosuch", "one")
+    assert out.returncode == 1
+    assert "error: no_such_child: nosuch:" in out.stderr
+    assert d.node("one")["state"] == d.node("two")["state"] == "stopped"  # the others were carried out
+    out = ctl(d, "start", "all")
+    assert out.returncode == 0, out.stderr
+    assert [line.split()[:2] for line in out.stdout.splitlines()] == [["started", "one"], ["started", "two"]]
+    assert d.node("one")["state"] == d.node("two")["state"] == "running"

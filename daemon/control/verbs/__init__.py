@@ -10,10 +10,12 @@ from daemon.control.verbs import (
     call,
     detach,
     logs,
+    pid,
     reload,
     restart,
     send,
     shutdown,
+    signal,
     start,
     state,
     status,
@@ -23,7 +25,7 @@ from daemon.control.verbs.base import Verb
 
 VERBS: dict[str, Verb] = {
     module.VERB.name: module.VERB
-    for module in (status, start, stop, restart, attach, detach, shutdown, send, call, state, reload, logs)
+    for module in (status, start, stop, restart, signal, pid, attach, detach, shutdown, send, call, state, reload, logs)
 }
 
 # Verbs later issues will add that a control_group member may already use (they answer unknown_verb until then).

@@ -4,16 +4,19 @@ settled, and the CLI's one-line confirmation (``restarted ticker (pid 4301)``)."
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from daemon.control.cli_common import EXIT_OK, print_result
+from daemon.control.cli_common import EXIT_DAEMON_ERROR, EXIT_OK, add_json, print_result
 from daemon.control.verbs.base import Reply, Run, str_arg
+from daemon.control.verbs.status import find_entry
 from daemon.core.protocol import Action
 from daemon.core.spec import ChildSpec
 from daemon.core.states import DOWN, State
 from daemon.core.tree import AnyNode, SupervisionTree
 from ipc.control import ControlClient, Request
+from ipc.errors import ErrorCode, FoundationError
 
 
 class Context(Protocol):
@@ -55,19 +58,70 @@ def parked(node: AnyNode) -> bool:
     return node.state in DOWN and node.parent is not None and node.parent.state in DOWN
 
 
+def setup_names(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", metavar="NAME", nargs="+",
+                        help="children; 'all' is every worker of the tree, 'SUP/*' every child of SUP")
+    add_json(parser)
+
+
+def expand(client: ControlClient, names: list[str]) -> list[str]:
+    """``all`` (every worker of the tree, as supervisorctl's ``all`` is every process) and ``SUP/*`` (the children
+    of SUP) into the names they stand for, from one status; other names as given, in order, each once."""
+    if not any(n == "all" or n.endswith("/*") for n in names):
+        return names
+    tree = client.request("status")["tree"]
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            out += _worker_names(tree)
+        elif name.endswith("/*"):
+            parent = find_entry(tree, name[:-2])
+            if parent is None:
+                raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no supervisor named {name[:-2]!r}")
+            out += [c["name"] for c in parent.get("children", ())]
+        else:
+            out.append(name)
+    return list(dict.fromkeys(out))
+
+
+def _worker_names(entry: dict[str, Any]) -> list[str]:
+    if entry.get("type") != "supervisor":
+        return [entry["name"]]
+    return [n for child in entry.get("children", ()) for n in _worker_names(child)]
+
+
 def run_lifecycle(verb: str, past: str, expected_state: str) -> Run:
-    """The CLI half of the verbs that act on one child and answer ``{name, state, pid}``."""
+    """The CLI half of the verbs that act on children and answer ``{name, state, pid}``: one request per name,
+    one line per name; exit 1 if any failed (the others are still carried out, as supervisorctl does)."""
 
     def run(client: ControlClient, args: argparse.Namespace) -> int:
-        result = client.request(verb, name=args.name)
-        if isinstance(result, dict) and result.get("already"):
-            pid = f" (pid {result['pid']})" if result.get("pid") is not None else ""
-            print_result(args, result, lambda: f"{result.get('name', args.name)} was already running{pid}")
-            return EXIT_OK
-        print_result(args, result, lambda: confirm(past, result, args.name, expected_state))
-        return EXIT_OK
+        names = expand(client, args.names)
+        results: list[Any] = []
+        failed = False
+        for name in names:
+            try:
+                result = client.request(verb, name=name)
+            except FoundationError as exc:
+                if len(names) == 1:
+                    raise
+                failed = True
+                print(f"error: {exc.code}: {name}: {exc.message}", file=sys.stderr)
+                continue
+            results.append(result)
+            if not getattr(args, "json", False):
+                print(_line(past, result, name, expected_state))
+        if getattr(args, "json", False):
+            print_result(args, results[0] if len(names) == 1 and results else results, str)
+        return EXIT_DAEMON_ERROR if failed else EXIT_OK
 
     return run
+
+
+def _line(past: str, result: Any, name: str, expected_state: str) -> str:
+    if isinstance(result, dict) and result.get("already"):
+        pid = f" (pid {result['pid']})" if result.get("pid") is not None else ""
+        return f"{result.get('name', name)} was already running{pid}"
+    return confirm(past, result, name, expected_state)
 
 
 def confirm(past: str, result: Any, name: str, expected_state: str) -> str:

@@ -1,14 +1,14 @@
 """``restart``: stop a child and start it again.
 
 Wire: ``{"verb": "restart", "args": {"name": NAME}}`` -> ``{"name", "state", "pid"}`` once the child has settled
-(with ``"pending": true`` if it has not within 25 s). CLI: ``foundationctl restart NAME [--json]``.
+(with ``"pending": true`` if it has not within 25 s).
+CLI: ``foundationctl restart NAME... [--json]`` (``all``, ``SUP/*``).
 """
 
 from __future__ import annotations
 
-from daemon.control.cli_common import add_name
 from daemon.control.verbs.base import Reply, Verb
-from daemon.control.verbs.lifecycle import Context, act_on_node, run_lifecycle
+from daemon.control.verbs.lifecycle import Context, act_on_node, run_lifecycle, setup_names
 from ipc.control import Request
 
 
@@ -17,4 +17,4 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
 
 
 VERB = Verb("restart", "stop a child and start it again", "write", handle,
-            run_lifecycle("restart", "restarted", "running"), setup=add_name)
+            run_lifecycle("restart", "restarted", "running"), setup=setup_names)

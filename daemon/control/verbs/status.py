@@ -1,7 +1,8 @@
 """``status``: the daemon and its supervision tree (DESIGN 3.3).
 
-Wire: ``{"verb": "status"}`` -> ``{"daemon": {...}, "tree": {...}, "broker": {...}}``.
-CLI: ``foundationctl status [--json]``.
+Wire: ``{"verb": "status", "args": {"name"?: NAME}}`` -> ``{"daemon": {...}, "tree": {...}, "broker": {...}}``;
+with a name, ``tree`` is that child's entry (and its subtree).
+CLI: ``foundationctl status [NAME] [--json]``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import shlex
 from typing import Any, Protocol
 
 from daemon.control.cli_common import EXIT_OK, add_json, print_result
-from daemon.control.verbs.base import Reply, Verb
+from daemon.control.verbs.base import Reply, Verb, str_arg
 from ipc.control import ControlClient, Request
+from ipc.errors import ErrorCode, FoundationError
 
 COMMAND_DISPLAY_MAX = 48  # a worker's command is shown in `status`, shortened past this many characters
 
@@ -22,11 +24,33 @@ class Context(Protocol):
 
 
 def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
-    reply(ctx.status())
+    result = ctx.status()
+    if "name" in req.args:
+        name = str_arg(req.args, "name")
+        result["tree"] = find_entry(result["tree"], name)
+        if result["tree"] is None:
+            raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no child named {name!r}")
+    reply(result)
+
+
+def find_entry(node: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The status entry named ``name`` in a status tree, depth first."""
+    if node.get("name") == name:
+        return node
+    for child in node.get("children", ()):
+        found = find_entry(child, name)
+        if found is not None:
+            return found
+    return None
+
+
+def setup(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", nargs="?", help="one child (and its subtree); none: the whole tree")
+    add_json(parser)
 
 
 def run(client: ControlClient, args: argparse.Namespace) -> int:
-    result = client.request("status")
+    result = client.request("status", **({"name": args.name} if args.name else {}))
     print_result(args, result, lambda: render_status(result))
     return EXIT_OK
 
@@ -149,4 +173,4 @@ def _dash(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-VERB = Verb("status", "show the daemon and its supervision tree", "read", handle, run, setup=add_json)
+VERB = Verb("status", "show the daemon and its supervision tree (or one child)", "read", handle, run, setup=setup)
