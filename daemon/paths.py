@@ -17,6 +17,21 @@ def runtime_dir(flag: str | None = None, config_value: str | None = None) -> Pat
     )
 
 
+SYSTEMD_RUNTIME_DIR = Path("/run/foundation")  # RuntimeDirectory=foundation in systemd/foundation.service
+
+
+def client_runtime_dirs(flag: str | None = None, config_value: str | None = None) -> list[Path]:
+    """Where ``foundationctl`` looks for the daemon, in order. An explicit choice (flag, FOUNDATION_RUNTIME_DIR,
+    RUNTIME_DIRECTORY) is the only candidate; otherwise the config's ``runtime_dir`` (with ``--config``), the
+    per-user default, and the systemd unit's directory: an operator's shell has neither the unit's environment
+    nor, under sudo, the same XDG_RUNTIME_DIR as the daemon."""
+    explicit = flag or os.environ.get("FOUNDATION_RUNTIME_DIR") or _first(os.environ.get("RUNTIME_DIRECTORY"))
+    if explicit:
+        return [Path(explicit)]
+    found = [Path(config_value)] if config_value else []
+    return list(dict.fromkeys([*found, _xdg_runtime(), SYSTEMD_RUNTIME_DIR]))
+
+
 def state_dir(flag: str | None = None, config_value: str | None = None) -> Path:
     return Path(
         flag

@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import orjson
 
+from daemon.config import ConfigError, load_config
 from daemon.control.cli_common import (
     EXIT_DAEMON_ERROR,
     EXIT_OK,
@@ -33,10 +35,11 @@ from daemon.control.cli_common import (
     Parser,
     ParserExit,
 )
+from daemon.control import completion
 from daemon.control.verbs import VERBS
 from daemon.control.verbs.base import Verb
 from daemon.control.verbs.status import format_duration, render_status
-from daemon.paths import runtime_dir
+from daemon.paths import client_runtime_dirs
 from ipc.control import SOCKET_NAME, ControlClient, ControlUnreachable
 from ipc.errors import FoundationError
 
@@ -46,9 +49,10 @@ __all__ = ["EXIT_DAEMON_ERROR", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "VE
 
 def _global_parser() -> Parser:
     verbs = "\n".join(f"  {verb.name:<10} {verb.help}" for verb in VERBS.values())
+    verbs += f"\n  {'completion':<10} print a shell completion script (bash or zsh)"
     parser = Parser(
         prog=PROG,
-        usage="%(prog)s [-h] [--runtime-dir DIR] VERB [ARGS...]",
+        usage="%(prog)s [-h] [--runtime-dir DIR | --config FILE] VERB [ARGS...]",
         description="Control a running foundationd over its control socket.",
         epilog=f"verbs:\n{verbs}\n\n'{PROG} VERB --help' shows a verb's arguments.\n"
         "exit codes: 0 ok, 1 the daemon answered with an error, 2 usage, 3 the daemon cannot be reached.",
@@ -57,9 +61,11 @@ def _global_parser() -> Parser:
     parser.add_argument(
         "--runtime-dir",
         metavar="DIR",
-        help="the daemon's runtime directory (default: FOUNDATION_RUNTIME_DIR, RUNTIME_DIRECTORY, "
-        "$XDG_RUNTIME_DIR/foundation, /tmp/foundation-UID)",
+        help="the daemon's runtime directory (default: FOUNDATION_RUNTIME_DIR, RUNTIME_DIRECTORY, else the first "
+        "with a control socket of: --config's runtime_dir, $XDG_RUNTIME_DIR/foundation or /tmp/foundation-UID, "
+        "/run/foundation)",
     )
+    parser.add_argument("--config", metavar="FILE", help="foundationd's config: use its [daemon] runtime_dir")
     parser.add_argument("verb", metavar="VERB", choices=list(VERBS), help="one of: " + ", ".join(VERBS))
     rest = parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     rest.required = False  # Python 3.11 marks a REMAINDER positional required; a verb may have no args
@@ -85,6 +91,7 @@ def parse_args(argv: list[str]) -> tuple[Verb, argparse.Namespace]:
     parser = _verb_parser(verb)
     args = parser.parse_args(rest)
     args.runtime_dir = top.runtime_dir
+    args.config = top.config
     args.tail = tail
     if verb.check is not None:
         verb.check(parser, args)
@@ -93,11 +100,14 @@ def parse_args(argv: list[str]) -> tuple[Verb, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``foundationctl`` invocation and return its exit code (the console script exits with it)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["completion"]:  # local: prints a script, needs no daemon
+        return _completion(argv[1:])
     try:
-        verb, args = parse_args(sys.argv[1:] if argv is None else list(argv))
+        verb, args = parse_args(argv)
     except ParserExit as exc:
         return exc.status
-    path = runtime_dir(args.runtime_dir) / SOCKET_NAME
+    path = _socket_path(args)
     try:
         with ControlClient(str(path)) as client:
             return verb.run(client, args)
@@ -117,6 +127,29 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return 130  # the shell's convention for SIGINT; a traceback would only hide the reason
+
+
+def _completion(argv: list[str]) -> int:
+    parser = Parser(prog=f"{PROG} completion", description="print a shell completion script")
+    completion.setup(parser)
+    try:
+        args = parser.parse_args(argv)
+    except ParserExit as exc:
+        return exc.status
+    print(completion.script(args.shell, VERBS), end="")
+    return EXIT_OK
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    """The first candidate directory whose control socket exists (else the first, for the error message)."""
+    config_dir = None
+    if args.config:
+        try:
+            config_dir = load_config(args.config).runtime_dir
+        except (ConfigError, OSError) as exc:
+            print(f"warning: cannot read {args.config}: {exc}", file=sys.stderr)
+    candidates = [d / SOCKET_NAME for d in client_runtime_dirs(args.runtime_dir, config_dir)]
+    return next((p for p in candidates if p.exists()), candidates[0])
 
 
 def _reason(exc: ControlUnreachable) -> str:
