@@ -15,37 +15,17 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+from helpers import CHILDREN, SLEEP, ctl, in_log, started_at
 
-from agents.testing import DaemonProcess, wait_for
+from agents.testing import wait_for
 from ipc.errors import FoundationError
-
-CHILDREN = Path(__file__).parent / "children"
-SLEEP = json.dumps(["sleep", "1000"])
-FOUNDATIONCTL = str(Path(sys.executable).with_name("foundationctl"))
 
 
 def sd_child(*args: object) -> str:
     """A TOML command array running tests/children/sd_child.py with these options."""
     return json.dumps([sys.executable, str(CHILDREN / "sd_child.py"), *map(str, args)])
-
-
-def started_at(pid: int) -> float:
-    """When the process was created, in CLOCK_BOOTTIME seconds (truncated to a clock tick)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-
-def in_log(daemon: DaemonProcess, text: str, count: int = 1, timeout: float = 10) -> None:
-    wait_for(lambda: daemon.log().count(text) >= count, timeout=timeout, what=f"{text!r} in the daemon log")
-
-
-def ctl(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([FOUNDATIONCTL, "--runtime-dir", str(daemon.runtime_dir), *args],
-                          capture_output=True, text=True, timeout=40, check=False)
 
 
 # ---- READY=1 ----

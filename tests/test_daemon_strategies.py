@@ -6,24 +6,14 @@ log, exactly which children were restarted (new pids) and which were left alone 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from helpers import SLEEP, script
+
 from agents.testing import DaemonProcess, exited, wait_for
-
-CHILDREN = Path(__file__).parent / "children"
-SLEEP = json.dumps(["sleep", "1000"])
-
-
-def script(name: str, *args: object) -> str:
-    """A TOML command array running tests/children/NAME with this interpreter."""
-    return json.dumps([sys.executable, str(CHILDREN / name), *map(str, args)])
-
-
 
 
 def three_sleepers(strategy: str) -> str:

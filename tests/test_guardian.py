@@ -14,13 +14,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import CHILDREN
 
 from agents.testing import exited, wait_for
 from daemon.shell import guardian
 from daemon.shell.guardian import GuardianLink
 
 GUARDIAN = Path(guardian.__file__)
-CHILDREN = Path(__file__).parent / "children"
 
 
 def group_with_grandchild(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:

@@ -18,13 +18,13 @@ from typing import Any
 import orjson
 import psutil
 import pytest
+from helpers import REPO
 
 from agents.testing import DaemonProcess, exited, wait_for
 from daemon.core.spec import WorkerSpec
 from daemon.shell.forkserver import ForkServer, fork_refusal
 from ipc.errors import ErrorCode, FoundationError
 
-REPO = Path(__file__).resolve().parents[1]
 FACTS = "tests.agents_for_tests:Facts"
 
 
