@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import psutil
 
+from agents.runtime import check_outcome
 from agents.sdk import validate_state
 from ipc.control import SOCKET_NAME, ControlClient, ControlUnreachable
 
@@ -230,10 +231,12 @@ class DaemonProcess:
 class AgentHarness:
     """Drive an Agent class synchronously, without a daemon: fast unit tests for user agents.
 
-    It applies the same rules as the real runtime: ``init`` when no state is given, ``mount``, schema
-    validation of every new state, the old state kept when a handler raises or returns an invalid state
-    (the error is raised to the test as the runtime would report it), ``on_after_validate_state``
-    after every accepted change. What the agent sends, calls, monitors or schedules is recorded;
+    It applies the same rules as the real runtime, through the runtime's own ``check_outcome``: ``init`` when
+    no state is given, ``mount``, then for every message the new state must pass the schema and be storable
+    (not None, JSON-encodable) and a call's reply must travel (JSON-encodable, at most ``MAX_REPLY`` bytes).
+    When a handler raises or its outcome fails those checks, the old state stays and the error is raised to
+    the test, as the runtime would report it to a caller (or log it for a cast). ``on_after_validate_state``
+    runs after every accepted change. What the agent sends, calls, monitors or schedules is recorded;
     ``call_replies`` answers its calls.
 
         h = AgentHarness(Counter)
@@ -243,7 +246,6 @@ class AgentHarness:
 
     def __init__(self, agent_class: type, state: Any = None, name: str = "agent-under-test",
                  call_replies: Callable[[str, Any], Any] | None = None) -> None:
-        self._validate = validate_state
         self.name = name
         self.agent = agent_class()
         self.agent._runtime = _HarnessRuntime(self)
@@ -254,17 +256,17 @@ class AgentHarness:
         self._call_replies = call_replies
         self._ref = 0
         self.state = self.agent.init() if state is None else state
-        self._validate(self.agent, self.state)
+        validate_state(self.agent, self.state)  # what the runtime checks of a loaded or initial state
         self.agent.mount(self.state)
 
     def cast(self, body: Any) -> Any:
-        return self._apply(lambda: (self.agent.handle_cast(body, self.state), None))[0]
+        return self._apply(lambda: (self.agent.handle_cast(body, self.state), None), call=False)[0]
 
     def call(self, body: Any) -> Any:
-        return self._apply(lambda: _swap(self.agent.handle_call(body, self.state)))[1]
+        return self._apply(lambda: _swap(self.agent.handle_call(body, self.state)), call=True)[1]
 
     def info(self, body: Any) -> Any:
-        return self._apply(lambda: (self.agent.handle_info(body, self.state), None))[0]
+        return self._apply(lambda: (self.agent.handle_info(body, self.state), None), call=False)[0]
 
     def tick(self, ref: int) -> Any:
         return self.info({"tick": ref})
@@ -276,9 +278,9 @@ class AgentHarness:
     def stop(self) -> None:
         self.agent.shutdown(self.state)
 
-    def _apply(self, run: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+    def _apply(self, run: Callable[[], tuple[Any, Any]], call: bool) -> tuple[Any, Any]:
         new_state, reply = run()
-        self._validate(self.agent, new_state)
+        check_outcome(self.agent, new_state, reply, call=call)
         self.state = new_state
         self.agent.on_after_validate_state(self.state)
         return self.state, reply
