@@ -122,6 +122,7 @@ def test_never_ready_at_boot_fails_the_supervisor_and_the_daemon(start_daemon, n
             command = {SLEEP}
         """
     daemon = start_daemon(config, wait=False)
+    daemon.expect_exit(1)  # the root fails, and the daemon with it: what the test is about
     assert daemon.wait_exit() == 1
     log = daemon.log()
     assert "mute was not ready within 0.5s; killing it" in log
@@ -172,6 +173,7 @@ def test_never_ready_during_a_restart_escalates_past_intensity(start_daemon, tmp
         start_timeout = 0.5
     """)
     os.kill(daemon.wait_running("flaky"), signal.SIGKILL)  # restart 1 of 1; the start failure is one more
+    daemon.expect_exit(1)  # the root fails, and the daemon with it: what the test is about
     assert daemon.wait_exit() == 1
     assert "flaky was not ready within 0.5s" in daemon.log()
     assert runs.read_text() == "2"

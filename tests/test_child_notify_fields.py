@@ -82,6 +82,7 @@ def test_an_extended_start_runs_out_at_the_last_deadline_the_child_set(start_dae
         name = "next"
         command = {SLEEP}
     """, wait=False)
+    daemon.expect_exit(1)  # the root fails, and the daemon with it: what the test is about
     assert daemon.wait_exit() == 1  # a start that fails at boot fails the root, as without an extension
     log = daemon.log()
     found = re.search(r"svc was not ready within ([0-9.]+)s \(start_timeout 1\.0s, extended by the child\); "

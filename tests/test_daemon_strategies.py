@@ -156,6 +156,7 @@ def test_root_intensity_exceeded_ends_the_daemon_non_zero(start_daemon) -> None:
     daemon.wait_log("stubborn | READY")
     pids = {name: daemon.wait_running(name) for name in ("stubborn", "victim", "other")}
     os.kill(pids["victim"], signal.SIGKILL)
+    daemon.expect_exit(1)  # the root fails, and the daemon with it: what the test is about
     code = daemon.wait_exit(timeout=20)
     assert code != 0, daemon.log()
     log = daemon.log()
