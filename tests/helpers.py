@@ -107,6 +107,31 @@ def read_stamp(path: Path) -> float:
 # ---- the shell without a loop ----
 
 
+class RealProcesses:
+    """Real processes standing in for what a shell component launches (a guardian, a zygote) in its unit tests:
+    ``script`` is what they run; what the component kills is recorded, and ``reap`` ends them all."""
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.killed: list[int] = []
+
+    def started(self, proc: subprocess.Popen[bytes]) -> int:
+        self.procs.append(proc)
+        return proc.pid
+
+    def kill(self, pid: int) -> None:
+        self.killed.append(pid)
+        for proc in self.procs:
+            if proc.pid == pid:
+                proc.kill()
+
+    def reap(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def shell() -> ProcessShell:
     """A ProcessShell whose loop callbacks do nothing: for tests of how it would spawn, not of spawning."""
     return ProcessShell(lambda fd, cb: None, lambda fd: None, lambda ev: None, lambda name, lines: None)
