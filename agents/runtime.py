@@ -209,10 +209,7 @@ class AgentRuntime:
         self._cause, self._sends_in_cause = seq, 0
         try:
             new_state, reply = self._run_handler(msg)
-            validate_state(self.agent, new_state)
-            _check_storable(new_state)
-            if msg["call"]:
-                _check_reply(reply)
+            check_outcome(self.agent, new_state, reply, call=msg["call"])
         except Exception as exc:
             return {"error": self._failed(msg, exc)}, None
         finally:
@@ -291,6 +288,15 @@ class AgentRuntime:
 
     def _send(self, kind: str, **fields: Any) -> None:
         self._sock.send(wire.encode(kind, **fields))
+
+
+def check_outcome(agent: Agent, state: Any, reply: Any, call: bool) -> None:
+    """Raise what makes a handler's outcome fail its message: the one gate between a handler and a commit, shared
+    with ``agents.testing.AgentHarness`` so that a unit test fails exactly where the runtime would."""
+    validate_state(agent, state)
+    _check_storable(state)
+    if call:
+        _check_reply(reply)
 
 
 def _check_storable(state: Any) -> None:

@@ -2,7 +2,9 @@
 
 * ``wait_for(predicate, timeout)``: poll a condition with a deadline instead of sleeping and hoping.
 * ``DaemonProcess``: a real ``foundationd`` in a temporary directory, with a control client and a
-  teardown that fails loudly if any process it started is left behind.
+  teardown that fails loudly if any process it started is left behind. ``problems()`` says what else should
+  fail the test that ran it: an exit code the test did not expect (``expect_exit``), or a Python traceback the
+  daemon logged; the pytest plugin (agents/pytest_plugin.py) asks it of every daemon a test started.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -22,10 +25,18 @@ from typing import Any, TypeVar
 
 import psutil
 
+from agents.runtime import check_outcome
 from agents.sdk import validate_state
 from ipc.control import SOCKET_NAME, ControlClient, ControlUnreachable
 
 T = TypeVar("T")
+
+TRACEBACK = "Traceback (most recent call last):"
+# At the start of a line: the daemon's own (log.exception, an uncaught error, a helper sharing its stderr), maybe
+# after a journal priority. A child's lines carry "name | " in front: its tracebacks are its own business.
+_OWN_TRACEBACK = re.compile(r"^(?:<\d>)?" + re.escape(TRACEBACK), re.MULTILINE)
+
+_trackers: list[list[DaemonProcess]] = []
 
 
 class WaitTimeout(AssertionError):
@@ -112,6 +123,28 @@ def processes_with_marker(marker: str) -> list[psutil.Process]:
     return found
 
 
+def tracebacks(log: str) -> list[str]:
+    """The daemon's own tracebacks in ``log``, each up to its exception line."""
+    found = []
+    for match in _OWN_TRACEBACK.finditer(log):
+        lines = log[match.start():].splitlines()
+        end = next((i for i, line in enumerate(lines[1:], 1) if line and not line[0].isspace()), len(lines) - 1)
+        found.append("\n".join(lines[: end + 1]))
+    return found
+
+
+@contextlib.contextmanager
+def tracking_daemons() -> Iterator[list[DaemonProcess]]:
+    """Collect every DaemonProcess started inside the block, however the test made it: what the pytest plugin
+    checks after each test."""
+    started: list[DaemonProcess] = []
+    _trackers.append(started)
+    try:
+        yield started
+    finally:
+        _trackers.remove(started)
+
+
 class DaemonProcess:
     """A foundationd started in its own runtime/state directories under ``base``."""
 
@@ -125,6 +158,9 @@ class DaemonProcess:
             self.config_path.write_text(textwrap.dedent(config))
         self.log_path = base / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.expected_exits = {0}
+        self._runs: list[subprocess.Popen[bytes]] = []  # every start, so that an earlier run's exit is judged too
+        self._last_log = ""  # the log as stop() left it, should a fixture remove the directory before the check
 
     @property
     def socket_path(self) -> str:
@@ -138,6 +174,9 @@ class DaemonProcess:
         env = {**os.environ, "FOUNDATION_RUNTIME_DIR": str(self.runtime_dir)}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self._runs.append(self.proc)
+        if _trackers and self not in _trackers[-1]:  # the innermost block owns it (pytester runs tests in tests)
+            _trackers[-1].append(self)
         if wait:
             # An early exit ends the wait at once (wait_for would take an exception for "not yet").
             wait_for(lambda: self.proc.poll() is not None or self._reachable(), timeout=15,
@@ -203,9 +242,35 @@ class DaemonProcess:
             raise WaitTimeout(f"foundationd did not exit within {timeout}s: {self.log()}") from None
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the daemon. After SIGKILL, death by SIGKILL is an expected end: the test chose it."""
         assert self.proc is not None
+        if sig == signal.SIGKILL:
+            self.expected_exits.add(-signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(sig)
+
+    def expect_exit(self, *codes: int) -> DaemonProcess:
+        """The test makes this daemon fail on purpose: ending with one of ``codes`` does not fail the test."""
+        self.expected_exits.update(codes)
+        return self
+
+    def problems(self) -> list[str]:
+        """What should fail the test that ran this daemon: a run that still goes on or ended with a code the
+        test did not expect, and any traceback the daemon logged. Empty when all is well."""
+        found = []
+        for proc in self._runs:
+            code = proc.poll()
+            if code is None:
+                found.append(f"foundationd (pid {proc.pid}) still runs")
+            elif code not in self.expected_exits:
+                found.append(f"foundationd (pid {proc.pid}) exited with {code}; a test that means it calls "
+                             f"expect_exit({code}). Its log, {self.log_path}:\n{self._log_tail()}")
+        log = self.log() if self.log_path.exists() else self._last_log
+        found += [f"foundationd logged a traceback ({self.log_path}):\n{tb}" for tb in tracebacks(log)]
+        return found
+
+    def _log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
 
     def leftovers(self) -> list[psutil.Process]:
         return processes_with_marker(str(self.runtime_dir))
@@ -220,6 +285,7 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait()
                 raise AssertionError(f"foundationd ignored SIGTERM: {self.log()}") from None
+        self._last_log = self.log()
         # Children die by PDEATHSIG or by the daemon's own stop; give the kernel a moment to deliver.
         wait_for(lambda: not self.leftovers(), timeout=10, what="no process left behind")
 
@@ -230,10 +296,12 @@ class DaemonProcess:
 class AgentHarness:
     """Drive an Agent class synchronously, without a daemon: fast unit tests for user agents.
 
-    It applies the same rules as the real runtime: ``init`` when no state is given, ``mount``, schema
-    validation of every new state, the old state kept when a handler raises or returns an invalid state
-    (the error is raised to the test as the runtime would report it), ``on_after_validate_state``
-    after every accepted change. What the agent sends, calls, monitors or schedules is recorded;
+    It applies the same rules as the real runtime, through the runtime's own ``check_outcome``: ``init`` when
+    no state is given, ``mount``, then for every message the new state must pass the schema and be storable
+    (not None, JSON-encodable) and a call's reply must travel (JSON-encodable, at most ``MAX_REPLY`` bytes).
+    When a handler raises or its outcome fails those checks, the old state stays and the error is raised to
+    the test, as the runtime would report it to a caller (or log it for a cast). ``on_after_validate_state``
+    runs after every accepted change. What the agent sends, calls, monitors or schedules is recorded;
     ``call_replies`` answers its calls.
 
         h = AgentHarness(Counter)
@@ -243,7 +311,6 @@ class AgentHarness:
 
     def __init__(self, agent_class: type, state: Any = None, name: str = "agent-under-test",
                  call_replies: Callable[[str, Any], Any] | None = None) -> None:
-        self._validate = validate_state
         self.name = name
         self.agent = agent_class()
         self.agent._runtime = _HarnessRuntime(self)
@@ -254,17 +321,17 @@ class AgentHarness:
         self._call_replies = call_replies
         self._ref = 0
         self.state = self.agent.init() if state is None else state
-        self._validate(self.agent, self.state)
+        validate_state(self.agent, self.state)  # what the runtime checks of a loaded or initial state
         self.agent.mount(self.state)
 
     def cast(self, body: Any) -> Any:
-        return self._apply(lambda: (self.agent.handle_cast(body, self.state), None))[0]
+        return self._apply(lambda: (self.agent.handle_cast(body, self.state), None), call=False)[0]
 
     def call(self, body: Any) -> Any:
-        return self._apply(lambda: _swap(self.agent.handle_call(body, self.state)))[1]
+        return self._apply(lambda: _swap(self.agent.handle_call(body, self.state)), call=True)[1]
 
     def info(self, body: Any) -> Any:
-        return self._apply(lambda: (self.agent.handle_info(body, self.state), None))[0]
+        return self._apply(lambda: (self.agent.handle_info(body, self.state), None), call=False)[0]
 
     def tick(self, ref: int) -> Any:
         return self.info({"tick": ref})
@@ -276,9 +343,9 @@ class AgentHarness:
     def stop(self) -> None:
         self.agent.shutdown(self.state)
 
-    def _apply(self, run: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+    def _apply(self, run: Callable[[], tuple[Any, Any]], call: bool) -> tuple[Any, Any]:
         new_state, reply = run()
-        self._validate(self.agent, new_state)
+        check_outcome(self.agent, new_state, reply, call=call)
         self.state = new_state
         self.agent.on_after_validate_state(self.state)
         return self.state, reply

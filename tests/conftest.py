@@ -1,5 +1,8 @@
 """Shared fixtures. ``foundation_daemon`` comes from Foundation's own pytest plugin (agents/pytest_plugin.py):
-real daemons in temporary directories, checked on teardown for any process left behind."""
+real daemons in temporary directories, checked on teardown for any process left behind. The plugin also judges
+every daemon a test starts (through this fixture or a DaemonProcess of its own): an exit code other than 0, or
+than one the test named with ``daemon.expect_exit``, or a traceback in the daemon's log fails the test.
+Helpers shared by several test files (not fixtures) are in tests/helpers.py."""
 
 from __future__ import annotations
 

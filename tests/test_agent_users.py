@@ -23,12 +23,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import CHILDREN, REPO
 
 from agents.testing import DaemonProcess
 from ipc.errors import FoundationError
 
-REPO = Path(__file__).resolve().parents[1]
-CHILDREN = Path(__file__).parent / "children"
 NOBODY = pwd.getpwnam("nobody")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running children as nobody needs a root daemon")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
+
+from helpers import REPO
 
 from agents.testing import wait_for
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def ticker(name: str, every: str) -> str:

@@ -15,37 +15,17 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+from helpers import CHILDREN, SLEEP, ctl, in_log, started_at
 
-from agents.testing import DaemonProcess, wait_for
+from agents.testing import wait_for
 from ipc.errors import FoundationError
-
-CHILDREN = Path(__file__).parent / "children"
-SLEEP = json.dumps(["sleep", "1000"])
-FOUNDATIONCTL = str(Path(sys.executable).with_name("foundationctl"))
 
 
 def sd_child(*args: object) -> str:
     """A TOML command array running tests/children/sd_child.py with these options."""
     return json.dumps([sys.executable, str(CHILDREN / "sd_child.py"), *map(str, args)])
-
-
-def started_at(pid: int) -> float:
-    """When the process was created, in CLOCK_BOOTTIME seconds (truncated to a clock tick)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-
-def in_log(daemon: DaemonProcess, text: str, count: int = 1, timeout: float = 10) -> None:
-    wait_for(lambda: daemon.log().count(text) >= count, timeout=timeout, what=f"{text!r} in the daemon log")
-
-
-def ctl(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([FOUNDATIONCTL, "--runtime-dir", str(daemon.runtime_dir), *args],
-                          capture_output=True, text=True, timeout=40, check=False)
 
 
 # ---- READY=1 ----
@@ -142,6 +122,7 @@ def test_never_ready_at_boot_fails_the_supervisor_and_the_daemon(start_daemon, n
             command = {SLEEP}
         """
     daemon = start_daemon(config, wait=False)
+    daemon.expect_exit(1)  # the root fails, and the daemon with it: what the test is about
     assert daemon.wait_exit() == 1
     log = daemon.log()
     assert "mute was not ready within 0.5s; killing it" in log
@@ -192,6 +173,7 @@ def test_never_ready_during_a_restart_escalates_past_intensity(start_daemon, tmp
         start_timeout = 0.5
     """)
     os.kill(daemon.wait_running("flaky"), signal.SIGKILL)  # restart 1 of 1; the start failure is one more
+    daemon.expect_exit(1)  # the root fails, and the daemon with it: what the test is about
     assert daemon.wait_exit() == 1
     assert "flaky was not ready within 0.5s" in daemon.log()
     assert runs.read_text() == "2"

@@ -14,17 +14,13 @@ import json
 import re
 import signal
 import sys
-import time
-from pathlib import Path
 
 import psutil
 import pytest
+from helpers import CHILDREN, SLEEP, boottime, in_log, read_stamp
 
-from agents.testing import DaemonProcess, wait_for
+from agents.testing import wait_for
 from daemon.shell.child_notify import USEC_MAX, parse_uint
-
-CHILDREN = Path(__file__).parent / "children"
-SLEEP = json.dumps(["sleep", "1000"])
 
 
 def steps(*args: object) -> str:
@@ -32,21 +28,9 @@ def steps(*args: object) -> str:
     return json.dumps([sys.executable, str(CHILDREN / "notify_steps.py"), *map(str, args)])
 
 
-def boottime() -> float:
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-def read_stamp(path: Path) -> float:
-    return float(wait_for(lambda: path.exists() and path.read_text(), what=f"a stamp in {path}"))
-
-
 def outlive(instant: float, seconds: float) -> None:
     """Wait until ``seconds`` have passed since ``instant`` (CLOCK_BOOTTIME): the condition is time itself."""
     wait_for(lambda: boottime() >= instant + seconds, timeout=seconds + 10, what=f"{seconds}s after {instant}")
-
-
-def in_log(daemon: DaemonProcess, text: str, count: int = 1, timeout: float = 10) -> None:
-    wait_for(lambda: daemon.log().count(text) >= count, timeout=timeout, what=f"{text!r} in the daemon log")
 
 
 def alive(pid: int) -> bool:
@@ -98,6 +82,7 @@ def test_an_extended_start_runs_out_at_the_last_deadline_the_child_set(start_dae
         name = "next"
         command = {SLEEP}
     """, wait=False)
+    daemon.expect_exit(1)  # the root fails, and the daemon with it: what the test is about
     assert daemon.wait_exit() == 1  # a start that fails at boot fails the root, as without an extension
     log = daemon.log()
     found = re.search(r"svc was not ready within ([0-9.]+)s \(start_timeout 1\.0s, extended by the child\); "

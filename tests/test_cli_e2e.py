@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
+from helpers import SLEEP, ctl
 
-from agents.testing import DaemonProcess, wait_for
+from agents.testing import DaemonProcess, exited, wait_for
 
-FOUNDATIONCTL = str(Path(sys.executable).with_name("foundationctl"))
-SLEEP = json.dumps(["sleep", "1000"])
 CONFIG = f"""
     [supervisor]
     strategy = "one_for_one"
@@ -36,21 +32,6 @@ CONFIG = f"""
     restart = "temporary"
     command = {SLEEP}
 """
-
-
-def ctl(runtime_dir: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("FOUNDATION_RUNTIME_DIR", "RUNTIME_DIRECTORY")}
-    return subprocess.run(
-        [FOUNDATIONCTL, "--runtime-dir", str(runtime_dir), *args],
-        capture_output=True, text=True, timeout=40, check=False, env=env,
-    )
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.fixture
@@ -144,7 +125,7 @@ def test_attach_and_detach_via_cli(daemon: DaemonProcess) -> None:
     done = ctl(daemon.runtime_dir, "detach", "extra")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "detached extra"
-    assert gone(pid)
+    assert exited(pid)
     with pytest.raises(KeyError):
         daemon.node("extra")
     assert ctl(daemon.runtime_dir, "detach", "stage3").returncode == 0
@@ -196,7 +177,7 @@ def test_stop_start_restart_via_cli(daemon: DaemonProcess) -> None:
     first = daemon.pid("ticker")
     done = ctl(daemon.runtime_dir, "stop", "ticker")
     assert (done.returncode, done.stdout.strip()) == (0, "stopped ticker")
-    assert gone(first)
+    assert exited(first)
     done = ctl(daemon.runtime_dir, "start", "ticker")
     assert done.returncode == 0
     second = daemon.pid("ticker")
@@ -206,7 +187,7 @@ def test_stop_start_restart_via_cli(daemon: DaemonProcess) -> None:
     result = json.loads(done.stdout)
     assert result["state"] == "running"
     assert result["pid"] not in (first, second)
-    assert gone(second)
+    assert exited(second)
 
 
 def test_shutdown_via_cli(daemon: DaemonProcess) -> None:
@@ -214,5 +195,5 @@ def test_shutdown_via_cli(daemon: DaemonProcess) -> None:
     done = ctl(daemon.runtime_dir, "shutdown")
     assert (done.returncode, done.stdout.strip()) == (0, "foundationd is shutting down")
     assert daemon.wait_exit() == 0, daemon.log()
-    assert all(gone(pid) for pid in pids)
+    assert all(exited(pid) for pid in pids)
     wait_for(lambda: ctl(daemon.runtime_dir, "status").returncode == 3, what="the socket gone")

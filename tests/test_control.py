@@ -14,12 +14,12 @@ from pathlib import Path
 import orjson
 import psutil
 import pytest
+from helpers import SLEEP, children_of
 
-from agents.testing import DaemonProcess, wait_for
+from agents.testing import DaemonProcess, exited, wait_for
 from ipc.control import MAX_LINE, ControlClient
 from ipc.errors import ErrorCode, FoundationError
 
-SLEEP = json.dumps(["sleep", "1000"])
 CONFIG = f"""
     [[supervisor.children]]
     name = "a"
@@ -30,17 +30,6 @@ CONFIG = f"""
     name = "x"
     command = {SLEEP}
 """
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def children_of(daemon: DaemonProcess, supervisor: str) -> list[str]:
-    return [child["name"] for child in daemon.node(supervisor)["children"]]
 
 
 def error_code(client: ControlClient, verb: str, **args: object) -> ErrorCode:
@@ -118,7 +107,7 @@ def test_attach_and_detach_via_control_client(daemon: DaemonProcess) -> None:
         pid = daemon.pid("extra")
 
         assert client.request("detach", name="extra")["name"] == "extra"
-        assert gone(pid)
+        assert exited(pid)
         assert children_of(daemon, "root") == ["a", "inner"]
         assert error_code(client, "stop", name="extra") is ErrorCode.NO_SUCH_CHILD
         client.request("detach", name="y")
@@ -238,7 +227,7 @@ def test_stop_start_restart_by_name(daemon: DaemonProcess) -> None:
     with daemon.client() as client:
         first = daemon.pid("x")
         assert client.request("stop", name="x") == {"name": "x", "state": "stopped", "pid": None}
-        assert gone(first)
+        assert exited(first)
         assert client.request("stop", name="x")["state"] == "stopped"  # idempotent
         started = client.request("start", name="x")
         assert started["state"] == "running"
@@ -247,7 +236,7 @@ def test_stop_start_restart_by_name(daemon: DaemonProcess) -> None:
         restarted = client.request("restart", name="x")
         assert restarted["state"] == "running"
         assert restarted["pid"] != started["pid"]
-        assert gone(started["pid"])
+        assert exited(started["pid"])
         # A stopped supervisor takes its children down, and brings them back on start.
         assert client.request("stop", name="inner")["state"] == "stopped"
         assert daemon.node("x")["state"] == "stopped"

@@ -5,7 +5,6 @@ Also: config errors at start-up, file descriptor hygiene across restarts and the
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -15,20 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import SLEEP, ctl, script
 
 from agents.testing import exited, processes_with_marker, wait_for
 from ipc.control import ControlClient
-
-CHILDREN = Path(__file__).parent / "children"
-SLEEP = json.dumps(["sleep", "1000"])
-FOUNDATIONCTL = str(Path(sys.executable).with_name("foundationctl"))
-
-
-def script(name: str, *args: object) -> str:
-    """A TOML command array running tests/children/NAME with this interpreter."""
-    return json.dumps([sys.executable, str(CHILDREN / name), *map(str, args)])
-
-
 
 
 def read_pid(path: Path) -> int:
@@ -52,10 +41,7 @@ def test_ctl_stop_sigkills_a_child_that_ignores_sigterm(start_daemon) -> None:
     daemon.wait_log("stubborn | READY")
     pid = daemon.wait_running("stubborn")
     began = time.monotonic()
-    done = subprocess.run(
-        [FOUNDATIONCTL, "--runtime-dir", str(daemon.runtime_dir), "stop", "stubborn"],
-        capture_output=True, text=True, timeout=20, check=False,
-    )
+    done = ctl(daemon, "stop", "stubborn", timeout=20)
     elapsed = time.monotonic() - began
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stopped stubborn"

@@ -6,24 +6,14 @@ log, exactly which children were restarted (new pids) and which were left alone 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from helpers import SLEEP, script
+
 from agents.testing import DaemonProcess, exited, wait_for
-
-CHILDREN = Path(__file__).parent / "children"
-SLEEP = json.dumps(["sleep", "1000"])
-
-
-def script(name: str, *args: object) -> str:
-    """A TOML command array running tests/children/NAME with this interpreter."""
-    return json.dumps([sys.executable, str(CHILDREN / name), *map(str, args)])
-
-
 
 
 def three_sleepers(strategy: str) -> str:
@@ -166,6 +156,7 @@ def test_root_intensity_exceeded_ends_the_daemon_non_zero(start_daemon) -> None:
     daemon.wait_log("stubborn | READY")
     pids = {name: daemon.wait_running(name) for name in ("stubborn", "victim", "other")}
     os.kill(pids["victim"], signal.SIGKILL)
+    daemon.expect_exit(1)  # the root fails, and the daemon with it: what the test is about
     code = daemon.wait_exit(timeout=20)
     assert code != 0, daemon.log()
     log = daemon.log()

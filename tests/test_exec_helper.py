@@ -10,17 +10,14 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import shell
 
 from agents.testing import wait_for
 from daemon.core.spec import WorkerSpec
-from daemon.shell.process import ProcessShell, find_exec_helper, start_process
+from daemon.shell.process import find_exec_helper, start_process
 
 HELPER = find_exec_helper()
 needs_helper = pytest.mark.skipif(HELPER is None, reason="foundation-exec was not built (no C compiler at install)")
-
-
-def shell() -> ProcessShell:
-    return ProcessShell(lambda fd, cb: None, lambda fd: None, lambda ev: None, lambda name, lines: None)
 
 
 @needs_helper

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import CHILDREN, RealProcesses
 
 from agents.testing import exited, wait_for
 from daemon.shell import guardian
 from daemon.shell.guardian import GuardianLink
 
 GUARDIAN = Path(guardian.__file__)
-CHILDREN = Path(__file__).parent / "children"
 
 
 def group_with_grandchild(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -87,30 +87,15 @@ def test_records(line: bytes, expected: set[int]) -> None:
     assert groups == expected
 
 
-class Launched:
+class Launched(RealProcesses):
     """Real processes standing in for the guardian; ``reads`` says whether they drain their stdin."""
 
     def __init__(self, reads: bool) -> None:
-        self.script = "import sys; sys.stdin.buffer.read()" if reads else "import time; time.sleep(60)"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.killed: list[int] = []
+        super().__init__("import sys; sys.stdin.buffer.read()" if reads else "import time; time.sleep(60)")
 
     def launch(self, argv: list[str], stdin_fd: int) -> int:
         assert argv[1:3] == ["-I", "-S"]
-        proc = subprocess.Popen([sys.executable, "-c", self.script], stdin=stdin_fd)
-        self.procs.append(proc)
-        return proc.pid
-
-    def kill(self, pid: int) -> None:
-        self.killed.append(pid)
-        for proc in self.procs:
-            if proc.pid == pid:
-                proc.kill()
-
-    def reap(self) -> None:
-        for proc in self.procs:
-            proc.kill()
-            proc.wait(timeout=30)
+        return self.started(subprocess.Popen([sys.executable, "-c", self.script], stdin=stdin_fd))
 
 
 def test_a_guardian_that_stops_reading_is_replaced_with_the_whole_list(monkeypatch: pytest.MonkeyPatch) -> None:

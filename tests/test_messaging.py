@@ -10,24 +10,20 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import psutil
 import pytest
 import zmq
+from helpers import REPO, ctl, ctl_popen, get, settled
 
 from agents.testing import DaemonProcess, killing, wait_for
 from ipc import wire
 from ipc.errors import ErrorCode, FoundationError
 
-REPO = Path(__file__).resolve().parents[1]
-FOUNDATIONCTL = str(Path(sys.executable).with_name("foundationctl"))
 COUNTER = "agents.examples.counter:Counter"
 
 
@@ -57,40 +53,12 @@ def config(*children: str) -> str:
     return "[supervisor]\nintensity = 1000\nperiod = 1\n" + "".join(children)
 
 
-def ctl(daemon: DaemonProcess, *args: str, stdin: str | None = None, timeout: float = 60
-        ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("FOUNDATION_RUNTIME_DIR", "RUNTIME_DIRECTORY")}
-    return subprocess.run([FOUNDATIONCTL, "--runtime-dir", str(daemon.runtime_dir), *args], input=stdin,
-                          capture_output=True, text=True, timeout=timeout, check=False, env=env)
-
-
-def ctl_popen(daemon: DaemonProcess, *args: str) -> subprocess.Popen[str]:
-    """foundationctl in the background, with unbuffered output so that its ids can be read as they come."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FOUNDATION_RUNTIME_DIR", "RUNTIME_DIRECTORY")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return subprocess.Popen([FOUNDATIONCTL, "--runtime-dir", str(daemon.runtime_dir), *args], env=env, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def get(daemon: DaemonProcess, name: str, timeout: float = 5.0) -> Any:
-    return daemon.request("call", name=name, body={"get": True}, timeout=timeout)["reply"]
-
-
 def broker(daemon: DaemonProcess) -> dict[str, Any]:
     return daemon.status()["broker"]
 
 
-def settled(daemon: DaemonProcess, name: str, timeout: float = 60) -> Any:
-    """Wait until ``name`` has finished every message in its mailbox, then return its state."""
-    wait_for(lambda: name not in broker(daemon)["mailboxes"] and name in broker(daemon)["connected"],
-             timeout=timeout, interval=0.05, what=f"{name}'s mailbox to drain")
-    return wait_for(lambda: get(daemon, name), timeout=10, what=f"{name} to answer")
-
-
 def error_code(exc_info: pytest.ExceptionInfo[FoundationError]) -> ErrorCode:
     return exc_info.value.code
-
-
 
 
 class RawClient:

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from helpers import REPO, ctl, ctl_popen, get, settled
 
 from agents.state import StateStore, agent_state_path
 from agents.testing import DaemonProcess, killing, wait_for
 from ipc.errors import ErrorCode, FoundationError
 
-REPO = Path(__file__).resolve().parents[1]
-FOUNDATIONCTL = str(Path(sys.executable).with_name("foundationctl"))
 COUNTER = """
 [supervisor]
 intensity = 1000
@@ -42,36 +38,10 @@ working_dir = "{REPO}"
 """
 
 
-def ctl_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("FOUNDATION_RUNTIME_DIR", "RUNTIME_DIRECTORY")}
-
-
-def ctl(daemon: DaemonProcess, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([FOUNDATIONCTL, "--runtime-dir", str(daemon.runtime_dir), *args], input=stdin,
-                          capture_output=True, text=True, timeout=60, check=False, env=ctl_env())
-
-
-def get(daemon: DaemonProcess, name: str) -> Any:
-    return daemon.request("call", name=name, body={"get": True}, timeout=5)["reply"]
-
-
-def settled(daemon: DaemonProcess, name: str, timeout: float = 60) -> Any:
-    """Wait until ``name`` has finished every message in its mailbox, then return its state."""
-
-    def idle() -> bool:
-        stats = daemon.status()["broker"]
-        return name not in stats["mailboxes"] and name in stats["connected"]
-
-    wait_for(idle, timeout=timeout, interval=0.05, what=f"{name}'s mailbox to drain")
-    return wait_for(lambda: get(daemon, name), timeout=10, what=f"{name} to answer")
-
-
 def stored(daemon: DaemonProcess, name: str) -> tuple[Any, int]:
     """(state, last_seq) as committed in the agent's LMDB environment, read from the test process."""
     with StateStore(agent_state_path(daemon.state_dir, name)) as store:
         return store.load()
-
-
 
 
 def test_acceptance_3000_casts_while_the_counter_and_the_daemon_are_sigkilled(start_daemon) -> None:
@@ -80,10 +50,7 @@ def test_acceptance_3000_casts_while_the_counter_and_the_daemon_are_sigkilled(st
     total = 3000
     lines = '{"add": 1}\n' * total
     with killing(daemon, "counter") as killed:
-        sender = subprocess.Popen([FOUNDATIONCTL, "--runtime-dir", str(daemon.runtime_dir), "send", "counter", "-",
-                                   "--producer", "acceptance"], env={**ctl_env(), "PYTHONUNBUFFERED": "1"},
-                                  text=True, stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sender = ctl_popen(daemon, "send", "counter", "-", "--producer", "acceptance")
         assert sender.stdin is not None
         assert sender.stdout is not None
         assert sender.stderr is not None

@@ -11,21 +11,17 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from helpers import CHILDREN, children_of, ctl, rewrite
 
-from agents.testing import DaemonProcess, wait_for
+from agents.testing import DaemonProcess, exited, wait_for
 from ipc.errors import ErrorCode, FoundationError
-
-FOUNDATIONCTL = str(Path(sys.executable).with_name("foundationctl"))
-CHILDREN = Path(__file__).parent / "children"
 
 
 def sleep(seconds: int = 1000) -> str:
@@ -67,11 +63,6 @@ def tree(
 BASE = tree()
 
 
-def rewrite(daemon: DaemonProcess, config: str) -> None:
-    assert daemon.config_path is not None
-    daemon.config_path.write_text(textwrap.dedent(config))
-
-
 def pids(daemon: DaemonProcess) -> dict[str, int | None]:
     out = {}
     todo = [daemon.status()["tree"]]
@@ -81,10 +72,6 @@ def pids(daemon: DaemonProcess) -> dict[str, int | None]:
             out[node["name"]] = node["pid"]
         todo.extend(node.get("children", []))
     return out
-
-
-def children_of(daemon: DaemonProcess, name: str) -> list[str]:
-    return [c["name"] for c in daemon.node(name)["children"]]
 
 
 def runs(pid: int, seconds: int) -> bool:
@@ -97,13 +84,6 @@ def runs(pid: int, seconds: int) -> bool:
     return wait_for(check, what=f"pid {pid} running sleep {seconds}")
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def all_running(daemon: DaemonProcess) -> dict[str, int]:
     def check() -> dict[str, Any] | None:
         found = pids(daemon)
@@ -111,12 +91,6 @@ def all_running(daemon: DaemonProcess) -> dict[str, int]:
         return found if all(s == "running" for s in states.values()) else None
 
     return wait_for(check, what="every worker running")
-
-
-def ctl(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("FOUNDATION_RUNTIME_DIR", "RUNTIME_DIRECTORY")}
-    return subprocess.run([FOUNDATIONCTL, "--runtime-dir", str(daemon.runtime_dir), *args],
-                          capture_output=True, text=True, timeout=40, check=False, env=env)
 
 
 @pytest.fixture
@@ -143,10 +117,10 @@ def test_reload_adds_removes_and_changes_children(daemon: DaemonProcess) -> None
     # Changed: a new process running the new command.
     assert after["change"] != before["change"]
     assert runs(after["change"], 1001)
-    assert gone(before["change"])
+    assert exited(before["change"])
     # Removed: out of the tree, and no process left.
     assert "gone" not in after
-    wait_for(lambda: gone(before["gone"]), what="the removed child's process to be gone")
+    wait_for(lambda: exited(before["gone"]), what="the removed child's process to be gone")
     # Added: running, in their config position.
     assert children_of(daemon, "root") == ["keep", "new1", "change", "sub", "mover", "new2"]
     for name in ("new1", "new2"):
@@ -206,7 +180,7 @@ def test_a_moved_child_ends_up_under_its_new_parent(daemon: DaemonProcess) -> No
     after = pids(daemon)
     assert daemon.node("mover")["state"] == "running"
     assert after["mover"] != before["mover"]
-    assert gone(before["mover"])
+    assert exited(before["mover"])
     assert {n: p for n, p in after.items() if n != "mover"} == {n: p for n, p in before.items() if n != "mover"}
 
 

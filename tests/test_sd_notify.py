@@ -7,12 +7,9 @@ time on CLOCK_BOOTTIME, the clock /proc/PID/stat counts process start times in.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,33 +17,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import SLEEP, boottime, read_stamp, rewrite, script, started_at
 
 from agents.testing import DaemonProcess, WaitTimeout, wait_for
 from daemon.shell.notify import Notifier
 
-CHILDREN = Path(__file__).parent / "children"
-SLEEP = json.dumps(["sleep", "1000"])
 SD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-
-
-def script(name: str, *args: object) -> str:
-    """A TOML command array running tests/children/NAME with this interpreter."""
-    return json.dumps([sys.executable, str(CHILDREN / name), *map(str, args)])
-
-
-def boottime() -> float:
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-def started_at(pid: int) -> float:
-    """When the process was created, in CLOCK_BOOTTIME seconds (truncated to a clock tick)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-
-def read_stamp(path: Path) -> float:
-    return float(wait_for(lambda: path.exists() and path.read_text(), what=f"a stamp in {path}"))
 
 
 class NotifyListener:
@@ -123,11 +99,6 @@ def start_with_env(start_daemon, monkeypatch) -> Callable[..., DaemonProcess]:
             return start_daemon(config, wait=wait)
 
     return start
-
-
-def rewrite(daemon: DaemonProcess, config: str) -> None:
-    assert daemon.config_path is not None
-    daemon.config_path.write_text(textwrap.dedent(config))
 
 
 # ---- READY=1 and STATUS= ----

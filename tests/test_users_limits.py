@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import CHILDREN, shell
 
 from agents.testing import wait_for
 from daemon.config import ConfigError, child_spec_from_dict, parse_config
 from daemon.core.spec import WorkerSpec
 from daemon.shell.memory import MemoryWatch, group_rss
-from daemon.shell.process import ProcessShell, SpawnError
+from daemon.shell.process import SpawnError
 
-CHILDREN = Path(__file__).parent / "children"
 HOG = str(CHILDREN / "memory_hog.py")
 MiB = 1 << 20
 C0 = "supervisor.children[0]"
@@ -158,10 +158,6 @@ def test_user_keys_on_a_supervisor_are_refused() -> None:
 
 
 # ---- the process shell ----
-
-
-def shell() -> ProcessShell:
-    return ProcessShell(lambda fd, cb: None, lambda fd: None, lambda ev: None, lambda name, lines: None)
 
 
 def test_plain_children_get_no_extra_exec_and_no_credentials() -> None:

@@ -18,13 +18,13 @@ from typing import Any
 import orjson
 import psutil
 import pytest
+from helpers import REPO, RealProcesses
 
 from agents.testing import DaemonProcess, exited, wait_for
 from daemon.core.spec import WorkerSpec
 from daemon.shell.forkserver import ForkServer, fork_refusal
 from ipc.errors import ErrorCode, FoundationError
 
-REPO = Path(__file__).resolve().parents[1]
 FACTS = "tests.agents_for_tests:Facts"
 
 
@@ -269,13 +269,11 @@ def test_the_zygote_answers_bad_requests_with_an_error_and_keeps_serving() -> No
         proc.stdout.close()
 
 
-class FakeZygotes:
+class FakeZygotes(RealProcesses):
     """Real processes launched where ForkServer expects a zygote: ``script`` decides what they say."""
 
     def __init__(self, script: str) -> None:
-        self.script = script
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.killed: list[int] = []
+        super().__init__(script)
         self.readers: dict[int, Any] = {}
 
     def server(self, **kw: Any) -> ForkServer:
@@ -284,20 +282,7 @@ class FakeZygotes:
 
     def launch(self, argv: list[str], env: dict[str, str], fds: tuple[int, ...]) -> int:
         assert argv[-1] == str(fds[0])
-        proc = subprocess.Popen([sys.executable, "-c", self.script, argv[-1]], pass_fds=fds)
-        self.procs.append(proc)
-        return proc.pid
-
-    def kill(self, pid: int) -> None:
-        self.killed.append(pid)
-        for proc in self.procs:
-            if proc.pid == pid:
-                proc.kill()
-
-    def reap(self) -> None:
-        for proc in self.procs:
-            proc.kill()
-            proc.wait(timeout=30)
+        return self.started(subprocess.Popen([sys.executable, "-c", self.script, argv[-1]], pass_fds=fds))
 
 
 SILENT = "import time; time.sleep(60)"
