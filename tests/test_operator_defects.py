@@ -5,16 +5,15 @@ config, and a peer the socket refuses."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import ctl
 
 from agents.testing import DaemonProcess, wait_for
 from daemon.control import cli
 
-FOUNDATIONCTL = str(Path(sys.executable).with_name("foundationctl"))
 SLEEPER = f"""
 [[supervisor.children]]
 name = "pipeline"
@@ -27,17 +26,11 @@ command = ["{sys.executable}", "-u", "-c", "import time; print('two says hi'); t
 """
 
 
-def ctl(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("FOUNDATION_RUNTIME_DIR", "RUNTIME_DIRECTORY")}
-    return subprocess.run([FOUNDATIONCTL, "--runtime-dir", str(daemon.runtime_dir), *args], capture_output=True,
-                          text=True, timeout=30, check=False, env=env)
-
-
 def test_a_second_daemon_on_the_same_state_directory_exits_with_a_clear_error(start_daemon, tmp_path: Path) -> None:
     first: DaemonProcess = start_daemon(SLEEPER)
     second = DaemonProcess(tmp_path, SLEEPER, name="second")
     second.state_dir = first.state_dir  # its own runtime directory, the first one's state
-    second.start(wait=False)
+    second.expect_exit(1).start(wait=False)
     assert second.wait_exit() != 0
     assert f"another foundationd (pid {first.proc.pid}) is running with state dir {first.state_dir}" in second.log()
     assert first.status()["tree"]["state"] == "running"

@@ -26,6 +26,7 @@ from pathlib import Path
 import orjson
 
 from daemon.config import ConfigError, load_config
+from daemon.control import completion
 from daemon.control.cli_common import (
     EXIT_DAEMON_ERROR,
     EXIT_OK,
@@ -35,7 +36,6 @@ from daemon.control.cli_common import (
     Parser,
     ParserExit,
 )
-from daemon.control import completion
 from daemon.control.verbs import VERBS
 from daemon.control.verbs.base import Verb
 from daemon.control.verbs.status import format_duration, render_status
@@ -149,7 +149,14 @@ def _socket_path(args: argparse.Namespace) -> Path:
         except (ConfigError, OSError) as exc:
             print(f"warning: cannot read {args.config}: {exc}", file=sys.stderr)
     candidates = [d / SOCKET_NAME for d in client_runtime_dirs(args.runtime_dir, config_dir)]
-    return next((p for p in candidates if p.exists()), candidates[0])
+    return next((p for p in candidates if _present(p)), candidates[0])
+
+
+def _present(path: Path) -> bool:
+    try:
+        return path.exists()
+    except PermissionError:  # there, but not ours to reach: connecting says so (permission_denied)
+        return True
 
 
 def _reason(exc: ControlUnreachable) -> str:
