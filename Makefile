@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 HELPER := $(BIN)/foundation-exec
 HELPER_SRC := daemon/native/foundation-exec.c
 
-.PHONY: run test lint bench clean exec-helper
+.PHONY: run test lint bench clean exec-helper install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,14 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 # Side by side with circusd and supervisord; e.g. make bench BENCH_ARGS='--only restart,idle'
 bench: $(BENCH_STAMP) $(HELPER)
 	$(BIN)/python bench/compare.py $(BENCH_ARGS)
+
+# foundationctl and foundationd on PATH: symbolic links into the virtualenv (which stays where it is), e.g.
+# make install PREFIX=$$HOME/.local. The completion script: foundationctl completion bash|zsh.
+PREFIX ?= /usr/local
+install: $(STAMP) $(HELPER)
+	mkdir -p $(DESTDIR)$(PREFIX)/bin
+	ln -sf $(CURDIR)/$(BIN)/foundationctl $(DESTDIR)$(PREFIX)/bin/foundationctl
+	ln -sf $(CURDIR)/$(BIN)/foundationd $(DESTDIR)$(PREFIX)/bin/foundationd
 
 clean:
 	rm -rf $(VENV) build *.egg-info

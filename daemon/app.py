@@ -59,7 +59,7 @@ from daemon.services.tree_queries import TreeQueries
 from daemon.shell import forkserver
 from daemon.shell.child_notify import ChildNotifySocket
 from daemon.shell.child_watchdog import ChildReports
-from daemon.shell.logs import LogRings
+from daemon.shell.logs import LogRings, RingHandler
 from daemon.shell.loop import EventLoop, TimerHandle
 from daemon.shell.memory import MemoryWatch
 from daemon.shell.notify import Notifier
@@ -92,6 +92,7 @@ class App:
         self.memory = MemoryWatch(self.loop.call_later, self.queries.memory_watched, self.queries.kill_for_memory)
         self._memory_poke = False
         self.logs = LogRings()
+        self._log_ring = RingHandler(self.logs)
         self.states = StateReaders(state_dir)
         self.reports = ChildReports(self.tree, self.loop.call_later, self.shell.signal, self.feed)
         self.spawn_env = SpawnEnv(runtime_dir, state_dir, self.shell)
@@ -110,6 +111,7 @@ class App:
 
     def run(self) -> int:
         become_subreaper()
+        logging.getLogger().addHandler(self._log_ring)
         for sink in self._sinks:
             sink.attach(self.loop.add_writer, self.loop.remove_writer)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -151,6 +153,7 @@ class App:
             sink.flush()
             sink.detach()
         self.loop.close()
+        logging.getLogger().removeHandler(self._log_ring)
 
     def _on_stop_signal(self, signum: int) -> None:
         log.info("received %s", signal.Signals(signum).name)
@@ -184,6 +187,7 @@ class App:
     def _on_exit(self, event: Exited) -> None:
         node = self.tree.find_quiet(event.name)
         if isinstance(node, Worker) and node.pid == event.pid:
+            self.logs.add(event.name, [f"-- exited: {event.describe()}"])
             self.reports.exited(event.name)
             if self.broker is not None and node.spec.agent:
                 self.broker.agent_exited(event.name, event.describe())
@@ -245,6 +249,7 @@ class App:
         except SpawnError as exc:
             self._pending.append(SpawnFailed(name, str(exc)))
             return
+        self.logs.add(name, [f"-- started (pid {pid})"])
         self._memory_poke = self._memory_poke or spec.max_memory is not None
         two_step = bool(spec.agent) or spec.ready == "notify"
         self._pending.append(Spawned(name, pid, ready=not two_step))

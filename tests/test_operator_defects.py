@@ -130,3 +130,18 @@ def test_restart_of_several_names_all_and_a_supervisors_children(start_daemon) -
     assert out.returncode == 0, out.stderr
     assert [line.split()[:2] for line in out.stdout.splitlines()] == [["started", "one"], ["started", "two"]]
     assert d.node("one")["state"] == d.node("two")["state"] == "running"
+
+
+def test_logs_show_start_and_exit_markers_timestamps_and_the_daemons_own_log(start_daemon) -> None:
+    d: DaemonProcess = start_daemon(SLEEPER)
+    pid = d.wait_running("one")
+    d.request("restart", name="one")
+    lines = ctl(d, "logs", "one").stdout.splitlines()
+    assert lines[0] == f"-- started (pid {pid})"
+    assert "one says hi" in lines
+    assert any(line.startswith("-- exited: ") for line in lines)
+    stamped = ctl(d, "logs", "one", "--timestamps").stdout.splitlines()
+    assert stamped[0].endswith(f" -- started (pid {pid})")
+    assert stamped[0][:4].isdigit()  # 2026-12-04 03:55:01.123 -- started ...
+    own = ctl(d, "logs", "(foundationd)").stdout
+    assert "control: restart" in own

@@ -6,11 +6,13 @@ after the child exits so that the lines before a crash can be read. Followers ge
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 
 Follower = Callable[[list[str]], bool]  # returns False once the reader is gone
+DAEMON_NAME = "(foundationd)"  # the daemon's own log, like "(zygote)": never a child's name
 
 
 class LogRings:
@@ -42,3 +44,19 @@ class LogRings:
 
     def followers(self) -> int:
         return sum(len(f) for f in self._followers.values())
+
+
+class RingHandler(logging.Handler):
+    """The daemon's own log lines into the ring ``(foundationd)``, so ``foundationctl logs '(foundationd)'`` shows
+    them where there is no journal to ask (``make run`` in a terminal, a container)."""
+
+    def __init__(self, rings: LogRings) -> None:
+        super().__init__(logging.INFO)
+        self._rings = rings
+        self.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._rings.add(DAEMON_NAME, self.format(record).splitlines() or [""])
+        except Exception:  # logging must never raise into the loop
+            self.handleError(record)

@@ -10,8 +10,9 @@ CLI: ``foundationctl logs [NAME] [-n N] [-f] [--json]``.
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -19,6 +20,7 @@ from daemon.control.cli_common import EXIT_OK, add_json, print_result
 from daemon.control.verbs.base import Reply, Verb, str_arg
 from daemon.core.tree import AnyNode, SupervisionTree, Supervisor, Worker
 from daemon.shell.forkserver import NAME as ZYGOTE_NAME
+from daemon.shell.logs import DAEMON_NAME
 from daemon.shell.process import GUARDIAN_NAME
 from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
@@ -37,7 +39,7 @@ class Context(Protocol):
 def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     name = str_arg(req.args, "name") if "name" in req.args else ctx.tree.root.name
     node = ctx.tree.find_quiet(name)
-    if node is None and name not in (ZYGOTE_NAME, GUARDIAN_NAME):
+    if node is None and name not in (ZYGOTE_NAME, GUARDIAN_NAME, DAEMON_NAME):
         raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no child named {name!r}")
     count = req.args.get("lines", 50)
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
@@ -48,9 +50,8 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     tail = [{"t": t, "line": line} for t, line in ctx.logs.tail(name, count)]
     alive = reply({"name": name, "lines": tail, "more": bool(req.args.get("follow"))})
     if req.args.get("follow") and alive is not False:
-        ctx.logs.follow(
-            name, lambda lines: reply({"name": name, "lines": [{"line": x} for x in lines]}) is not False
-        )
+        ctx.logs.follow(name, lambda lines: reply(
+            {"name": name, "lines": [{"t": time.time(), "line": x} for x in lines]}) is not False)
 
 
 def _merged(ctx: Context, name: str, children: list[str], count: int, *, follow: bool, reply: Reply) -> None:
@@ -62,7 +63,7 @@ def _merged(ctx: Context, name: str, children: list[str], count: int, *, follow:
         return
     for child in children:
         ctx.logs.follow(child, lambda new, c=child: reply(
-            {"name": name, "lines": [{"child": c, "line": f"{c} | {x}"} for x in new]}) is not False)
+            {"name": name, "lines": [{"t": time.time(), "child": c, "line": f"{c} | {x}"} for x in new]}) is not False)
 
 
 def _workers(node: AnyNode) -> list[str]:
@@ -76,6 +77,7 @@ def setup(parser: argparse.ArgumentParser) -> None:
                         help="the child; a supervisor (or none: the whole tree) merges its children's output")
     parser.add_argument("-n", "--lines", type=int, default=50, metavar="N", help="how many recent lines (50)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until interrupted")
+    parser.add_argument("-t", "--timestamps", action="store_true", help="prefix each line with its local time")
     add_json(parser)
 
 
@@ -84,13 +86,20 @@ def run(client: ControlClient, args: argparse.Namespace) -> int:
         raise FoundationError(ErrorCode.BAD_REQUEST, "-n must be >= 0")
     if not args.follow:
         result = client.request("logs", lines=args.lines, **_name(args))
-        print_result(args, result, lambda: "\n".join(entry["line"] for entry in result["lines"]))
+        print_result(args, result, lambda: "\n".join(_text(entry, args) for entry in result["lines"]))
         return EXIT_OK
     client.settimeout(None)  # following waits for output as long as it takes
     for result in client.stream("logs", lines=args.lines, follow=True, **_name(args)):
         for entry in result["lines"]:
-            print(orjson.dumps(entry).decode() if getattr(args, "json", False) else entry["line"], flush=True)
+            print(orjson.dumps(entry).decode() if getattr(args, "json", False) else _text(entry, args), flush=True)
     return EXIT_OK
+
+
+def _text(entry: dict[str, Any], args: argparse.Namespace) -> str:
+    stamp = entry.get("t") if args.timestamps else None
+    if stamp is None:
+        return str(entry["line"])
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) + f".{int(stamp % 1 * 1000):03d} {entry['line']}"
 
 
 def _name(args: argparse.Namespace) -> dict[str, str]:
