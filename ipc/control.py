@@ -75,6 +75,10 @@ def _result(reply: dict[str, Any]) -> Any:
     return FoundationError.from_wire(reply.get("error"))
 
 
+def too_large(size: int) -> FoundationError:
+    return FoundationError(ErrorCode.TOO_LARGE, f"request of {size} bytes is over the {MAX_LINE}-byte line limit")
+
+
 class ControlUnreachable(Exception):
     """The daemon's control socket cannot be reached (not running, wrong runtime dir, no permission)."""
 
@@ -107,7 +111,10 @@ class ControlClient:
 
     def request(self, verb: str, **args: Any) -> Any:
         """Send one request; return its result or raise FoundationError with the daemon's code."""
-        result = _result(self.raw(encode({"id": self._bump(), "verb": verb, "args": args})))
+        payload = encode({"id": self._bump(), "verb": verb, "args": args})
+        if len(payload) > MAX_LINE:
+            raise too_large(len(payload))
+        result = _result(self.raw(payload))
         if isinstance(result, FoundationError):
             raise result
         return result
@@ -147,7 +154,11 @@ class ControlClient:
                     break
                 req_id = self._bump()
                 order.append(req_id)
-                self._send_raw(encode({"id": req_id, "verb": verb, "args": args}))
+                payload = encode({"id": req_id, "verb": verb, "args": args})
+                if len(payload) > MAX_LINE:  # answered here: the daemon would only discard it
+                    waiting[req_id] = {"id": req_id, "ok": False, "error": too_large(len(payload)).to_wire()}
+                    continue
+                self._send_raw(payload)
             while order and order[0] not in waiting:
                 reply = orjson.loads(self._read_line_or_fail())
                 waiting[reply.get("id")] = reply

@@ -15,12 +15,15 @@ import contextlib
 import grp
 import logging
 import os
+import re
 import socket
 import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from daemon.control.verbs import QUIET_VERBS, READ_VERBS
 from daemon.shell.loop import EventLoop
@@ -130,9 +133,10 @@ class ControlServer:
                 continue
             conn.inbuf += head
             if len(conn.inbuf) >= MAX_LINE:  # the newline still to come counts toward the limit
+                req_id = _leading_id(bytes(conn.inbuf[:160]))  # so a pipelining client can match the error
                 conn.inbuf.clear()
                 conn.discarding = not sep
-                self._send(conn, error_reply(None, FoundationError(ErrorCode.TOO_LARGE, _too_large())))
+                self._send(conn, error_reply(req_id, FoundationError(ErrorCode.TOO_LARGE, _too_large())))
                 continue
             if sep:
                 line = bytes(conn.inbuf)
@@ -248,6 +252,15 @@ def _group_id(name: str | None) -> int | None:
     except KeyError:
         log.warning("control_group %r does not exist; only root and the daemon's user may connect", name)
         return None
+
+
+_LEADING_ID = re.compile(rb'\s*\{\s*"id"\s*:\s*(-?\d{1,18}|"[^"\\]{0,100}")\s*,')
+
+
+def _leading_id(head: bytes) -> Any:
+    """The ``id`` of a line too long to parse, when it comes first (as foundationctl and ipc.control write it)."""
+    match = _LEADING_ID.match(head)
+    return orjson.loads(match.group(1)) if match else None
 
 
 def _too_large() -> str:
