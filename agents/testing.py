@@ -166,14 +166,15 @@ class DaemonProcess:
     def socket_path(self) -> str:
         return str(self.runtime_dir / SOCKET_NAME)
 
-    def start(self, wait: bool = True) -> DaemonProcess:
+    def start(self, wait: bool = True, cwd: Path | None = None) -> DaemonProcess:
+        """Run foundationd (from ``cwd``, default this process's directory); with ``wait``, until it answers."""
         argv = [sys.executable, "-m", "daemon.main", "--runtime-dir", str(self.runtime_dir),
                 "--state-dir", str(self.state_dir)]
         if self.config_path is not None:
             argv += ["--config", str(self.config_path)]
         env = {**os.environ, "FOUNDATION_RUNTIME_DIR": str(self.runtime_dir)}
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         self._runs.append(self.proc)
         if _trackers and self not in _trackers[-1]:  # the innermost block owns it (pytester runs tests in tests)
             _trackers[-1].append(self)

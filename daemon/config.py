@@ -110,7 +110,8 @@ def load_config(path: str | None) -> DaemonConfig:
         raise ConfigError(source, "", f"cannot read the config file: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(source, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    return parse_config(text, source)
+    config = parse_config(text, source)
+    return replace(config, root=_relative_to(config.root, Path(path).resolve().parent))
 
 
 def parse_config(text: str, source: str) -> DaemonConfig:
@@ -504,6 +505,21 @@ def _with_python(spec: SupervisorSpec) -> SupervisorSpec:
         _with_python(child)
         if isinstance(child, SupervisorSpec)
         else replace(child, command=tuple(arg.replace(PYTHON_TOKEN, sys.executable) for arg in child.command))
+        for child in spec.children
+    )
+    return replace(spec, children=children)
+
+
+def _relative_to(spec: SupervisorSpec, base: Path) -> SupervisorSpec:
+    """A relative ``working_dir`` is the config file's directory joined with it, as a relative include in nginx
+    or a relative ``WorkingDirectory`` would be read by a person: not foundationd's current directory, which is
+    ``/`` under systemd and wherever ``make run`` was typed otherwise."""
+    children = tuple(
+        _relative_to(child, base)
+        if isinstance(child, SupervisorSpec)
+        else replace(child, working_dir=str(base / child.working_dir))
+        if child.working_dir is not None and not Path(child.working_dir).is_absolute()
+        else child
         for child in spec.children
     )
     return replace(spec, children=children)
