@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import zmq
 
-from agents.sdk import Agent, InvalidState, load_agent_class, validate_state
+from agents.sdk import Agent, AgentLoadError, InvalidState, load_agent_class, validate_state
 from agents.state import StateStore, agent_state_path
 from ipc import wire
 from ipc.errors import ErrorCode, FoundationError
@@ -71,8 +71,11 @@ class AgentRuntime:
 
     def run(self) -> int:
         state, self.last_seq = self._store.load()
-        self.state = self.agent.init() if state is None else state
-        validate_state(self.agent, self.state)
+        try:
+            self.state = self.agent.init() if state is None else state
+            validate_state(self.agent, self.state)
+        except Exception as exc:
+            raise StartFailure(f"{type(self.agent).__name__}.init() failed: {_one_line(exc)}") from exc
         self._sock.connect(self._endpoint)
         try:
             self._hello()
@@ -333,6 +336,34 @@ def die_with_daemon() -> None:
         os._exit(1)
 
 
+CAUSE_PREFIX = "foundation-agent: "  # the agent's last stderr line before a failed start; the daemon reports it
+
+
+class StartFailure(Exception):
+    """The agent could not start (load, instantiate, init); the message is the one-line cause."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _report_start_failure(what: str, exc: BaseException) -> int:
+    """The user's frames (not the runtime's or importlib's), then one line naming the cause: the line the daemon
+    shows in its log and in ``status``."""
+    cause = exc.__cause__ if isinstance(exc, StartFailure) and exc.__cause__ is not None else exc
+    if not isinstance(cause, AgentLoadError):
+        here = os.path.dirname(os.path.abspath(__file__))
+        frames = [f for f in traceback.extract_tb(cause.__traceback__)
+                  if not f.filename.startswith((here, "<frozen importlib"))]
+        if frames:
+            print("Traceback (most recent call last):", file=sys.stderr)
+            print("".join(traceback.format_list(frames)), end="", file=sys.stderr)
+        print("".join(traceback.format_exception_only(cause)), end="", file=sys.stderr)
+    print(f"{CAUSE_PREFIX}{what}", file=sys.stderr, flush=True)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_daemon()
     args = sys.argv[1:] if argv is None else argv
@@ -347,13 +378,20 @@ def main(argv: list[str] | None = None) -> int:
         print("agents.runtime: FOUNDATION_NAME and FOUNDATION_BROKER must be set (run me under foundationd)",
               file=sys.stderr)
         return 2
-    agent = load_agent_class(args[0])()
+    try:
+        agent = load_agent_class(args[0])()
+    except AgentLoadError as exc:
+        return _report_start_failure(f"cannot load {args[0]}: {exc}", exc)
+    except Exception as exc:
+        return _report_start_failure(f"cannot load {args[0]}: {_one_line(exc)}", exc)
     state_dir = Path(env.get("FOUNDATION_STATE_DIR", "."))
     store = StateStore(agent_state_path(state_dir, name))
     runtime = AgentRuntime(agent, name, endpoint, env.get("FOUNDATION_AGENT_TOKEN"), store)
     signal.signal(signal.SIGTERM, runtime.on_sigterm)
     try:
         return runtime.run()
+    except StartFailure as exc:
+        return _report_start_failure(str(exc), exc)
     finally:
         runtime.close()
 

@@ -132,11 +132,29 @@ def validate_state(agent: Agent, state: Any) -> None:
         raise InvalidState("state rejected by schema")
 
 
+class AgentLoadError(Exception):
+    """``module:Class`` cannot be turned into an Agent class; the message says why in one line."""
+
+
 def load_agent_class(ref: str) -> type[Agent]:
-    """``"package.module:Class"`` -> the class, checked to be an Agent."""
+    """``"package.module:Class"`` -> the class, checked to be an Agent.
+
+    AgentLoadError when the module (or a package on its path) does not exist, the module has no such attribute,
+    or the attribute is not an Agent subclass. An error raised while the module itself runs (a bad import inside
+    it, a syntax error) propagates as it is: its traceback is the user's to read.
+    """
     module_name, _, class_name = ref.partition(":")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise AgentLoadError(f"no module named {exc.name!r} (from {ref}; is working_dir or PYTHONPATH "
+                                 "right?)") from None
+        raise
     cls = getattr(module, class_name, None)
+    if cls is None:
+        raise AgentLoadError(f"module {module_name!r} has no attribute {class_name!r}")
     if not (isinstance(cls, type) and issubclass(cls, Agent)):
-        raise TypeError(f"{ref} is not an Agent subclass")
+        what = f"class {cls.__name__}" if isinstance(cls, type) else f"a {type(cls).__name__}"
+        raise AgentLoadError(f"{ref} is {what}, not an Agent subclass")
     return cls

@@ -49,7 +49,8 @@ from daemon.core.protocol import (
     StartTimer,
     TimerFired,
 )
-from daemon.core.spec import ChildSpec, SupervisorSpec, WorkerSpec
+from daemon.core.spec import ChildSpec, WorkerSpec, worker_specs
+from daemon.core.states import State
 from daemon.core.tree import SupervisionTree, Worker
 from daemon.services.plan_runner import PlanRunner
 from daemon.services.reload import Reloader
@@ -58,6 +59,7 @@ from daemon.services.systemd_status import SystemdStatus
 from daemon.services.tree_queries import TreeQueries
 from daemon.shell import forkserver
 from daemon.shell.child_notify import ChildNotifySocket
+from daemon.shell.child_output import ChildOutput
 from daemon.shell.child_watchdog import ChildReports
 from daemon.shell.logs import LogRings, RingHandler
 from daemon.shell.loop import EventLoop, TimerHandle
@@ -82,7 +84,9 @@ class App:
         self.started_at = time.monotonic()
         self.loop = EventLoop()
         self.tree = SupervisionTree(config.root, self.loop.clock)
-        self.shell = ProcessShell(self.loop.add_reader, self.loop.remove_reader, self._on_exit, self._on_output,
+        self.logs = LogRings()
+        self.output = ChildOutput(self.logs, sinks[0] if sinks else None)
+        self.shell = ProcessShell(self.loop.add_reader, self.loop.remove_reader, self._on_exit, self.output.lines,
                                   base_env={"FOUNDATION_RUNTIME_DIR": str(runtime_dir),
                                             "FOUNDATION_STATE_DIR": str(state_dir)},
                                   fork_server=config.fork_server)
@@ -91,7 +95,6 @@ class App:
         self.queries = TreeQueries(self.tree, self.shell.signal)
         self.memory = MemoryWatch(self.loop.call_later, self.queries.memory_watched, self.queries.kill_for_memory)
         self._memory_poke = False
-        self.logs = LogRings()
         self._log_ring = RingHandler(self.logs)
         self.states = StateReaders(state_dir)
         self.reports = ChildReports(self.tree, self.loop.call_later, self.shell.signal, self.feed)
@@ -127,7 +130,7 @@ class App:
                              on_hello=self._on_agent_hello)
         self.spawn_env.broker, self.spawn_env.notify = self.broker, self.child_notify
         self.shell.start_guardian()  # before the first child: a SIGKILLed daemon leaves no process group behind
-        if _has_agents(self.config.root):  # the zygote imports the SDK while the rest of the daemon boots
+        if any(w.agent for w in worker_specs(self.config.root)):  # the zygote imports the SDK meanwhile
             self.shell.start_zygote()
         handlers = {name: functools.partial(verb.handle, self) for name, verb in VERBS.items()}
         self.control = ControlServer(self.runtime_dir, handlers, self.loop, self.config.control_group)
@@ -182,23 +185,20 @@ class App:
     def _on_agent_hello(self, name: str) -> None:
         node = self.tree.find_quiet(name)
         if isinstance(node, Worker) and node.pid is not None:
+            self.reports.started(name)
             self.feed(Ready(name, node.pid))
 
     def _on_exit(self, event: Exited) -> None:
         node = self.tree.find_quiet(event.name)
         if isinstance(node, Worker) and node.pid == event.pid:
-            self.logs.add(event.name, [f"-- exited: {event.describe()}"])
+            cause = self.output.exited(event.name, event.describe())
             self.reports.exited(event.name)
+            if cause is not None and node.state is State.STARTING:
+                log.error("%s failed to start: %s", event.name, cause)
+                self.reports.reported.setdefault(event.name, {})["last_error"] = cause
             if self.broker is not None and node.spec.agent:
                 self.broker.agent_exited(event.name, event.describe())
         self.feed(event)
-
-    def _on_output(self, name: str, lines: list[bytes]) -> None:
-        """A child's complete lines: to our stdout with its name in front, and into its ring for `logs`."""
-        prefix = name.encode() + b" | "
-        if self._sinks:
-            self._sinks[0].write(b"".join(prefix + line + b"\n" for line in lines))
-        self.logs.add(name, [line.decode(errors="replace") for line in lines])
 
     def _fire(self, token: int) -> None:
         self._timers.pop(token, None)
@@ -243,13 +243,13 @@ class App:
                 self.loop.stop()
 
     def _spawn(self, name: str, spec: WorkerSpec) -> None:
-        self.reports.forget(name)  # what the last run reported (ERRNO=, EXIT_STATUS=)
+        self.reports.forget(name, keep_error=True)  # what the last run reported (ERRNO=, EXIT_STATUS=)
         try:
             pid = self.shell.spawn(spec, self.spawn_env.extra(name, spec))
         except SpawnError as exc:
             self._pending.append(SpawnFailed(name, str(exc)))
             return
-        self.logs.add(name, [f"-- started (pid {pid})"])
+        self.output.started(name, pid)
         self._memory_poke = self._memory_poke or spec.max_memory is not None
         two_step = bool(spec.agent) or spec.ready == "notify"
         self._pending.append(Spawned(name, pid, ready=not two_step))
@@ -273,7 +273,7 @@ class App:
     def check_spawnable(self, spec: ChildSpec) -> None:
         """Refuse an operator's start/attach of a command that cannot be spawned: each failed spawn counts as
         a crash, so it would loop synchronously through the restart intensity and fail up to the root."""
-        for worker in _workers(spec):
+        for worker in worker_specs(spec):
             try:
                 self.shell.check(worker)
             except SpawnError as exc:
@@ -293,14 +293,4 @@ class App:
             "tree": self.reports.with_reports(self.tree.snapshot()),
             "broker": self.broker.stats() if self.broker is not None else None,
         }
-
-
-def _workers(spec: ChildSpec) -> list[WorkerSpec]:
-    if isinstance(spec, SupervisorSpec):
-        return [worker for child in spec.children for worker in _workers(child)]
-    return [spec]
-
-
-def _has_agents(spec: SupervisorSpec) -> bool:
-    return any(_has_agents(c) if isinstance(c, SupervisorSpec) else bool(c.agent) for c in spec.children)
 

@@ -91,3 +91,10 @@ class SupervisorSpec:
 
 
 ChildSpec = WorkerSpec | SupervisorSpec
+
+
+def worker_specs(spec: ChildSpec) -> list[WorkerSpec]:
+    """Every worker in ``spec``'s subtree (``spec`` itself if it is one), in start order."""
+    if isinstance(spec, SupervisorSpec):
+        return [worker for child in spec.children for worker in worker_specs(child)]
+    return [spec]

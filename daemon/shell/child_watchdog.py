@@ -88,9 +88,18 @@ class ChildReports:
         if watchdog is not None:
             watchdog.cancel()
 
-    def forget(self, name: str) -> None:
-        """A new run starts (or the child is gone): what the last run reported is no longer true."""
-        self.reported.pop(name, None)
+    def forget(self, name: str, *, keep_error: bool = False) -> None:
+        """A new run starts (or the child is gone): what the last run reported is no longer true. A failed start's
+        ``last_error`` stays across restarts (``keep_error``) until a start succeeds, so ``status`` shows why a
+        crash-looping child does not come up."""
+        reported = self.reported.pop(name, None)
+        if keep_error and reported is not None and "last_error" in reported:
+            self.reported[name] = {"last_error": reported["last_error"]}
+
+    def started(self, name: str) -> None:
+        reported = self.reported.get(name)
+        if reported is not None and reported.pop("last_error", None) is not None and not reported:
+            del self.reported[name]
 
     def with_reports(self, node: dict[str, Any]) -> dict[str, Any]:
         """Add what notify children reported to their status entries (no walk when none did: the walk costs a

@@ -35,6 +35,13 @@ class LogRings:
         ring = self._rings.get(name, ())
         return list(ring)[-count:] if count > 0 else []
 
+    def last_starting(self, name: str, prefix: str) -> str | None:
+        """The text after ``prefix`` of the child's last line, if that line starts with it."""
+        ring = self._rings.get(name)
+        if not ring or not ring[-1][1].startswith(prefix):
+            return None
+        return ring[-1][1][len(prefix):]
+
     def follow(self, name: str, follower: Follower) -> None:
         self._followers.setdefault(name, []).append(follower)
 

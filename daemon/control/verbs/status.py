@@ -123,6 +123,9 @@ def _reported(node: dict[str, Any]) -> str:
     """What a notify child said of itself (STATUS=, ERRNO=, EXIT_STATUS=), after its command."""
     said = [f'"{node["status"]}"'] if isinstance(node.get("status"), str) else []
     said += [f"{key} {node[key]}" for key in ("errno", "exit_status") if isinstance(node.get(key), int)]
+    if isinstance(node.get("last_error"), str):  # why its last start failed (an agent's one-line cause)
+        error = node["last_error"]
+        said.append("error: " + (error if len(error) <= 80 else error[:79] + "…"))
     return "  " + ", ".join(said) if said else ""
 
 
