@@ -13,12 +13,15 @@ import fcntl
 import logging
 import os
 import resource
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 from daemon import paths, version
 from daemon.app import App
-from daemon.config import ConfigError, load_config
+from daemon.config import ConfigError, DaemonConfig, load_config
+from daemon.core.spec import WorkerSpec, worker_specs
 from daemon.shell.output import OutputSink, SinkHandler, stderr_is_journal
 
 EXIT_OK = 0
@@ -82,11 +85,47 @@ def _lighter_log_records() -> None:
 
 
 
+def check(config: DaemonConfig) -> int:
+    """``foundationd --check``, as ``nginx -t``: the config parsed (else exit 2 before this), each worker's working
+    directory and program found, each agent's ``module:Class`` loaded in a child interpreter (user code never runs
+    in the daemon); every problem printed, one line each, naming the child."""
+    workers = worker_specs(config.root)
+    problems = [f"{w.name}: {why}" for w in workers if (why := _startable(w)) is not None]
+    for line in problems:
+        print(f"foundationd: {config.source}: {line}", file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG
+    print(f"config ok: {config.source}: {len(workers)} children")
+    return EXIT_OK
+
+
+def _startable(spec: WorkerSpec) -> str | None:
+    if spec.working_dir is not None and not os.path.isdir(spec.working_dir):
+        return f"working_dir {spec.working_dir}: not a directory"
+    if not spec.agent:
+        program = spec.command[0]
+        found = (os.path.join(spec.working_dir or "", program) if "/" in program
+                 else shutil.which(program, path=dict(spec.env).get("PATH", os.environ.get("PATH"))))
+        if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
+            return f"{program}: not an executable file"
+        return None
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ")} | dict(spec.env)
+    try:  # agents.loadcheck by name: daemon/ does not import agents/
+        out = subprocess.run([sys.executable, "-m", "agents.loadcheck", spec.agent], cwd=spec.working_dir,
+                             env=env, capture_output=True, text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        return f"importing {spec.agent} took more than 60s"
+    lines = out.stderr.strip().splitlines()
+    return None if out.returncode == 0 else lines[-1] if lines else f"check exited with status {out.returncode}"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="foundationd", description="Foundation's supervision daemon.")
     parser.add_argument("--config", help="TOML config (default: the embedded demo tree)")
     parser.add_argument("--runtime-dir", help="directory for the control socket")
     parser.add_argument("--state-dir", help="directory for persistent state")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config (and that each agent's module:Class loads), start nothing")
     parser.add_argument("--version", action="version", version="foundationd " + version())
     return parser.parse_args(argv)
 
@@ -101,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"foundationd: invalid config: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.check:
+        return check(config)
     runtime_dir = paths.runtime_dir(args.runtime_dir, config.runtime_dir)
     state_dir = paths.state_dir(args.state_dir, config.state_dir)
     try:
