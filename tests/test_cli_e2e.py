@@ -48,7 +48,8 @@ def test_status_prints_the_tree(daemon: DaemonProcess) -> None:
     assert re.match(rf"foundationd pid {daemon.proc.pid}, version \S+, up \d+s$", lines[0])  # type: ignore[union-attr]
     assert re.match(r"root\s+one_for_one\s+running\s+restarts 0 \(4 in 7s\)$", lines[1]), lines[1]
     pids = {name: daemon.pid(name) for name in ("ticker", "stage1", "stage2")}
-    assert re.match(rf"├─ ticker\s+running\s+pid {pids['ticker']}\s+up \d+s\s+restarts 0\s+permanent\s+sleep 1000$",
+    assert re.match(rf"├─ ticker\s+running\s+pid {pids['ticker']}\s+up \d+s\s+restarts 0\s+permanent\s+"
+                    r"cpu \d+\.\ds\s+rss \d+\.\dM\s+sleep 1000$",
                     lines[2]), lines[2]
     assert re.match(r"└─ pipeline\s+rest_for_one\s+running\s+restarts 0 \(3 in 5s\)$", lines[3]), lines[3]
     assert re.match(rf"   ├─ stage1\s+running\s+pid {pids['stage1']}\s+.*transient", lines[4]), lines[4]

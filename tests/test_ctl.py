@@ -8,6 +8,7 @@ end to end without depending on the daemon.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -424,3 +425,23 @@ def test_hang_up_without_reply_exits_3(
     assert main(["--runtime-dir", str(tmp_path), "status"]) == 3
     fake.close()
     assert "daemon closed the connection" in capsys.readouterr().err
+
+
+def test_render_status_shows_usage_the_last_exit_and_a_readable_command() -> None:
+    tree = {"name": "root", "type": "supervisor", "children": [
+        {"name": "web", "type": "worker", "state": "running", "pid": 10, "command": ["/opt/venv/bin/python3", "-m",
+                                                                                     "web"]},
+        {"name": "gone", "type": "worker", "state": "failed", "pid": None, "command": ["x"],
+         "last_exit": "exited with status 3"},
+    ]}
+    seen = []
+
+    def usage(pid: int, daemon_pid: int) -> tuple[float, int] | None:
+        seen.append((pid, daemon_pid))
+        return (1.25, 12 << 20)
+
+    lines = render_status({"daemon": {"pid": 1}, "tree": tree}, usage=usage).splitlines()
+    assert seen == [(10, 1)]
+    assert "cpu 1.2s  rss 12.0M  python3 -m web" in lines[2]
+    assert re.search(r"cpu -\s+rss -\s+x  last: exited with status 3$", lines[3])
+    assert "cpu" not in render_status({"daemon": {"pid": 1}, "tree": tree}, usage=lambda p, d: None)

@@ -8,8 +8,12 @@ CLI: ``foundationctl status [NAME] [--json]``.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+from collections.abc import Callable
 from typing import Any, Protocol
+
+import psutil
 
 from daemon.control.cli_common import EXIT_OK, add_json, print_result
 from daemon.control.verbs.base import Reply, Verb, str_arg
@@ -51,7 +55,7 @@ def setup(parser: argparse.ArgumentParser) -> None:
 
 def run(client: ControlClient, args: argparse.Namespace) -> int:
     result = client.request("status", **({"name": args.name} if args.name else {}))
-    print_result(args, result, lambda: render_status(result))
+    print_result(args, result, lambda: render_status(result, usage=process_usage))
     return EXIT_OK
 
 
@@ -61,7 +65,37 @@ Row = tuple[str, str, list[str]]  # (tree prefix + name, node type, the remainin
 
 
 
-def render_status(result: dict[str, Any]) -> str:
+Usage = Callable[[int, int], "tuple[float, int] | None"]  # (pid, daemon pid) -> (CPU s, RSS bytes) of its group
+
+
+def process_usage(pid: int, daemon_pid: int) -> tuple[float, int] | None:
+    """CPU time and resident memory of a child's process group, read here in the CLI from /proc (the daemon does
+    not pay for it at every status): the leader and its descendants still in its group. Only for a process whose
+    parent is the daemon, so a pid reused meanwhile (or another host's status) is not measured."""
+    try:
+        leader = psutil.Process(pid)
+        if leader.ppid() != daemon_pid:
+            return None
+        procs = [leader, *(p for p in leader.children(recursive=True) if _same_group(p, pid))]
+        cpu = rss = 0.0
+        for proc in procs:
+            with proc.oneshot():
+                times = proc.cpu_times()
+                cpu += times.user + times.system
+                rss += proc.memory_info().rss
+        return cpu, int(rss)
+    except (psutil.Error, OSError):
+        return None
+
+
+def _same_group(proc: Any, pgid: int) -> bool:
+    try:
+        return bool(os.getpgid(proc.pid) == pgid)
+    except OSError:
+        return False
+
+
+def render_status(result: dict[str, Any], usage: Usage | None = None) -> str:
     """Render a ``status`` result (DESIGN 3.3) as a header line and an aligned tree.
 
     A pure function so the layout is tested without a daemon. Missing or null fields print as ``-``:
@@ -75,7 +109,8 @@ def render_status(result: dict[str, Any]) -> str:
     rows: list[Row] = []
     tree = result.get("tree")
     if isinstance(tree, dict):
-        _collect(tree, "", "", rows)
+        measured = _measure(tree, daemon.get("pid"), usage) if usage is not None else {}
+        _collect(tree, "", "", rows, measured if measured else None)
     name_width = max((len(label) for label, _, _ in rows), default=0)
     widths: dict[str, list[int]] = {}
     for _, kind, cells in rows:
@@ -91,7 +126,8 @@ def render_status(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _collect(node: dict[str, Any], own_prefix: str, child_indent: str, rows: list[Row]) -> None:
+def _collect(node: dict[str, Any], own_prefix: str, child_indent: str, rows: list[Row],
+             usage: Measured | None = None) -> None:
     """Depth-first: one row per node; workers and supervisors are aligned among their own kind."""
     label = own_prefix + str(node.get("name", "?"))
     if node.get("type") == "supervisor":
@@ -106,7 +142,7 @@ def _collect(node: dict[str, Any], own_prefix: str, child_indent: str, rows: lis
         for i, child in enumerate(children):
             last = i == len(children) - 1
             branch, indent = ("└─ ", "   ") if last else ("├─ ", "│  ")
-            _collect(child, child_indent + branch, child_indent + indent, rows)
+            _collect(child, child_indent + branch, child_indent + indent, rows, usage)
     else:
         cells = [
             _dash(node.get("state")),
@@ -114,15 +150,43 @@ def _collect(node: dict[str, Any], own_prefix: str, child_indent: str, rows: lis
             f"up {format_duration(node.get('uptime_s'))}",
             f"restarts {_dash(node.get('restarts'))}",
             _dash(node.get("restart")),
+            *(_usage(node, usage) if usage is not None else []),
             _what(node) + _reported(node),
         ]
         rows.append((label, "worker", cells))
+
+
+Measured = dict[int, tuple[float, int]]
+
+
+def _measure(node: dict[str, Any], daemon_pid: Any, usage: Usage) -> Measured:
+    """Every running worker's usage, by pid; empty when none could be read (the columns are then left out)."""
+    out: Measured = {}
+    if not isinstance(daemon_pid, int):
+        return out
+    pid = node.get("pid")
+    if node.get("type") != "supervisor" and isinstance(pid, int) and (found := usage(pid, daemon_pid)) is not None:
+        out[pid] = found
+    for child in node.get("children") or ():
+        if isinstance(child, dict):
+            out.update(_measure(child, daemon_pid, usage))
+    return out
+
+
+def _usage(node: dict[str, Any], measured: Measured) -> list[str]:
+    found = measured.get(node["pid"]) if isinstance(node.get("pid"), int) else None
+    if found is None:
+        return ["cpu -", "rss -"]
+    cpu, rss = found
+    return [f"cpu {cpu:.1f}s", f"rss {rss / (1 << 20):.1f}M"]
 
 
 def _reported(node: dict[str, Any]) -> str:
     """What a notify child said of itself (STATUS=, ERRNO=, EXIT_STATUS=), after its command."""
     said = [f'"{node["status"]}"'] if isinstance(node.get("status"), str) else []
     said += [f"{key} {node[key]}" for key in ("errno", "exit_status") if isinstance(node.get(key), int)]
+    if node.get("state") != "running" and isinstance(node.get("last_exit"), str):
+        said.append(f"last: {node['last_exit']}")
     if isinstance(node.get("last_error"), str):  # why its last start failed (an agent's one-line cause)
         error = node["last_error"]
         said.append("error: " + (error if len(error) <= 80 else error[:79] + "…"))
@@ -143,6 +207,8 @@ def _what(node: dict[str, Any]) -> str:
         text = f"agent {node['agent']}"
     elif node.get("command"):
         command = node["command"]
+        if isinstance(command, list) and command:  # /opt/app/.venv/bin/python3 -> python3: the path is in --json
+            command = [os.path.basename(str(command[0])) or str(command[0]), *command[1:]]
         text = shlex.join(str(part) for part in command) if isinstance(command, list) else str(command)
     else:
         return ""
