@@ -109,6 +109,15 @@ class ControlClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def wait_closed(self) -> None:
+        """Block until the daemon closes this connection (it does so as it exits): ``shutdown --wait``."""
+        self._sock.settimeout(None)
+        try:
+            while self._sock.recv(READ_SIZE):
+                pass
+        except OSError:
+            pass
+
     def request(self, verb: str, **args: Any) -> Any:
         """Send one request; return its result or raise FoundationError with the daemon's code."""
         payload = encode({"id": self._bump(), "verb": verb, "args": args})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import ctl
 
-from agents.testing import DaemonProcess, wait_for
+from agents.testing import DaemonProcess, exited, wait_for
 from daemon.control import cli
 
 SLEEPER = f"""
@@ -145,3 +145,13 @@ def test_logs_show_start_and_exit_markers_timestamps_and_the_daemons_own_log(sta
     assert stamped[0][:4].isdigit()  # 2026-12-04 03:55:01.123 -- started ...
     own = ctl(d, "logs", "(foundationd)").stdout
     assert "control: restart" in own
+
+
+def test_shutdown_wait_returns_once_every_child_has_stopped(start_daemon) -> None:
+    d: DaemonProcess = start_daemon(SLEEPER)
+    pids = [d.wait_running("one"), d.wait_running("two")]
+    out = ctl(d, "shutdown", "--wait")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "foundationd has shut down"
+    assert all(exited(pid) for pid in pids)  # no waiting here: they were gone when the CLI returned
+    assert d.wait_exit(timeout=10) == 0
