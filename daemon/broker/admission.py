@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from daemon.broker.mailbox import Entry
 from ipc import wire
@@ -40,8 +40,7 @@ Respond = Callable[[Any, FoundationError | None], None]  # (result, error): exac
 DUPLICATE_ID = "duplicate"  # what an agent's accept says for a resend older than the last mark (wire, unchanged)
 
 
-@dataclass(frozen=True)
-class Receipt:
+class Receipt(NamedTuple):  # a NamedTuple, as Recipient: one is made per message, and tuples are made fastest
     """A cast's answer: its id, or that it was already accepted (``id`` None: older than the last mark)."""
 
     id: str | None
@@ -53,8 +52,7 @@ class Receipt:
         return self.id if self.id is not None else DUPLICATE_ID
 
 
-@dataclass(frozen=True)
-class Recipient:
+class Recipient(NamedTuple):
     """What admission needs of a recipient, read by the broker when the message arrives."""
 
     known: bool  # an agent of that name is in the tree
@@ -78,25 +76,25 @@ class Batch:
         return bool(self.puts or self.deletes or self.seqs or self.chans)
 
 
-@dataclass
+@dataclass(slots=True)
 class Staged:
     recipient: str
     entry: Entry
     respond: Respond | None  # answered with a Receipt once committed (casts); None for calls and infos
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Accepted:
     staged: Staged
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Duplicate:
     receipt: Receipt
     unsure: bool  # the first copy is staged in this same turn: its answer depends on the commit
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Refused:
     error: FoundationError
 
