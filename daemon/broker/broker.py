@@ -1,9 +1,21 @@
 """The message broker: a ZeroMQ ROUTER on the daemon's loop, with a durable outbox and acknowledgements.
 
-    sender ──cast──> validate ──> staged ──(end of loop turn: one LMDB txn, fsync)──> accept ──> sender
-                                                │
-                                                └──> mailbox ──deliver (window)──> recipient
-    recipient ──done──> mailbox.done ──> delete in next txn; a call's reply goes back to its caller
+    agents, clients ──frame──> peers.py (ROUTER, sessions, hello tokens, per-uid sockets)
+                                  │ cast / call / done / monitor / timer ...
+                                  v
+    control send/call ───────> Broker (this facade: wiring, group commit, delivery)
+                                  │ Recipient(known, queued, bound)
+                                  v
+                               admission.py (pure: admit, dedup, gaps, stage) ──> Accepted | Duplicate | Refused
+                                  │ end of loop turn: Turn(batch, staged, duplicates)
+                                  v
+                               outbox.py (one LMDB txn, fsync) ──ok──> accept to sender, push to mailbox.py
+                                  │ failed: admission.undo()                         │
+                                  v                                                  │ take(window)
+                               reject (internal)                                     v
+                                                              peers.send(deliver) ──> recipient
+    recipient ──done──> mailbox.done ──> delete in the next txn; a call's reply ──> calls.py ──> caller
+    timers.py (ticks), monitors.py (down notices) ──> admission.info ──> mailbox;  liveness.py ──> kill
 
 * Accepted means on disk: a cast's ``accept`` is sent only after the transaction holding it committed,
   and it is delivered only then, so a recipient never acts on a message the daemon could still lose.
@@ -19,54 +31,29 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import secrets
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import lmdb
-import zmq
 
-from daemon.broker.mailbox import Entry, Mailbox
-from daemon.broker.outbox import Batch, Outbox, outbox_path
-from daemon.shell.loop import EventLoop, TimerHandle
+from daemon.broker.admission import Accepted, Admission, Receipt, Recipient, Refused, Respond
+from daemon.broker.calls import PendingCalls
+from daemon.broker.liveness import Liveness
+from daemon.broker.mailbox import Mailbox
+from daemon.broker.monitors import Monitors
+from daemon.broker.outbox import Outbox, outbox_path
+from daemon.broker.peers import Handler, Peers, Session
+from daemon.broker.timers import MIN_TICK, Timers
+from daemon.shell.loop import EventLoop
 from ipc import wire
 from ipc.errors import ErrorCode, FoundationError
 
+__all__ = ["MIN_TICK", "Broker", "Receipt", "Respond", "Session"]
+
 log = logging.getLogger("foundationd.broker")
-
-MIN_TICK = 0.01  # seconds: the shortest period of an agent's periodic timer
-
-Respond = Callable[[Any, FoundationError | None], None]  # (result, error): exactly one is set
-
-
-@dataclass
-class Session:
-    identity: bytes
-    name: str | None  # None: an anonymous client (no mailbox, may cast and call)
-    last_seen: float = 0.0
-
-
-@dataclass
-class Staged:
-    recipient: str
-    entry: Entry
-    respond: Respond | None
-
-
-@dataclass
-class AgentInfo:
-    """What the broker keeps about one agent name while it is in the tree."""
-
-    token: str | None = None
-    session: Session | None = None
-    timers: dict[int, TimerHandle] = field(default_factory=dict)
-    ticking: set[int] = field(default_factory=set)  # timer refs with a tick in the mailbox, not yet done
 
 
 class Broker:
@@ -93,131 +80,71 @@ class Broker:
         self.liveness = liveness
         self._on_hello = on_hello
         self.window = window
-        self.endpoint = f"ipc://{runtime_dir / wire.BROKER_SOCKET}"
-        self._socket_path = runtime_dir / wire.BROKER_SOCKET
         self._outbox = Outbox(outbox_path(state_dir))
-        self._ctx = zmq.Context(io_threads=1)
-        self._sock = self._ctx.socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE)
-        self._sock.setsockopt(zmq.SNDHWM, 0)  # deliveries are bounded by the window, accepts by requests
-        self._sock.setsockopt(zmq.RCVHWM, 100_000)
-        old_umask = os.umask(0o177)
-        try:
-            self._sock.bind(self.endpoint)
-        finally:
-            os.umask(old_umask)
-        self._user_sockets: dict[int, tuple[str, Path]] = {}  # uid -> endpoint, path (agents with user=)
-        self._sessions: dict[bytes, Session] = {}
-        self._agents: dict[str, AgentInfo] = {}
         self._boxes: dict[str, Mailbox] = {}
-        self._staged: list[Staged] = []
-        self._staged_count: dict[str, int] = {}
-        self._after_flush: list[Callable[[], None]] = []
-        self._gaps: dict[tuple[str, str], list[int]] = {}  # an external producer's first refused number
-        self._batch = Batch()
         self._flush_scheduled = False
-        self._next_seq: dict[str, int] = {}
-        self._chans: dict[tuple[str, str], list[Any]] = {}
-        self._calls: dict[str, TimerHandle] = {}  # call id -> its timeout
-        self._call_counter = 0
-        self._monitors: dict[tuple[str, int], str] = {}  # (watcher, ref) -> target; each agent numbers its refs
-        self._heartbeat_timer: TimerHandle | None = None
-        self._recover()
-        self._fd = self._sock.getsockopt(zmq.FD)
-        loop.add_reader(self._fd, self._on_readable)
+        self._calls = PendingCalls(loop)
+        self._monitors = Monitors()
+        self._timers = Timers(loop, lambda name, ref: self._stage_info(name, {"tick": ref}))
+        self._admission = self._recover()
+        handlers: dict[str, Handler] = {
+            "cast": self._on_cast, "call": self._on_call, "done": self._on_done, "heartbeat": self._on_heartbeat,
+            "monitor": self._on_monitor, "demonitor": self._on_demonitor, "timer": self._on_timer,
+            "cancel_timer": self._on_cancel_timer,
+        }
+        self._peers = Peers(runtime_dir, loop, heartbeat=heartbeat, handlers=handlers, on_hello=self._hello)
+        self.endpoint = self._peers.endpoint
+        self._liveness = Liveness(loop, heartbeat, liveness, self._peers.connected, self._silent)
 
     # ---- lifecycle ----
 
-    def _recover(self) -> None:
+    def _recover(self) -> Admission:
         stored, seqs, chans = self._outbox.load()
-        self._next_seq.update(seqs)
-        self._chans.update(chans)
+        admission = Admission(seqs, chans)
         for item in stored:
-            record = item.record
-            entry = Entry(record["id"], item.seq, record.get("from"), record.get("body"))
-            self._box(item.recipient).push(entry)
-            self._next_seq[item.recipient] = max(self._next_seq.get(item.recipient, 1), item.seq + 1)
+            self._box(item.recipient).push(admission.recovered(item.recipient, item.seq, item.record))
         if stored:
             log.info("recovered %d undelivered message(s) from the outbox", len(stored))
+        return admission
 
     def close(self) -> None:
-        if self._batch or self._staged:
+        if self._admission:
             self._flush()
-        self._loop.remove_reader(self._fd)
-        self._sock.close(linger=0)
-        self._ctx.term()
+        self._peers.close()
         self._outbox.close()
-        for path in [self._socket_path, *(path for _, path in self._user_sockets.values())]:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
 
     # ---- hooks for the daemon ----
 
     def endpoint_for(self, uid: int, gid: int) -> str:
-        """The endpoint an agent running as ``uid`` connects to: the same ROUTER, bound once more on a socket only
-        that user (and root) may connect to, ``broker-UID.sock`` in the root-owned runtime directory.
-
-        Nothing more is exposed than that user already has: whoever runs as the agent's user can read its
-        token from its memory and send as it. Hellos still need the token; ``send``-ing anonymously from there
-        is what the agent itself may do.
-        """
-        if uid == os.geteuid():
-            return self.endpoint
-        known = self._user_sockets.get(uid)
-        if known is not None:
-            return known[0]
-        path = self._socket_path.with_name(f"broker-{uid}.sock")
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # left by a SIGKILLed daemon
-        endpoint = f"ipc://{path}"
-        old_umask = os.umask(0o177)
-        try:
-            self._sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            raise OSError(exc.errno, f"cannot bind {endpoint}: {exc}") from exc
-        finally:
-            os.umask(old_umask)
-        os.chown(path, uid, gid, follow_symlinks=False)
-        self._user_sockets[uid] = (endpoint, path)
-        return endpoint
+        """The endpoint an agent running as ``uid`` connects to (``broker-UID.sock``, see peers.py)."""
+        return self._peers.endpoint_for(uid, gid)
 
     def expect(self, name: str) -> str:
         """A new incarnation of agent ``name`` is about to start: the token only it may say hello with."""
-        info = self._agents.setdefault(name, AgentInfo())
         self._disconnect(name)
-        info.token = secrets.token_hex(16)
-        return info.token
+        return self._peers.new_token(name)
 
     def agent_exited(self, name: str, reason: str) -> None:
         """The agent's process is gone: unfinished casts wait for the next incarnation; calls fail."""
-        info = self._agents.get(name)
-        if info is None:
+        if not self._peers.knows(name):
             return
-        info.token = None
+        self._peers.revoke(name)
         self._disconnect(name)
-        for handle in info.timers.values():
-            handle.cancel()
-        info.timers.clear()
-        info.ticking.clear()
+        self._timers.clear(name)
         box = self._boxes.get(name)
         if box is not None:  # ticks and down notices were for this incarnation's refs: the next one has its own
             box.queue = deque(e for e in box.queue if e.kind != "info")
-        for (watcher, ref), target in list(self._monitors.items()):
-            if watcher == name:
-                del self._monitors[(watcher, ref)]
-            elif target == name:
-                del self._monitors[(watcher, ref)]
-                self._stage_info(watcher, {"down": {"ref": ref, "target": name, "reason": reason}})
+        for watcher, ref in self._monitors.exited(name):
+            self._stage_info(watcher, {"down": {"ref": ref, "target": name, "reason": reason}})
 
     def forget(self, name: str) -> None:
         """The agent left the tree: its undone messages are dropped (and logged)."""
         self.agent_exited(name, "detached")
-        self._agents.pop(name, None)
+        self._peers.forget(name)
         box = self._boxes.pop(name, None)
         if box is not None:
             for entry in box.drain():
-                self._fail_call(entry, ErrorCode.AGENT_DOWN, f"{name} was detached")
+                self._calls.fail(entry, ErrorCode.AGENT_DOWN, f"{name} was detached")
         dropped = self._outbox.drop_recipient(name)
         if dropped:
             log.warning("dropped %d undelivered message(s) to detached agent %s", dropped, name)
@@ -227,14 +154,15 @@ class Broker:
             "monitors": len(self._monitors),
             "pending_calls": len(self._calls),
             "mailboxes": {name: len(box) for name, box in self._boxes.items() if len(box)},
-            "connected": sorted(n for n, i in self._agents.items() if i.session is not None),
+            "connected": sorted(s.name for s in self._peers.connected() if s.name is not None),
         }
 
     # ---- the control socket's entry points (anonymous sender) ----
 
     def send(self, to: str, body: Any, respond: Respond, producer: str | None = None, seq: int | None = None) -> None:
-        """A cast from outside the tree. With ``producer`` and ``seq`` (increasing per producer) a resend
-        after a lost answer is recognised and answered with the first id instead of being queued twice."""
+        """A cast from outside the tree, answered with a ``Receipt``. With ``producer`` and ``seq`` (increasing per
+        producer) a resend after a lost answer is recognised: its receipt says ``duplicate``, with the first id
+        when it is the producer's last accepted number, and nothing is queued twice."""
         if producer is not None and seq is not None:
             self._cast(f"ctl:{producer}", to, body, [seq, 0], respond, gapless=True)
         else:
@@ -245,85 +173,36 @@ class Broker:
 
     # ---- frames ----
 
-    def _on_readable(self) -> None:
-        handled = 0
-        while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                break
-            if len(frames) == 2:
-                self._on_frame(frames[0], frames[1])
-            elif len(frames) > 2:  # a peer's multipart message: one JSON frame per message is the protocol
-                self._send(frames[0], "error", error=wire.error_body(
-                    ErrorCode.BAD_REQUEST, f"a message is one frame, not {len(frames) - 1}"))
-            handled += 1
-            if handled >= 20_000:  # let other descriptors have a turn; come back at the end of it
-                self._loop.call_soon(self._on_readable)
-                break
-
-    def _on_frame(self, identity: bytes, frame: bytes) -> None:
-        try:
-            msg = wire.decode(frame)
-        except wire.WireError as err:
-            self._send(identity, "error", error=err.to_wire())
-            return
-        session = self._sessions.get(identity)
-        kind = msg["kind"]
-        if kind == "hello":
-            self._hello(identity, msg)
-            return
-        if session is None:
-            self._send(identity, "error", error=wire.error_body(ErrorCode.UNAUTHORIZED, "say hello first"))
-            return
-        session.last_seen = self._loop.clock()
-        handler = self._HANDLERS.get(kind)
-        if handler is None:
-            self._send(identity, "error", error=wire.error_body(ErrorCode.BAD_REQUEST, f"{kind} is not for the broker"))
-            return
-        try:
-            handler(self, session, msg)
-        except Exception as exc:  # a frame that passed validation but trips a bug: answer it, keep the daemon
-            log.exception("broker: %s frame from %r failed", kind, session.name)
-            self._send(identity, "error", error=wire.error_body(ErrorCode.INTERNAL, repr(exc)))
-
-    def _hello(self, identity: bytes, msg: dict[str, Any]) -> None:
-        name, token = msg["name"], msg["token"]
-        if name is None:
-            self._sessions[identity] = Session(identity, None, self._loop.clock())
-            self._send(identity, "welcome", name=None, heartbeat=self.heartbeat)
-            return
-        info = self._agents.get(name)
-        if info is None or info.token is None or not secrets.compare_digest(info.token, token or ""):
-            log.warning("refused hello as %r: wrong or used token", name)
-            self._send(identity, "error", error=wire.error_body(ErrorCode.UNAUTHORIZED, f"bad token for {name!r}"))
-            return
-        info.token = None  # one hello per incarnation
-        session = Session(identity, name, self._loop.clock())
-        self._sessions[identity] = session
-        info.session = session
-        self._send(identity, "welcome", name=name, heartbeat=self.heartbeat)
+    def _hello(self, name: str) -> None:
         box = self._box(name)
         box.reset()  # anything in flight to an earlier connection goes again, in order
         self._pump(name)
-        self._arm_heartbeat_check()
+        self._liveness.arm()
         self._on_hello(name)  # the agent is ready: its supervisor may start the next sibling
 
     def _on_cast(self, session: Session, msg: dict[str, Any]) -> None:
         chan = msg.get("chan")
         if not (isinstance(chan, list) and len(chan) == 2 and all(isinstance(x, int) for x in chan)):
             chan = None
-        self._cast(session.name, msg["to"], msg["body"], chan, self._responder(session.identity, msg["ref"]))
+        identity, ref = session.identity, msg["ref"]
+
+        def respond(receipt: Receipt | None, err: FoundationError | None) -> None:
+            if err is not None:
+                self._peers.send(identity, "reject", ref=ref, error=err.to_wire())
+            else:
+                assert receipt is not None
+                self._peers.send(identity, "accept", ref=ref, id=receipt.wire_id)
+
+        self._cast(session.name, msg["to"], msg["body"], chan, respond)
 
     def _on_call(self, session: Session, msg: dict[str, Any]) -> None:
-        ref = msg["ref"]
-        identity = session.identity
+        identity, ref = session.identity, msg["ref"]
 
         def respond(result: Any, err: FoundationError | None) -> None:
             if err is not None:
-                self._send(identity, "reply", ref=ref, error=err.to_wire())
+                self._peers.send(identity, "reply", ref=ref, error=err.to_wire())
             else:
-                self._send(identity, "reply", ref=ref, body=result)
+                self._peers.send(identity, "reply", ref=ref, body=result)
 
         self._call(session.name, msg["to"], msg["body"], float(msg["timeout"]), respond)
 
@@ -334,15 +213,12 @@ class Broker:
         entry = box.done(msg["id"]) if box is not None else None
         if entry is None:
             return  # stale: an earlier incarnation's delivery, already requeued
-        if entry.persisted:
-            self._batch.deletes.append((session.name, entry.seq))  # type: ignore[arg-type]
+        if self._admission.done(session.name, entry):
             self._schedule_flush()
         if entry.kind == "call":
-            self._finish_call(entry, msg)
+            self._calls.finish(entry, msg)
         elif entry.kind == "info" and isinstance(entry.body, dict) and "tick" in entry.body:
-            info = self._agents.get(session.name)
-            if info is not None:
-                info.ticking.discard(entry.body["tick"])
+            self._timers.ticked(session.name, entry.body["tick"])
         self._pump(session.name)
 
     def _on_heartbeat(self, session: Session, msg: dict[str, Any]) -> None:
@@ -351,138 +227,56 @@ class Broker:
     def _on_monitor(self, session: Session, msg: dict[str, Any]) -> None:
         ref, target = msg["ref"], msg["target"]
         if session.name is None:
-            self._send(session.identity, "reject", ref=ref,
-                       error=wire.error_body(ErrorCode.BAD_REQUEST, "only agents may monitor"))
+            self._peers.send(session.identity, "reject", ref=ref,
+                             error=wire.error_body(ErrorCode.BAD_REQUEST, "only agents may monitor"))
             return
-        self._send(session.identity, "accept", ref=ref, id=f"monitor/{ref}")
+        self._peers.send(session.identity, "accept", ref=ref, id=f"monitor/{ref}")
         if self._agent_alive(target):
-            self._monitors[(session.name, ref)] = target
+            self._monitors.watch(session.name, ref, target)
         else:
             self._stage_info(session.name, {"down": {"ref": ref, "target": target, "reason": "noproc"}})
 
     def _on_demonitor(self, session: Session, msg: dict[str, Any]) -> None:
         if session.name is not None:
-            self._monitors.pop((session.name, msg["ref"]), None)
+            self._monitors.unwatch(session.name, msg["ref"])
 
     def _on_timer(self, session: Session, msg: dict[str, Any]) -> None:
         if session.name is None:  # ticks go to an agent's mailbox: an anonymous client has none
-            self._send(session.identity, "reject", ref=msg["ref"],
-                       error=wire.error_body(ErrorCode.BAD_REQUEST, "only agents may set timers"))
+            self._peers.send(session.identity, "reject", ref=msg["ref"],
+                             error=wire.error_body(ErrorCode.BAD_REQUEST, "only agents may set timers"))
             return
-        info = self._agents.setdefault(session.name, AgentInfo())
-        ref, after, every = msg["ref"], float(msg["after"]), msg["every"]
-        if every is not None and every > 0:
-            every = max(MIN_TICK, float(every))  # a periodic timer of a nanosecond would spin the loop
-        name = session.name
-
-        def fire() -> None:
-            info.timers.pop(ref, None)
-            if ref not in info.ticking:  # a slow agent gets one tick, not a growing pile of them
-                info.ticking.add(ref)
-                self._stage_info(name, {"tick": ref})
-            if every is not None and every > 0:
-                info.timers[ref] = self._loop.call_later(float(every), fire)
-
-        old = info.timers.pop(ref, None)
-        if old is not None:
-            old.cancel()
-        info.timers[ref] = self._loop.call_later(max(0.0, after), fire)
+        self._timers.set(session.name, msg["ref"], float(msg["after"]), msg["every"])
 
     def _on_cancel_timer(self, session: Session, msg: dict[str, Any]) -> None:
-        info = self._agents.get(session.name or "")
-        handle = info.timers.pop(msg["ref"], None) if info else None
-        if handle is not None:
-            handle.cancel()
-
-    _HANDLERS: ClassVar[dict[str, Callable[[Broker, Session, dict[str, Any]], None]]] = {
-        "cast": _on_cast,
-        "call": _on_call,
-        "done": _on_done,
-        "heartbeat": _on_heartbeat,
-        "monitor": _on_monitor,
-        "demonitor": _on_demonitor,
-        "timer": _on_timer,
-        "cancel_timer": _on_cancel_timer,
-    }
+        if session.name is not None:
+            self._timers.cancel(session.name, msg["ref"])
 
     # ---- accepting ----
 
-    def _admit(self, to: str) -> Mailbox:
-        """The recipient's mailbox, if a message may be added to it now; else a structured error."""
+    def _recipient(self, to: str) -> Recipient:
         if self._agent_alive(to) is None:
-            raise FoundationError(ErrorCode.NO_SUCH_AGENT, f"no agent named {to!r}")
+            return Recipient(known=False)
         box = self._box(to)
-        if len(box) + self._staged_count.get(to, 0) >= box.bound:
-            raise FoundationError(ErrorCode.MAILBOX_FULL, f"mailbox of {to!r} is full ({box.bound} messages)")
-        return box
+        return Recipient(known=True, queued=len(box), bound=box.bound)
 
-    def _cast(
-        self, sender: str | None, to: str, body: Any, chan: list[int] | None, respond: Respond, *, gapless: bool = False
-    ) -> None:
-        """Accept one cast. ``gapless`` (external producers): after a refusal, later numbers of the same producer
-        are refused too until the refused one is sent again, so a resend from the gap loses nothing."""
-        # A resend of an accepted cast is answered as such before the mailbox's bound is looked at: it adds nothing.
-        if chan is not None and sender is not None and self._agent_alive(to) is not None:
-            mark = self._chans.get((sender, to))
-            if mark is not None and chan <= mark[:2]:
-                # Answer only after this turn's commit: the first copy may still be staged, not yet on disk.
-                first = mark[2] if chan == mark[:2] else "duplicate"
-                self._after_flush.append(lambda: respond(first, None))
-                self._schedule_flush()
-                return
-        key = (sender or "", to)
-        gap = self._gaps.get(key) if gapless else None
-        if gap is not None and chan is not None and chan > gap:
-            respond(None, FoundationError(ErrorCode.MAILBOX_FULL,
-                                          f"message {gap[0]} of this producer was refused; send again from there"))
-            return
-        try:
-            self._admit(to)
-            seq = self._next_seq.get(to, 1)
-            entry = Entry(f"{to}/{seq}", seq, sender, body)
-            self._fits(entry)
-        except FoundationError as err:
-            if gapless and chan is not None and (gap is None or chan < gap):
-                self._gaps[key] = chan
-            respond(None, err)
-            return
-        if gap is not None and chan == gap:
-            del self._gaps[key]
-        self._batch.undo_seqs.setdefault(to, self._next_seq.get(to))
-        self._next_seq[to] = seq + 1
-        self._batch.puts.append((to, seq, {"id": entry.id, "from": sender, "body": body}))
-        self._batch.seqs[to] = seq + 1
-        if chan is not None and sender is not None:
-            self._batch.undo_chans.setdefault((sender, to), self._chans.get((sender, to)))
-            self._chans[(sender, to)] = self._batch.chans[(sender, to)] = [*chan, entry.id]
-        self._stage(to, entry, respond)
+    def _cast(self, sender: str | None, to: str, body: Any, chan: list[int] | None, respond: Respond, *,
+              gapless: bool = False) -> None:
+        decision = self._admission.cast(sender, to, body, chan, self._recipient(to), respond=respond, gapless=gapless)
+        if isinstance(decision, Refused):
+            respond(None, decision.error)
+        else:  # accepted or a duplicate: both are answered after this turn's commit
+            self._schedule_flush()
 
     def _call(self, sender: str | None, to: str, body: Any, timeout: float, respond: Respond) -> None:
-        self._call_counter += 1
-        entry = Entry(f"{to}/call-{self._call_counter}", None, sender, body, kind="call", caller=respond)
-        try:
-            self._admit(to)
-            self._fits(entry)
-        except FoundationError as err:
-            respond(None, err)
-            return
-        self._calls[entry.id] = self._loop.call_later(timeout, lambda: self._expire_call(entry, timeout))
-        self._stage(to, entry, None)
-
-    @staticmethod
-    def _fits(entry: Entry) -> None:
-        """Raise unless the frame that will deliver ``entry`` is within the size limit: once accepted, a message
-        that can never be delivered would stay in flight forever."""
-        wire.encode("deliver", id=entry.id, seq=entry.seq, sender=entry.sender, body=entry.body,
-                    call=entry.kind == "call", info=entry.kind == "info")
+        decision = self._admission.call(sender, to, body, respond, self._recipient(to))
+        if isinstance(decision, Refused):
+            respond(None, decision.error)
+        elif isinstance(decision, Accepted):
+            self._calls.start(decision.staged.entry, timeout)
+            self._schedule_flush()
 
     def _stage_info(self, to: str, body: Any) -> None:
-        self._call_counter += 1
-        self._stage(to, Entry(f"{to}/info-{self._call_counter}", None, None, body, kind="info"), None)
-
-    def _stage(self, to: str, entry: Entry, respond: Respond | None) -> None:
-        self._staged.append(Staged(to, entry, respond))
-        self._staged_count[to] = self._staged_count.get(to, 0) + 1
+        self._admission.info(to, body)
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -493,135 +287,53 @@ class Broker:
     def _flush(self) -> None:
         """Group commit: one durable transaction for the turn, then accepts and deliveries."""
         self._flush_scheduled = False
-        batch, staged, after = self._batch, self._staged, self._after_flush
-        self._batch, self._staged, self._staged_count, self._after_flush = Batch(), [], {}, []
-        if batch:
+        turn = self._admission.end_turn()
+        staged = turn.staged
+        if turn.batch:
             try:
-                self._outbox.commit(batch)
+                self._outbox.commit(turn.batch)
             except lmdb.Error as exc:
                 log.exception("outbox commit failed")
-                self._undo(batch)
                 err = FoundationError(ErrorCode.INTERNAL, f"could not persist the message: {exc}")
-                for item in staged:
-                    if item.entry.persisted and item.respond is not None:
-                        item.respond(None, err)
-                staged = [s for s in staged if not s.entry.persisted]
+                staged, tell = self._admission.undo(turn, err)
+                for respond, error in tell:
+                    respond(None, error)
         touched = set()
         for item in staged:
             self._box(item.recipient).push(item.entry)
             touched.add(item.recipient)
             if item.respond is not None:
-                item.respond(item.entry.id, None)
-        for callback in after:
-            callback()
+                item.respond(Receipt(item.entry.id), None)
+        for respond, duplicate in turn.duplicates:
+            respond(duplicate.receipt, None)
         for name in touched:
             self._pump(name)
-        # Sending may have consumed the socket's edge-triggered readiness: look again.
-        if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self._loop.call_soon(self._on_readable)
-
-    def _undo(self, batch: Batch) -> None:
-        """A failed commit: forget the seqs and channel marks it would have written, so a resend is taken anew."""
-        for name, old in batch.undo_seqs.items():
-            if old is None:
-                self._next_seq.pop(name, None)
-            else:
-                self._next_seq[name] = old
-        for key, mark in batch.undo_chans.items():
-            if mark is None:
-                self._chans.pop(key, None)
-            else:
-                self._chans[key] = mark
+        self._peers.look_again()
 
     # ---- delivering ----
 
     def _pump(self, name: str) -> None:
-        info = self._agents.get(name)
-        if info is None or info.session is None:
+        session = self._peers.session(name)
+        if session is None:
             return
-        box = self._box(name)
-        for entry in box.take(self.window):
-            self._send(info.session.identity, "deliver", id=entry.id, seq=entry.seq, sender=entry.sender,
-                       body=entry.body, call=entry.kind == "call", info=entry.kind == "info")
-
-    def _finish_call(self, entry: Entry, msg: dict[str, Any]) -> None:
-        timer = self._calls.pop(entry.id, None)
-        if timer is None:
-            return  # it timed out already; the caller has its answer
-        timer.cancel()
-        error = msg.get("error")
-        if isinstance(error, dict):
-            entry.caller(None, FoundationError.from_wire(error, unknown=ErrorCode.HANDLER_ERROR))
-        else:
-            entry.caller(msg.get("reply"), None)
-
-    def _expire_call(self, entry: Entry, timeout: float) -> None:
-        if self._calls.pop(entry.id, None) is not None:
-            entry.caller(None, FoundationError(ErrorCode.TIMEOUT, f"no reply within {timeout}s"))
-
-    def _fail_call(self, entry: Entry, code: ErrorCode, message: str) -> None:
-        if entry.kind == "call":
-            timer = self._calls.pop(entry.id, None)
-            if timer is not None:
-                timer.cancel()
-                entry.caller(None, FoundationError(code, message))
-
-    # ---- sessions and liveness ----
+        for entry in self._box(name).take(self.window):
+            self._peers.send(session.identity, "deliver", id=entry.id, seq=entry.seq, sender=entry.sender,
+                             body=entry.body, call=entry.kind == "call", info=entry.kind == "info")
 
     def _disconnect(self, name: str) -> None:
-        info = self._agents.get(name)
-        if info is None or info.session is None:
+        if not self._peers.drop(name):
             return
-        self._sessions.pop(info.session.identity, None)
-        info.session = None
         box = self._boxes.get(name)
         if box is not None:
             for entry in box.reset():
-                self._fail_call(entry, ErrorCode.AGENT_DOWN, f"{name} went down before it answered")
+                self._calls.fail(entry, ErrorCode.AGENT_DOWN, f"{name} went down before it answered")
 
-    def _arm_heartbeat_check(self) -> None:
-        if self._heartbeat_timer is None:
-            self._heartbeat_timer = self._loop.call_later(self.heartbeat, self._check_liveness)
-
-    def _check_liveness(self) -> None:
-        """Kill agents that stopped talking; runs only while some agent is connected."""
-        self._heartbeat_timer = None
-        now = self._loop.clock()
-        connected = [i.session for i in self._agents.values() if i.session is not None]
-        for session in connected:
-            if session is not None and session.name and now - session.last_seen > self.liveness(session.name):
-                log.warning("%s sent no heartbeat for %.1fs; killing it", session.name, now - session.last_seen)
-                self._disconnect(session.name)
-                self._kill(session.name, "missed heartbeats")
-        if any(i.session is not None for i in self._agents.values()):
-            self._arm_heartbeat_check()
-
-    # ---- helpers ----
+    def _silent(self, name: str) -> None:
+        self._disconnect(name)
+        self._kill(name, "missed heartbeats")
 
     def _box(self, name: str) -> Mailbox:
         box = self._boxes.get(name)
         if box is None:
             box = self._boxes[name] = Mailbox(self._bound(name))
         return box
-
-    def _responder(self, identity: bytes, ref: int) -> Respond:
-        def respond(result: Any, err: FoundationError | None) -> None:
-            if err is not None:
-                self._send(identity, "reject", ref=ref, error=err.to_wire())
-            else:
-                self._send(identity, "accept", ref=ref, id=result)
-
-        return respond
-
-    def _send(self, identity: bytes, kind: str, **fields: Any) -> None:
-        try:
-            frame = wire.encode(kind, **fields)
-        except wire.WireError as err:  # a reply too large for its frame: the caller still learns which call failed
-            ref = fields.get("ref")
-            frame = wire.encode(kind if kind == "reply" and ref is not None else "error", error=err.to_wire(),
-                                **({"ref": ref} if kind == "reply" and ref is not None else {}))
-        try:
-            self._sock.send_multipart([identity, frame], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            log.debug("send to %r failed: %s", identity, exc)
-

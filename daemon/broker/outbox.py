@@ -15,30 +15,18 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lmdb
 import orjson
 
+from daemon.broker.admission import Batch
+
+__all__ = ["Batch", "Outbox", "Stored", "outbox_path"]
+
 _SEQ = struct.Struct(">Q")
-
-
-@dataclass
-class Batch:
-    """What one loop turn changes; committed at once."""
-
-    puts: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
-    deletes: list[tuple[str, int]] = field(default_factory=list)
-    seqs: dict[str, int] = field(default_factory=dict)
-    chans: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
-    # What the broker's memory held before this batch, to put back if the commit fails.
-    undo_seqs: dict[str, int | None] = field(default_factory=dict)
-    undo_chans: dict[tuple[str, str], list[Any] | None] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.puts or self.deletes or self.seqs or self.chans)
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """``send``: cast one JSON message to an agent; answered with its id once the daemon has durably accepted it
 (after the group commit). DESIGN 3.5.
 
-Wire: ``{"verb": "send", "args": {"name": NAME, "body": JSON, "producer"?: ID, "seq"?: N}}`` -> ``{"id"}``.
+Wire: ``{"verb": "send", "args": {"name": NAME, "body": JSON, "producer"?: ID, "seq"?: N}}`` -> ``{"id"}``, or
+``{"id": ID | "duplicate", "duplicate": true}`` for a resend of a (producer, seq) already accepted (nothing is queued).
 CLI: ``foundationctl send NAME JSON`` or ``send NAME - [--producer ID]`` (one message per line of stdin,
-pipelined, one id per line).
+pipelined, one id per line for each message this run queued; lines already accepted by an earlier run are
+skipped and summed up in one note on stderr, exit 0).
 """
 
 from __future__ import annotations
@@ -47,8 +49,12 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     paired = isinstance(producer, str) and producer and isinstance(seq, int) and not isinstance(seq, bool)
     if (producer is not None or seq is not None) and not paired:
         raise FoundationError(ErrorCode.BAD_REQUEST, "'producer' (string) and 'seq' (integer) go together")
-    ctx.broker.send(str_arg(req.args, "name"), req.args["body"], answer(reply, lambda mid: {"id": mid}),
-                    producer=producer, seq=seq)
+    ctx.broker.send(str_arg(req.args, "name"), req.args["body"], answer(reply, _result), producer=producer, seq=seq)
+
+
+def _result(receipt: Any) -> dict[str, Any]:
+    """The broker's receipt as the reply: a duplicate says so, so that a rerun does not look like new messages."""
+    return {"id": receipt.wire_id, "duplicate": True} if receipt.duplicate else {"id": receipt.id}
 
 
 def setup(parser: argparse.ArgumentParser) -> None:
@@ -83,14 +89,31 @@ def run(client: ControlClient, args: argparse.Namespace) -> int:
             yield "send", {"name": args.name, "body": body, **extra}
 
     out = sys.stdout
+    duplicates: list[int] = []
     for index, result in enumerate(client.pipeline(requests())):
         if isinstance(result, FoundationError):
             failed += 1
             print(f"error: {result.code}: line {valid[index]}: {result.message}", file=sys.stderr)
+        elif result.get("duplicate"):
+            duplicates.append(valid[index])
         else:
             out.write(f"{result['id']}\n")
     out.flush()
+    if duplicates:
+        print(f"note: {len(duplicates)} line(s) already accepted under producer {args.producer!r}, not queued again: "
+              f"lines {_ranges(duplicates)}", file=sys.stderr)
     return EXIT_DAEMON_ERROR if failed else EXIT_OK
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``1-41, 43``: a rerun skips long runs of lines; one note names them all."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _json_line(line: str) -> Any:
