@@ -155,3 +155,19 @@ def test_shutdown_wait_returns_once_every_child_has_stopped(start_daemon) -> Non
     assert out.stdout.strip() == "foundationd has shut down"
     assert all(exited(pid) for pid in pids)  # no waiting here: they were gone when the CLI returned
     assert d.wait_exit(timeout=10) == 0
+
+
+def test_attach_takes_the_config_keys(start_daemon, tmp_path: Path) -> None:
+    d: DaemonProcess = start_daemon(SLEEPER)
+    work = tmp_path / "attached"
+    work.mkdir()
+    script = "import os, time; open('env', 'w').write(os.environ['GREETING']); time.sleep(1000)"
+    out = ctl(d, "attach", "extra", "--env", "GREETING=hello", "--working-dir", str(work), "--set", "shutdown=2.5",
+              "--set", 'restart="transient"', "--", sys.executable, "-c", script)
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: (work / "env").exists() and (work / "env").read_text() == "hello", what="the child's file")
+    assert d.node("extra")["restart"] == "transient"
+    bad = ctl(d, "attach", "typo", "--set", "shutdwn=1", "--", "sleep", "1")
+    assert bad.returncode == 1
+    assert "shutdwn: unknown key" in bad.stderr
+    assert ctl(d, "attach", "x", "--set", "nonsense", "--", "true").returncode == 2

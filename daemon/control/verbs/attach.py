@@ -8,6 +8,8 @@ once its first start has settled. CLI: ``foundationctl attach NAME [--parent SUP
 from __future__ import annotations
 
 import argparse
+import os
+import tomllib
 from typing import Any
 
 from daemon.config import ConfigError, child_spec_from_dict
@@ -19,7 +21,8 @@ from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
 
 RESTART_TYPES = ("permanent", "transient", "temporary")
-USAGE = f"{PROG} attach NAME [--parent SUP] [--restart TYPE] [--json] (-- COMMAND... | --agent MODULE:CLASS)"
+USAGE = (f"{PROG} attach NAME [--parent SUP] [--restart TYPE] [--env K=V] [--working-dir DIR] [--set KEY=VALUE] "
+         "[--json] (-- COMMAND... | --agent MODULE:CLASS)")
 
 
 def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
@@ -44,11 +47,32 @@ def setup(parser: argparse.ArgumentParser) -> None:
         "--restart", metavar="TYPE", choices=RESTART_TYPES, help="permanent|transient|temporary"
     )
     parser.add_argument("--agent", metavar="MODULE:CLASS", help="run a Python agent instead of a command")
+    parser.add_argument("--env", metavar="K=V", action="append", default=[], help="an environment variable (repeat)")
+    parser.add_argument("--working-dir", metavar="DIR", help="its working directory (relative: to this shell's)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="settings",
+                        help="any child key of the config, VALUE in TOML: --set shutdown=2.5 --set 'ready=\"notify\"' "
+                        "--set 'limits={nofile=4096}' (repeat)")
     add_json(parser)
     parser.epilog = "Everything after -- is the command, passed as is: options there belong to it."
 
 
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    args.extra = {}
+    for item in args.settings:
+        key, sep, value = item.partition("=")
+        try:
+            args.extra.update(tomllib.loads(f"{key.strip()} = {value}") if sep and key.strip() else {"": None})
+        except tomllib.TOMLDecodeError as exc:
+            parser.error(f"--set {item}: not KEY=VALUE with a TOML value ({exc})")
+        if "" in args.extra:
+            parser.error(f"--set {item}: not KEY=VALUE")
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--env {item}: not K=V")
+        args.extra.setdefault("env", {})[key] = value
+    if args.working_dir is not None:
+        args.extra["working_dir"] = os.path.abspath(args.working_dir)  # the daemon's directory means nothing here
     if args.tail and args.agent:
         parser.error("give either -- COMMAND... or --agent MODULE:CLASS, not both")
     if not args.tail and not args.agent:
@@ -63,6 +87,7 @@ def run(client: ControlClient, args: argparse.Namespace) -> int:
         spec["command"] = list(args.tail)
     if args.restart:
         spec["restart"] = args.restart
+    spec.update(args.extra)  # validated by the daemon as a config child is (invalid_spec names the key)
     result = client.request("attach", parent=args.parent, spec=spec)
     name = result.get("name", args.name) if isinstance(result, dict) else args.name
     print_result(args, result, lambda: f"attached {name} to {args.parent}")
