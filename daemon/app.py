@@ -81,6 +81,8 @@ class App:
     def __init__(self, config: DaemonConfig, runtime_dir: Path, state_dir: Path,
                  sinks: tuple[OutputSink, ...] = (), config_path: str | None = None) -> None:
         self.config, self.runtime_dir, self.state_dir, self._sinks = config, runtime_dir, state_dir, sinks
+        self.config_path = config_path
+        self.attached: dict[str, tuple[str, dict[str, Any]]] = {}  # run-time attaches, for `save`
         self.started_at = time.monotonic()
         self.loop = EventLoop()
         self.tree = SupervisionTree(config.root, self.loop.clock)
@@ -102,7 +104,7 @@ class App:
         self.waiters = Waiters(self.loop.call_later)
         self.reloader = Reloader(tree=self.tree, runner=PlanRunner(self.tree, self.apply, self.waiters),
                                  notifier=self.notifier, config_path=config_path,
-                                 is_ready=lambda: self.systemd.ready_sent, adopt=self._adopt_config)
+                                 is_ready=lambda: self.systemd.ready_sent, adopt=self.adopt_config)
         self.control: ControlServer | None = None
         self.broker: Broker | None = None
         self.child_notify: ChildNotifySocket | None = None
@@ -173,7 +175,7 @@ class App:
     def reload(self, reply: Reply | None) -> None:
         self.reloader.reload(self.config, reply)
 
-    def _adopt_config(self, new: DaemonConfig) -> None:
+    def adopt_config(self, new: DaemonConfig) -> None:
         self.config = new
         self.shell.zygote.configure(new.fork_server)
 
@@ -256,6 +258,7 @@ class App:
 
     def _forget(self, name: str) -> None:
         self.logs.forget(name)
+        self.attached.pop(name, None)
         self.reports.forget(name)
         self.spawn_env.forget(name)
         self.states.forget(name)

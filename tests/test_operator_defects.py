@@ -171,3 +171,39 @@ def test_attach_takes_the_config_keys(start_daemon, tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert "shutdwn: unknown key" in bad.stderr
     assert ctl(d, "attach", "x", "--set", "nonsense", "--", "true").returncode == 2
+
+
+def test_save_writes_run_time_attaches_into_the_config_and_they_survive_a_restart(start_daemon,
+                                                                                   tmp_path: Path) -> None:
+    d: DaemonProcess = start_daemon("# my tree\n" + SLEEPER)
+    assert d.config_path is not None
+    before = d.config_path.read_text()
+    out = ctl(d, "attach", "later", "--env", "A=1", "--set", "shutdown=2.5", "--", "sleep", "1000")
+    assert out.returncode == 0, out.stderr
+    assert ctl(d, "attach", "inner", "--parent", "pipeline", "--", "sleep", "1000").returncode == 0
+    refused = ctl(d, "save")
+    assert refused.returncode == 1
+    assert "attached under a supervisor other than the root: inner" in refused.stderr
+    assert d.config_path.read_text() == before  # nothing written
+    d.request("detach", name="inner")
+    saved = ctl(d, "save")
+    assert saved.returncode == 0, saved.stderr
+    assert saved.stdout.startswith(f"saved later into {d.config_path}")
+    text = d.config_path.read_text()
+    assert text.startswith(before)  # the file's own text and comments are kept
+    assert Path(f"{d.config_path}.bak").read_text() == before
+    assert ctl(d, "reload").returncode == 0  # the saved child is the config's now, not a stranger
+    d.stop()
+    again = DaemonProcess(tmp_path, None, name="again")
+    again.config_path = d.config_path
+    again.start()
+    again.wait_running("later")
+    assert ctl(again, "save").stdout.strip() == "nothing to save: no child attached at run time"
+    again.stop()
+
+
+def test_save_without_a_config_file_says_so(start_daemon) -> None:
+    d: DaemonProcess = start_daemon(None)
+    out = ctl(d, "save")
+    assert out.returncode == 1
+    assert "embedded config" in out.stderr

@@ -13,6 +13,7 @@ from daemon.control.verbs import (
     pid,
     reload,
     restart,
+    save,
     send,
     shutdown,
     signal,
@@ -25,7 +26,8 @@ from daemon.control.verbs.base import Verb
 
 VERBS: dict[str, Verb] = {
     module.VERB.name: module.VERB
-    for module in (status, start, stop, restart, signal, pid, attach, detach, shutdown, send, call, state, reload, logs)
+    for module in (status, start, stop, restart, signal, pid, attach, detach, save, shutdown, send, call, state,
+                   reload, logs)
 }
 
 # Verbs later issues will add that a control_group member may already use (they answer unknown_verb until then).

@@ -35,6 +35,7 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
         raise FoundationError(ErrorCode.INVALID_SPEC, str(exc)) from None
     ctx.check_spawnable(spec)
     ctx.apply(ctx.tree.attach(parent, spec))
+    ctx.attached[spec.name] = (parent, req.args["spec"])  # what `save` writes into the config
     node = ctx.tree.find(spec.name)
     ctx.wait(lambda: (node.incarnation > 0 and node.state is not State.STARTING) or parked(node),
              lambda: describe(node), reply)

@@ -21,6 +21,7 @@ from ipc.errors import ErrorCode, FoundationError
 
 class Context(Protocol):
     tree: SupervisionTree
+    attached: dict[str, tuple[str, dict[str, Any]]]  # children attached at run time: (parent, raw spec)
 
     def apply(self, actions: list[Action]) -> None: ...
     def wait(self, done: Callable[[], bool], answer: Callable[[], Any], reply: Reply) -> None: ...
