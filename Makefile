@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 HELPER := $(BIN)/foundation-exec
 HELPER_SRC := daemon/native/foundation-exec.c
 
-.PHONY: run test lint bench clean exec-helper install
+.PHONY: run test lint typecheck bench clean exec-helper install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,12 @@ run: $(STAMP) $(HELPER)
 
 test: $(STAMP) $(HELPER)
 	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory typecheck
 	$(BIN)/python -m pytest
+
+# mypy --strict on the pure core and the shared protocol (files and settings in pyproject.toml)
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -11,7 +11,7 @@ import socket
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -57,7 +57,7 @@ def parse_request(line: bytes) -> Request:
         err = FoundationError(ErrorCode.BAD_REQUEST, problem)
         err.req_id = obj.get("id")  # type: ignore[attr-defined]
         raise err
-    return Request(id=obj.get("id"), verb=verb, args=args)
+    return Request(id=obj.get("id"), verb=cast(str, verb), args=args)
 
 
 def ok_reply(req_id: Any, result: Any) -> bytes:

@@ -48,7 +48,7 @@ class FoundationError(Exception):
         """The other side's ``{"code", "message"}``; a code this side does not know becomes ``unknown``."""
         fields = error if isinstance(error, dict) else {}
         try:
-            code = ErrorCode(fields.get("code"))
+            code = ErrorCode(str(fields.get("code")))
         except ValueError:
             code = unknown
         return cls(code, str(fields.get("message", "")))

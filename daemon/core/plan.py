@@ -79,7 +79,8 @@ def check(plan: Plan, tree: SupervisionTree) -> None:
     """Refuse, before anything changes, a plan that run-time attach/detach made impossible to carry out."""
     removed = [node for name in plan.remove if (node := tree.find_quiet(name)) is not None]
     freed = {n for node in removed for n in node_names(node)}  # a removal frees its whole subtree's names
-    for spec in (*plan.update, *plan.replace):
+    changed: list[ChildSpec] = [*plan.update, *plan.replace]
+    for spec in changed:
         node = tree.find_quiet(spec.name)
         if node is None or isinstance(node, Supervisor) != isinstance(spec, SupervisorSpec):
             raise FoundationError(ErrorCode.INVALID_CONFIG, f"{spec.name!r} changed in the config but was detached "

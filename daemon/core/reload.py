@@ -45,7 +45,10 @@ def diff(old: SupervisorSpec, new: SupervisorSpec) -> Plan:
     new_parent = _parents(new)
     old_specs = _specs(old)
     new_specs = _specs(new)
-    remove, update, replace, add = [], [], [], []
+    remove: list[str] = []
+    update: list[SupervisorSpec] = []
+    replace: list[WorkerSpec] = []
+    add: list[tuple[str, int, ChildSpec]] = []
     for name, spec in old_specs.items():
         other = new_specs.get(name)
         gone = other is None or _kind(other) != _kind(spec) or new_parent.get(name) != old_parent.get(name)

@@ -30,6 +30,7 @@ import signal
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from daemon.core import backoff, intensity
 from daemon.core.protocol import (
@@ -201,7 +202,9 @@ class SupervisionTree:
         self._timers: dict[int, Callable[[], None]] = {}
         self._next_token = 0
         self._index: dict[str, AnyNode] = {}
-        self.root = self._build(root, None)
+        built = self._build(root, None)
+        assert isinstance(built, Supervisor)
+        self.root: Supervisor = built
         self.halted: Halt | None = None
         self.shutting_down = False
 
@@ -300,7 +303,7 @@ class SupervisionTree:
                 self._begin_stop(self.root, failed=False)
         return self._drain()
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """The whole tree as plain data, for ``status``: built on every request, so one clock read for all."""
         return _describe_supervisor(self.root, self._clock())
 
@@ -565,7 +568,8 @@ class SupervisionTree:
         self._cancel(sup.sleep_timer)
         sup.sleep_timer = None
         waiting = sup.waiting
-        if sup.wait_kind == "start" and waiting is not None and (isinstance(waiting, Supervisor) or waiting.pid):
+        starting = isinstance(waiting, Supervisor) or (isinstance(waiting, Worker) and waiting.pid)
+        if sup.wait_kind == "start" and starting:
             # A child still starting (waiting for READY=1, or an agent's hello) is stopped now, with the others,
             # rather than after it is ready or its start_timeout has run out.
             sup.waiting = None
@@ -710,7 +714,7 @@ class SupervisionTree:
 # fields are read once each; ~0.5 us a worker where str(), list(), properties and a clock read per worker took ~1.
 
 
-def _describe_supervisor(node: Supervisor, now: float) -> dict:
+def _describe_supervisor(node: Supervisor, now: float) -> dict[str, Any]:
     spec = node.spec
     return {
         "name": spec.name,
@@ -727,11 +731,11 @@ def _describe_supervisor(node: Supervisor, now: float) -> dict:
     }
 
 
-def _describe_worker(node: Worker, now: float) -> dict:
+def _describe_worker(node: Worker, now: float) -> dict[str, Any]:
     spec = node.spec
     state = node.state
     started_at = node.started_at
-    out = {
+    out: dict[str, Any] = {
         "name": spec.name,
         "type": "worker",
         "pid": node.pid,
