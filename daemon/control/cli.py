@@ -25,7 +25,6 @@ from pathlib import Path
 
 import orjson
 
-from daemon.config import ConfigError, load_config
 from daemon.control import completion
 from daemon.control.cli_common import (
     EXIT_DAEMON_ERROR,
@@ -144,6 +143,8 @@ def _socket_path(args: argparse.Namespace) -> Path:
     """The first candidate directory whose control socket exists (else the first, for the error message)."""
     config_dir = None
     if args.config:
+        from daemon.config import ConfigError, load_config  # (only with --config: foundationctl starts fast)
+
         try:
             config_dir = load_config(args.config).runtime_dir
         except (ConfigError, OSError) as exc:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import tomllib
 from typing import Any
 
-from daemon.config import ConfigError, child_spec_from_dict
 from daemon.control.cli_common import EXIT_OK, PROG, add_json, print_result
 from daemon.control.verbs.base import Reply, Verb
 from daemon.control.verbs.lifecycle import Context, describe, parked
@@ -29,6 +27,8 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     parent = req.args.get("parent", "root")
     if not isinstance(parent, str):
         raise FoundationError(ErrorCode.BAD_REQUEST, "'parent' must be a string")
+    from daemon.config import ConfigError, child_spec_from_dict  # (daemon side only: foundationctl starts fast)
+
     try:
         spec = child_spec_from_dict(req.args.get("spec"), key="spec")
     except ConfigError as exc:
@@ -58,6 +58,8 @@ def setup(parser: argparse.ArgumentParser) -> None:
 
 
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    import tomllib  # (only for --set)
+
     args.extra = {}
     for item in args.settings:
         key, sep, value = item.partition("=")

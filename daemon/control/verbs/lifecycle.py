@@ -6,15 +6,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon.control.cli_common import EXIT_DAEMON_ERROR, EXIT_OK, add_json, print_result
 from daemon.control.verbs.base import Reply, Run, str_arg
 from daemon.control.verbs.status import find_entry
-from daemon.core.protocol import Action
-from daemon.core.spec import ChildSpec
 from daemon.core.states import DOWN, State
-from daemon.core.tree import AnyNode, SupervisionTree
+
+if TYPE_CHECKING:
+    from daemon.core.protocol import Action
+    from daemon.core.spec import ChildSpec
+    from daemon.core.tree import AnyNode, SupervisionTree
 from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
 

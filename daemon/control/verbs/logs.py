@@ -12,16 +12,15 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from daemon.control.cli_common import EXIT_OK, add_json, print_result
 from daemon.control.verbs.base import Reply, Verb, str_arg
-from daemon.core.tree import AnyNode, SupervisionTree, Supervisor, Worker
-from daemon.shell.forkserver import NAME as ZYGOTE_NAME
-from daemon.shell.logs import DAEMON_NAME
-from daemon.shell.process import GUARDIAN_NAME
+
+if TYPE_CHECKING:
+    from daemon.core.tree import AnyNode, SupervisionTree
 from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
 
@@ -37,6 +36,11 @@ class Context(Protocol):
 
 
 def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
+    from daemon.core.tree import Supervisor  # (daemon side only: foundationctl starts fast)
+    from daemon.shell.forkserver import NAME as ZYGOTE_NAME
+    from daemon.shell.logs import DAEMON_NAME
+    from daemon.shell.process import GUARDIAN_NAME
+
     name = str_arg(req.args, "name") if "name" in req.args else ctx.tree.root.name
     node = ctx.tree.find_quiet(name)
     if node is None and name not in (ZYGOTE_NAME, GUARDIAN_NAME, DAEMON_NAME):
@@ -67,6 +71,8 @@ def _merged(ctx: Context, name: str, children: list[str], count: int, *, follow:
 
 
 def _workers(node: AnyNode) -> list[str]:
+    from daemon.core.tree import Worker
+
     if isinstance(node, Worker):
         return [node.name]
     return [name for child in node.children for name in _workers(child)]

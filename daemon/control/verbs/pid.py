@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from daemon.control.cli_common import EXIT_DAEMON_ERROR, EXIT_OK, add_json, print_result
 from daemon.control.verbs.base import Reply, Verb, str_arg
-from daemon.core.tree import SupervisionTree
+
+if TYPE_CHECKING:
+    from daemon.core.tree import SupervisionTree
 from ipc.control import ControlClient, Request
 
 

@@ -18,14 +18,16 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from daemon.config import ConfigError, DaemonConfig, load_config
 from daemon.control.cli_common import EXIT_OK, add_json, print_result
 from daemon.control.verbs.base import Reply, Verb
-from daemon.core.tree import SupervisionTree
+
+if TYPE_CHECKING:
+    from daemon.config import DaemonConfig
+    from daemon.core.tree import SupervisionTree
 from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
 
@@ -74,6 +76,8 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
 
 def _checked(path: Path, text: str, names: set[str]) -> DaemonConfig:
     """The new text as the daemon would load it: it must parse and hold every saved child at the root."""
+    from daemon.config import ConfigError, load_config  # (daemon side only: foundationctl starts fast)
+
     tmp = path.with_name(f".{path.name}.check.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import signal as signals
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon.control.cli_common import EXIT_OK, add_json, print_result
 from daemon.control.verbs.base import Reply, Verb, str_arg
-from daemon.core.tree import AnyNode, SupervisionTree, Worker
+
+if TYPE_CHECKING:
+    from daemon.core.tree import AnyNode, SupervisionTree, Worker
 from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
 
@@ -50,6 +52,8 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
 
 
 def _workers(node: AnyNode) -> list[Worker]:
+    from daemon.core.tree import Worker  # (daemon side only: foundationctl starts fast)
+
     if isinstance(node, Worker):
         return [node]
     return [w for child in node.children for w in _workers(child)]

@@ -8,16 +8,17 @@ CLI: ``foundationctl state NAME [--json]`` prints the state as JSON.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from daemon.control.cli_common import EXIT_OK, add_name, print_result
 from daemon.control.verbs.base import Reply, Verb, str_arg
-from daemon.core.tree import SupervisionTree, Worker
+
+if TYPE_CHECKING:
+    from daemon.core.tree import SupervisionTree
 from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
-from ipc.state_store import StateError
 
 
 class Readers(Protocol):
@@ -30,6 +31,9 @@ class Context(Protocol):
 
 
 def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
+    from daemon.core.tree import Worker  # (daemon side only: foundationctl starts fast)
+    from ipc.state_store import StateError
+
     name = str_arg(req.args, "name")
     node = ctx.tree.find(name)
     if not isinstance(node, Worker) or not node.spec.agent:

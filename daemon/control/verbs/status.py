@@ -13,8 +13,6 @@ import shlex
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import psutil
-
 from daemon.control.cli_common import EXIT_OK, add_json, print_result
 from daemon.control.verbs.base import Reply, Verb, str_arg
 from ipc.control import ControlClient, Request
@@ -72,6 +70,8 @@ def process_usage(pid: int, daemon_pid: int) -> tuple[float, int] | None:
     """CPU time and resident memory of a child's process group, read here in the CLI from /proc (the daemon does
     not pay for it at every status): the leader and its descendants still in its group. Only for a process whose
     parent is the daemon, so a pid reused meanwhile (or another host's status) is not measured."""
+    import psutil
+
     try:
         leader = psutil.Process(pid)
         if leader.ppid() != daemon_pid:
@@ -88,7 +88,7 @@ def process_usage(pid: int, daemon_pid: int) -> tuple[float, int] | None:
         return None
 
 
-def _same_group(proc: Any, pgid: int) -> bool:
+def _same_group(proc: Any, pgid: int) -> bool:  # (proc: a psutil.Process)
     try:
         return bool(os.getpgid(proc.pid) == pgid)
     except OSError:
