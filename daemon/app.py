@@ -23,7 +23,6 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from daemon.config import DaemonConfig
 from daemon.control.server import ControlServer, Reply
 from daemon.control.verbs import VERBS
 from daemon.control.waiters import Waiters
+from daemon.core.events import CoreEvent
 from daemon.core.protocol import (
     Action,
     CancelTimer,
@@ -102,6 +102,7 @@ class App:
         self.reports = ChildReports(self.tree, self.loop.call_later, self.shell.signal, self.feed)
         self.spawn_env = SpawnEnv(runtime_dir, state_dir, self.shell)
         self.waiters = Waiters(self.loop.call_later)
+        self.wait, self.send_signal = self.waiters.wait, self.shell.signal  # what verbs ask of the daemon
         self.reloader = Reloader(tree=self.tree, runner=PlanRunner(self.tree, self.apply, self.waiters),
                                  notifier=self.notifier, config_path=config_path,
                                  is_ready=lambda: self.systemd.ready_sent, adopt=self.adopt_config)
@@ -215,12 +216,15 @@ class App:
             self._act(queue.popleft())
             while self._pending:
                 queue.extend(self.tree.handle(self._pending.popleft()))
-        # core events: drained here once the tree emits them
+        self.on_core_events(self.tree.take_events())
         self.waiters.check()
         self.systemd.after_batch()
         if self._memory_poke:  # after the batch: the tree has recorded the new pids by now
             self._memory_poke = False
             self.memory.poke()
+
+    def on_core_events(self, happened: list[CoreEvent]) -> None:
+        """The core's typed events of this batch: where the event stream and metrics will read them (none yet)."""
 
     def _act(self, action: Action) -> None:
         match action:
@@ -266,12 +270,6 @@ class App:
             self.broker.forget(name)
 
     # ---- what verbs and the broker ask ----
-
-    def send_signal(self, pid: int, sig: int) -> None:
-        self.shell.signal(pid, sig)
-
-    def wait(self, done: Callable[[], bool], answer: Callable[[], Any], reply: Reply) -> None:
-        self.waiters.wait(done, answer, reply)
 
     def check_spawnable(self, spec: ChildSpec) -> None:
         """Refuse an operator's start/attach of a command that cannot be spawned: each failed spawn counts as

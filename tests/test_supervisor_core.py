@@ -16,7 +16,7 @@ from fakeshell import SIGKILL, SIGTERM, FakeShell, halts, kinds, spawns, timers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.core import backoff
+from daemon.core import backoff, events
 from daemon.core.protocol import CancelTimer, Exited, Halt, Log, Signal, Spawn, Spawned, StartTimer, TimerFired
 from daemon.core.spec import (
     BRUTAL_KILL,
@@ -73,8 +73,9 @@ def restarts(sh: FakeShell, name: str) -> int:
     return sh.tree.find(name).restarts
 
 
-def errors(actions) -> list[str]:
-    return [a.message for a in actions if isinstance(a, Log) and a.level == "error"]
+def happened(sh: FakeShell, kind: type) -> list:
+    """The core's typed events of one kind since the last look (daemon/core/events.py)."""
+    return [e for e in sh.tree.take_events() if isinstance(e, kind)]
 
 
 # ---- boot ----
@@ -254,9 +255,10 @@ def test_intensity_fourth_crash_within_period_stops_children_in_reverse_and_fail
     for _ in range(3):
         assert kinds(sh.crash("a")) == ["spawn a"]
         sh.advance(1.0)
+    sh.tree.take_events()
     fourth = sh.crash("a")  # 3 s after the first: 4 restarts in the window
     assert kinds(fourth) == ["term c"]
-    assert any("supervisor root failed" in m for m in errors(fourth))
+    assert [(e.supervisor, e.last) for e in happened(sh, events.IntensityExceeded)] == [("root", "a")]
     assert sh.state("root") == "stopping"
     assert kinds(sh.exit_after_signal("c")) == ["term b"]
     end = sh.exit_after_signal("b")
@@ -310,9 +312,10 @@ def test_nested_supervisor_exceeding_intensity_stops_its_children_then_parent_re
     sh = booted(W("a"), S("n", W("x"), W("y"), W("z"), intensity=1, period=5.0), W("b"))
     old = dict(sh.live)
     assert kinds(sh.crash("x")) == ["spawn x"]
+    sh.tree.take_events()
     failing = sh.crash("y")  # n's second restart in its window: n gives up
     assert kinds(failing) == ["term z"]
-    assert any("supervisor n failed" in m for m in errors(failing))
+    assert [e.supervisor for e in happened(sh, events.SupervisorFailed)] == ["n"]
     assert kinds(sh.exit_after_signal("z")) == ["term x"]
     # n is down: that is a crash in root (one_for_one), which starts n again, children in order
     assert kinds(sh.exit_after_signal("x")) == ["spawn x", "spawn y", "spawn z"]
@@ -452,7 +455,7 @@ def test_spawn_failed_at_boot_fails_the_root_without_a_retry_loop():
     sh.fail_next_spawns["b"] = 1
     actions = sh.boot()
     assert kinds(actions) == ["spawn a", "spawn b", "term a"]
-    assert any("b failed to start" in m for m in errors(actions))
+    assert [e.name for e in happened(sh, events.StartFailed)] == ["b"]
     assert kinds(sh.exit_after_signal("a")) == ["halt 1"]
     assert sh.spawn_count == {"a": 1, "b": 1}  # c never started, b never retried
     assert (sh.state("b"), sh.state("c"), sh.state("root")) == ("failed", "stopped", "failed")

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.core import backoff, intensity
+from daemon.core import backoff, events, intensity
 from daemon.core.protocol import (
     Action,
     CancelTimer,
@@ -55,6 +55,7 @@ from daemon.core.states import ALIVE, ALLOWED, DOWN, IllegalTransition, State
 from ipc.errors import ErrorCode, FoundationError
 
 ROOT = "root"
+EVENTS_KEPT = 10_000  # undrained core events kept; the oldest go first
 
 
 def should_restart(restart: RestartType, normal_exit: bool) -> bool:
@@ -202,6 +203,8 @@ class SupervisionTree:
         self._timers: dict[int, Callable[[], None]] = {}
         self._next_token = 0
         self._index: dict[str, AnyNode] = {}
+        self._events: deque[events.CoreEvent] = deque(maxlen=EVENTS_KEPT)
+        self.events_dropped = 0
         built = self._build(root, None)
         assert isinstance(built, Supervisor)
         self.root: Supervisor = built
@@ -334,7 +337,8 @@ class SupervisionTree:
         node.ready_timer = None
         self._end_phase(node)
         node.started_at = self._clock()
-        node.transition(State.RUNNING)
+        self._transition(node, State.RUNNING)
+        self._record(events.ChildStarted(self._clock(), name, pid))
         self._emit_log("info", f"started {name} (pid {pid})")
         self._settle(node, started=True)
 
@@ -398,7 +402,8 @@ class SupervisionTree:
         node = self._index.get(name)
         if not isinstance(node, Worker) or node.state is not State.STARTING:
             return
-        node.transition(State.FAILED)
+        self._transition(node, State.FAILED)
+        self._record(events.StartFailed(self._clock(), name, reason))
         node.last_exit = f"failed to start: {reason}"
         self._emit_log("error", f"{name} failed to start: {reason}")
         self._settle(node, started=False)
@@ -413,17 +418,21 @@ class SupervisionTree:
         self._end_phase(node)
         node.pid = None
         node.last_exit = ev.describe()
-        if node.state is State.STOPPING:
-            node.transition(State.STOPPED)
+        expected = node.state is State.STOPPING
+        self._record(events.ChildExited(self._clock(), node.name, ev.pid, node.last_exit, expected))
+        if node.state is State.STARTING:
+            self._record(events.StartFailed(self._clock(), node.name, f"{node.last_exit} before it was ready"))
+        if expected:
+            self._transition(node, State.STOPPED)
             self._emit_log("info", f"stopped {node.name} ({node.last_exit})")
             self._settle(node, started=False)
         elif node.state is State.STARTING:
-            node.transition(State.FAILED)
+            self._transition(node, State.FAILED)
             self._emit_log("error", f"{node.name} {node.last_exit} before it was ready")
             self._settle(node, started=False)
         else:
             normal = ev.status == 0
-            node.transition(State.STOPPED if normal else State.FAILED)
+            self._transition(node, State.STOPPED if normal else State.FAILED)
             self._emit_log("info" if normal else "warning", f"{node.name} {node.last_exit}")
             self._settle(node, started=False, normal=normal)
 
@@ -492,7 +501,7 @@ class SupervisionTree:
                 self._emit_log("notice", f"detached {node.name}")
                 self._out.append(Removed(names))
             case FinishStart():
-                sup.transition(State.RUNNING)
+                self._transition(sup, State.RUNNING)
                 self._settle(sup, started=True)
             case FinishStop(failed):
                 self._finish_stop(sup, failed)
@@ -510,7 +519,7 @@ class SupervisionTree:
         node.backoff_timer = None
         node.incarnation += 1
         if isinstance(node, Worker):
-            node.transition(State.STARTING)
+            self._transition(node, State.STARTING)
             self._out.append(Spawn(node.name, node.spec))
         else:
             self._begin_start(node)
@@ -528,7 +537,7 @@ class SupervisionTree:
             return
         if node.state is State.STOPPING:
             return
-        node.transition(State.STOPPING)
+        self._transition(node, State.STOPPING)
         assert node.pid is not None
         shutdown = node.spec.shutdown
         sig = signal.SIGKILL if shutdown == BRUTAL_KILL else signal.SIGTERM
@@ -555,7 +564,7 @@ class SupervisionTree:
         self._out.append(Signal(node.name, node.pid, signal.SIGKILL))
 
     def _begin_start(self, sup: Supervisor) -> None:
-        sup.transition(State.STARTING)
+        self._transition(sup, State.STARTING)
         sup.history = ()
         sup.plan = deque([*(StartStep(c) for c in sup.children), FinishStart()])
         self._runq.append(sup)
@@ -563,7 +572,7 @@ class SupervisionTree:
     def _begin_stop(self, sup: Supervisor, *, failed: bool) -> None:
         """Replace whatever the supervisor planned with: stop all children in reverse order, then finish."""
         if sup.state is not State.STOPPING:
-            sup.transition(State.STOPPING)
+            self._transition(sup, State.STOPPING)
         sup.inbox.clear()
         self._cancel(sup.sleep_timer)
         sup.sleep_timer = None
@@ -577,17 +586,19 @@ class SupervisionTree:
         self._runq.append(sup)
 
     def _fail(self, sup: Supervisor, reason: str) -> None:
+        self._record(events.SupervisorFailed(self._clock(), sup.name, reason))
         self._emit_log("error", f"supervisor {sup.name} failed: {reason}; stopping its children")
         self._begin_stop(sup, failed=True)
 
     def _finish_stop(self, sup: Supervisor, failed: bool) -> None:
-        sup.transition(State.FAILED if failed else State.STOPPED)
+        self._transition(sup, State.FAILED if failed else State.STOPPED)
         if sup.parent is None:
             if failed:
                 self.halted = Halt(1, "root supervisor failed: restart intensity exceeded")
             else:
                 self.halted = Halt(0, "orderly shutdown")
             self._out.append(self.halted)
+            self._record(events.Halted(self._clock(), self.halted.code, self.halted.reason))
             return
         self._settle(sup, started=False, normal=not failed)
 
@@ -626,6 +637,7 @@ class SupervisionTree:
         now = self._clock()
         sup.history = intensity.add_restart(sup.history, now, sup.spec.period)
         if intensity.exceeded(sup.history, sup.spec.intensity):
+            self._record(events.IntensityExceeded(now, sup.name, sup.spec.intensity, sup.spec.period, node.name))
             self._fail(
                 sup,
                 f"more than {sup.spec.intensity} restarts in {sup.spec.period}s (last: {node.name})",
@@ -640,6 +652,7 @@ class SupervisionTree:
 
     def _restart_one(self, sup: Supervisor, node: AnyNode, wait: float) -> None:
         node.restarts += 1
+        self._record(events.ChildRestarted(self._clock(), node.name, sup.name, node.restarts, wait))
         if wait > 0:
             self._emit_log("notice", f"restarting {node.name} in {wait:.3f}s (backoff)")
             token = node.incarnation
@@ -665,6 +678,7 @@ class SupervisionTree:
             if child is not node and child.spec.restart is RestartType.TEMPORARY:
                 continue  # OTP: a temporary sibling is stopped with the group, never started again
             child.restarts += 1
+            self._record(events.ChildRestarted(self._clock(), child.name, sup.name, child.restarts, wait))
             sup.plan.append(StartStep(child))
 
     def _backoff_delay(self, node: AnyNode, now: float) -> float:
@@ -706,6 +720,23 @@ class SupervisionTree:
 
     def _emit_log(self, level: str, message: str) -> None:
         self._out.append(Log(level, message))
+
+    def _transition(self, node: AnyNode, new: State) -> None:
+        """Every state change of every node passes here (supervisord's change_state): checked, then recorded."""
+        old = node.state
+        node.transition(new)
+        self._record(events.Transition(self._clock(), node.name, str(old), str(new)))
+
+    def _record(self, event: events.CoreEvent) -> None:
+        if len(self._events) == self._events.maxlen:
+            self.events_dropped += 1  # nobody drains: the oldest go, counted
+        self._events.append(event)
+
+    def take_events(self) -> list[events.CoreEvent]:
+        """What the core decided since the last call, oldest first (bounded: see ``events_dropped``)."""
+        taken = list(self._events)
+        self._events.clear()
+        return taken
 
 # ---- descriptions (status) ----
 #
