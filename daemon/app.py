@@ -83,6 +83,7 @@ class App:
         self.config, self.runtime_dir, self.state_dir, self._sinks = config, runtime_dir, state_dir, sinks
         self.config_path = config_path
         self.attached: dict[str, tuple[str, dict[str, Any]]] = {}  # run-time attaches, for `save`
+        self.start_causes: dict[str, str] = {}  # an agent's last failed start, for attach's error
         self.started_at = time.monotonic()
         self.loop = EventLoop()
         self.tree = SupervisionTree(config.root, self.loop.clock)
@@ -189,6 +190,7 @@ class App:
         node = self.tree.find_quiet(name)
         if isinstance(node, Worker) and node.pid is not None:
             self.reports.started(name)
+            self.start_causes.pop(name, None)
             self.feed(Ready(name, node.pid))
 
     def _on_exit(self, event: Exited) -> None:
@@ -198,6 +200,7 @@ class App:
             self.reports.exited(event.name)
             if cause is not None and node.state is State.STARTING:
                 log.error("%s failed to start: %s", event.name, cause)
+                self.start_causes[event.name] = cause
                 self.reports.reported.setdefault(event.name, {})["last_error"] = cause
             if self.broker is not None and node.spec.agent:
                 self.broker.agent_exited(event.name, event.describe())

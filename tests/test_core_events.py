@@ -99,3 +99,44 @@ def test_undrained_events_are_bounded_and_the_drops_counted() -> None:
     while sh.tree.events_dropped == 0:
         sh.crash("a")
     assert len(sh.tree.take_events()) == EVENTS_KEPT
+
+
+def test_an_operators_attach_whose_first_start_fails_is_removed_and_counts_no_restart() -> None:
+    sh = shell(W("a"), intensity=1, period=5.0)
+    sh.boot()
+    sh.fail_next_spawns["ghost"] = 1
+    actions = sh._run(sh.tree.attach("root", W("ghost"), synchronous=True))
+    assert sh.tree.find_quiet("ghost") is None
+    assert [a.names for a in actions if type(a).__name__ == "Removed"] == [("ghost",)]
+    assert sh.tree.root.restarts == 0
+    assert sh.tree.root.history == ()
+    assert sh.state("root") == "running"
+
+
+def test_an_attached_agent_that_dies_before_ready_is_rejected_with_the_reason() -> None:
+    sh = shell(W("a"))
+    sh.boot()
+    sh._run(sh.tree.attach("root", W("agent", agent="m:C"), synchronous=True))
+    node = sh.tree.find("agent")
+    sh.crash("agent", status=1)  # before its hello
+    assert node.rejected == "agent failed to start: exited with status 1 before it was ready"
+    assert sh.tree.find_quiet("agent") is None
+    assert sh.spawn_count["agent"] == 1  # not restarted
+
+
+def test_a_reload_attach_keeps_the_restart_rules() -> None:
+    sh = shell(W("a"), intensity=5, period=5.0)
+    sh.boot()
+    sh.fail_next_spawns["b"] = 1
+    sh._run(sh.tree.attach("root", W("b")))  # not synchronous: a failed start is a crash, restarted
+    assert sh.tree.find("b").state == "running"
+    assert sh.spawn_count["b"] == 2
+
+
+def test_a_start_failure_at_boot_is_named_in_the_halting_line() -> None:
+    sh = shell(W("a"), W("ghost"))
+    sh.fail_next_spawns["ghost"] = 1
+    sh.boot()
+    sh.stop_signalled()
+    assert sh.halt is not None
+    assert sh.halt.reason.startswith("root supervisor failed: ghost failed to start: ")

@@ -78,6 +78,11 @@ class Node:
     state: State = State.STOPPED
     restarts: int = 0
     held: bool = False  # stopped by the operator: strategies leave it down until started again
+    # Attached by an operator and not yet started once: a failed first start removes it (OTP's start_child)
+    # instead of counting as a crash; ``rejected`` then says why.
+    attach_pending: bool = False
+    rejected: str | None = None
+    failure: str | None = None  # (supervisors) why it failed, for the halting line
     incarnation: int = 0
     backoff_timer: int | None = None
 
@@ -256,8 +261,12 @@ class SupervisionTree:
         self._post(node.parent, RequestItem(verb, node))
         return self._drain()
 
-    def attach(self, parent: str, spec: ChildSpec, index: int | None = None) -> list[Action]:
-        """Add a dynamic child to ``parent`` (at the end, or before its ``index``-th child) and start it."""
+    def attach(self, parent: str, spec: ChildSpec, index: int | None = None, *, synchronous: bool = False
+               ) -> list[Action]:
+        """Add a dynamic child to ``parent`` (at the end, or before its ``index``-th child) and start it.
+
+        ``synchronous`` (an operator's attach): if that first start fails, the child is removed again and its
+        node's ``rejected`` says why, instead of the failure counting as a crash in ``parent``."""
         self._refuse_while_shutting_down()
         sup = self.find(parent)
         if not isinstance(sup, Supervisor):
@@ -266,6 +275,7 @@ class SupervisionTree:
         if clash:
             raise FoundationError(ErrorCode.ALREADY_EXISTS, f"a child named {clash[0]!r} already exists")
         node = self._build(spec, sup)
+        node.attach_pending = synchronous
         sup.children.insert(len(sup.children) if index is None else index, node)
         self._post(sup, RequestItem("start", node))
         return self._drain()
@@ -451,15 +461,24 @@ class SupervisionTree:
             kind = parent.wait_kind
             parent.waiting = None
             self._runq.append(parent)
-            if kind == "start" and not started:
+            if kind == "start" and started:
+                node.attach_pending = False
+            elif kind == "start":
                 self._on_start_failure(parent, node)
             return
         if not started and node.state in DOWN:
             self._post(parent, ExitItem(node, node.incarnation, normal))
 
     def _on_start_failure(self, sup: Supervisor, child: AnyNode) -> None:
+        why = _start_failure(child)
+        if child.attach_pending:  # OTP's start_child: the error goes to the caller, the child is not added
+            child.attach_pending = False
+            child.rejected = why
+            self._emit_log("error", f"{why}; not attached")
+            sup.plan.appendleft(RemoveStep(child))
+            return
         if sup.state is State.STARTING:
-            self._fail(sup, f"child {child.name} failed to start")
+            self._fail(sup, why)
         else:
             sup.inbox.appendleft(ExitItem(child, child.incarnation, normal=False))
 
@@ -586,6 +605,7 @@ class SupervisionTree:
         self._runq.append(sup)
 
     def _fail(self, sup: Supervisor, reason: str) -> None:
+        sup.failure = reason
         self._record(events.SupervisorFailed(self._clock(), sup.name, reason))
         self._emit_log("error", f"supervisor {sup.name} failed: {reason}; stopping its children")
         self._begin_stop(sup, failed=True)
@@ -594,7 +614,7 @@ class SupervisionTree:
         self._transition(sup, State.FAILED if failed else State.STOPPED)
         if sup.parent is None:
             if failed:
-                self.halted = Halt(1, "root supervisor failed: restart intensity exceeded")
+                self.halted = Halt(1, f"root supervisor failed: {sup.failure or 'restart intensity exceeded'}")
             else:
                 self.halted = Halt(0, "orderly shutdown")
             self._out.append(self.halted)
@@ -781,6 +801,16 @@ def _describe_worker(node: Worker, now: float) -> dict[str, Any]:
     else:
         out["command"] = spec.command
     return out
+
+
+def _start_failure(node: AnyNode) -> str:
+    """``ghost failed to start: /no/such/program: not an executable file``; the failing child of a supervisor."""
+    if isinstance(node, Supervisor):
+        return f"{node.name} failed to start: {node.failure}" if node.failure else f"{node.name} failed to start"
+    exit_ = node.last_exit or "failed to start"
+    if exit_.startswith("failed to start"):
+        return f"{node.name} {exit_}"
+    return f"{node.name} failed to start: {exit_} before it was ready"
 
 
 def _node_names(node: AnyNode) -> list[str]:

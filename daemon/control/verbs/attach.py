@@ -34,11 +34,29 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     except ConfigError as exc:
         raise FoundationError(ErrorCode.INVALID_SPEC, str(exc)) from None
     ctx.check_spawnable(spec)
-    ctx.apply(ctx.tree.attach(parent, spec))
+    ctx.apply(ctx.tree.attach(parent, spec, synchronous=True))
+    node = ctx.tree.find_quiet(spec.name)
+    if node is None or node.rejected is not None:  # failed at once (e.g. a spawn error) and removed again
+        raise _rejected(spec.name, node.rejected if node is not None else None, ctx)
     ctx.attached[spec.name] = (parent, req.args["spec"])  # what `save` writes into the config
-    node = ctx.tree.find(spec.name)
-    ctx.wait(lambda: (node.incarnation > 0 and node.state is not State.STARTING) or parked(node),
-             lambda: describe(node), reply)
+
+    def answer() -> Any:
+        if node.rejected is not None:
+            ctx.attached.pop(spec.name, None)
+            return _rejected(spec.name, node.rejected, ctx)
+        return describe(node)
+
+    ctx.wait(lambda: node.rejected is not None or (node.incarnation > 0 and node.state is not State.STARTING)
+             or parked(node), answer, reply)
+
+
+def _rejected(name: str, why: str | None, ctx: Context) -> FoundationError:
+    """OTP's start_child error: the child failed its first start and was not added; an agent's own one-line
+    cause (its last output line) is added when it gave one."""
+    cause = ctx.start_causes.pop(name, None)
+    message = why or f"{name} failed to start"
+    return FoundationError(ErrorCode.SPAWN_FAILED, f"{message}: {cause}; not attached" if cause
+                           else f"{message}; not attached")
 
 
 def setup(parser: argparse.ArgumentParser) -> None:

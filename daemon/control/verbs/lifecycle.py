@@ -24,6 +24,7 @@ from ipc.errors import ErrorCode, FoundationError
 class Context(Protocol):
     tree: SupervisionTree
     attached: dict[str, tuple[str, dict[str, Any]]]  # children attached at run time: (parent, raw spec)
+    start_causes: dict[str, str]  # an agent's one-line cause of its last failed start, by name
 
     def apply(self, actions: list[Action]) -> None: ...
     def wait(self, done: Callable[[], bool], answer: Callable[[], Any], reply: Reply) -> None: ...
