@@ -35,6 +35,7 @@ import zmq
 from daemon.broker.mailbox import Entry, Mailbox
 from daemon.broker.outbox import Batch, Outbox, outbox_path
 from daemon.shell.loop import EventLoop, TimerHandle
+from daemon.shell.socket_path import check_socket, check_startup_socket
 from ipc import wire
 from ipc.errors import ErrorCode, FoundationError
 
@@ -95,6 +96,7 @@ class Broker:
         self.window = window
         self.endpoint = f"ipc://{runtime_dir / wire.BROKER_SOCKET}"
         self._socket_path = runtime_dir / wire.BROKER_SOCKET
+        check_startup_socket(self._socket_path)
         self._outbox = Outbox(outbox_path(state_dir))
         self._ctx = zmq.Context(io_threads=1)
         self._sock = self._ctx.socket(zmq.ROUTER)
@@ -171,6 +173,7 @@ class Broker:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # left by a SIGKILLed daemon
         endpoint = f"ipc://{path}"
+        check_socket(path)
         old_umask = os.umask(0o177)
         try:
             self._sock.bind(endpoint)
