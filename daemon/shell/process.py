@@ -354,9 +354,9 @@ class ProcessShell:
 
     def check(self, spec: WorkerSpec) -> None:
         """Raise SpawnError now if ``spawn(spec)`` could not start the command (for the attach verb)."""
+        self._argv(spec, self.credentials.of(spec))
         if spec.working_dir is not None and not os.path.isdir(spec.working_dir):
             raise SpawnError(f"{spec.working_dir}: working directory does not exist")
-        self._argv(spec, self.credentials.of(spec))
 
     def signal(self, pid: int, sig: int) -> None:
         """Signal the worker's whole process group; the leader through its pidfd."""
