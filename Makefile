@@ -5,25 +5,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
-HELPER := $(BIN)/foundation-exec
+HELPER := daemon/shell/bin/foundation-exec
 HELPER_SRC := daemon/native/foundation-exec.c
 
 .PHONY: run test lint typecheck bench clean exec-helper install
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(MAKE) --no-print-directory exec-helper
 	touch $(STAMP)
 
 # One exec between fork and a child's program instead of three (setpriv, sh, program); optional: without a C
-# compiler foundationd uses util-linux setpriv and a shell guard, as fast as that allows. Freestanding (no libc
-# start-up, ~0.3 ms less per child start) where the source knows the architecture, else on libc. Rebuilt
-# whenever its source changes: the daemon relies on what the helper does (it closes descriptors for posix_spawn).
+# compiler foundationd uses util-linux setpriv and a shell guard, as fast as that allows. The package build
+# (setup.py, run by pip install) compiles it into the package; this rule only rebuilds it in place whenever its
+# source changes: the daemon relies on what the helper does (it closes descriptors for posix_spawn). The same
+# attempts as setup.py: freestanding (no libc start-up, ~0.3 ms less per child start), then on libc.
 exec-helper: $(HELPER)
 
 $(HELPER): $(HELPER_SRC)
+	@mkdir -p $(dir $@)
 	@cc -O2 -static -nostdlib -ffreestanding -fno-stack-protector -DFOUNDATION_EXEC_FREESTANDING \
 	    -o $@ $(HELPER_SRC) 2>/dev/null \
 	  || cc -O2 -static -o $@ $(HELPER_SRC) 2>/dev/null \
@@ -63,7 +64,7 @@ install: $(STAMP) $(HELPER)
 	ln -sf $(CURDIR)/$(BIN)/foundationd $(DESTDIR)$(PREFIX)/bin/foundationd
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(HELPER)
 
 # Opt-in, root only (prints SKIP with the reason otherwise): the shipped systemd/foundation.service under a real
 # systemd booted in private namespaces (tests/systemd/run.sh, docs/systemd.md). Not part of `make test`.

@@ -32,6 +32,7 @@ import ctypes
 import gc
 import os
 import select
+import signal
 import socket
 import sys
 import traceback
@@ -55,12 +56,24 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m agents.zygote FD (foundationd starts me)", file=sys.stderr)
         return 2
     runtime.die_with_daemon()
+    _default_signals()
     # Everything imported so far moves to the permanent generation: a child's collections never visit (and so
     # never copy-on-write) the pages the zygote shares with it.
     gc.freeze()
     sock = socket.socket(fileno=int(args[0]))
     sock.send(orjson.dumps({"ready": True, "pid": os.getpid()}))
     return serve(sock)
+
+
+def _default_signals() -> None:
+    """Agents start as a fresh interpreter under systemd would, whatever foundationd inherited (a script's
+    ``foundationd &`` ignores SIGINT and SIGQUIT, and an ignored signal stays ignored across fork and exec): every
+    signal at its default, SIGINT at Python's KeyboardInterrupt handler, none blocked. Python's own ignores
+    (SIGPIPE, SIGXFSZ) stay, as in any interpreter; the runtime then sets its SIGTERM handler."""
+    for sig in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP, signal.SIGPIPE, signal.SIGXFSZ}:
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def serve(sock: socket.socket) -> int:

@@ -293,6 +293,7 @@ class App:
                 "state_dir": str(self.state_dir),
                 "zygote": self.shell.zygote.describe(),
                 "guardian": {"pid": self.shell.guardian.pid},
+                "spawn": self.shell.spawn_path,
             },
             "tree": self.reports.with_reports(self.tree.snapshot()),
             "broker": self.broker.stats() if self.broker is not None else None,

@@ -4,7 +4,7 @@ daemon's becomes more open than that needs (real daemon as root, real children a
 The end-to-end tests need an interpreter nobody may run; where the venv's comes from a 0700 home (pyenv in
 /root, as on the development machines) they skip. To run them there (2026-11-22 they passed so):
     /usr/bin/python3.11 -m venv /tmp/nvenv && /tmp/nvenv/bin/pip install -e '.[test]'
-    cp .venv/bin/foundation-exec /tmp/nvenv/bin/ && /tmp/nvenv/bin/python -m pytest tests/test_agent_users.py
+    /tmp/nvenv/bin/python -m pytest tests/test_agent_users.py
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -42,10 +43,11 @@ def _nobody_runs_python() -> bool:
     return True
 
 
+NOBODY_RUNS_PYTHON = os.geteuid() == 0 and _nobody_runs_python()
 needs_python_as_nobody = pytest.mark.skipif(
-    os.geteuid() != 0 or not _nobody_runs_python(),
+    not NOBODY_RUNS_PYTHON,
     reason=f"nobody cannot run {sys.executable} here (an interpreter under a 0700 home, e.g. pyenv in /root); "
-    "the sharing itself is checked by test_what_a_user_child_needs_is_prepared_before_it_starts",
+    "test_an_agent_nobody_cannot_exec_is_refused_with_the_path checks that foundationd says so",
 )
 
 
@@ -81,7 +83,9 @@ def test_what_a_user_child_needs_is_prepared_before_it_starts(open_daemon) -> No
     daemon = open_daemon(agent("mine", "agents.examples.counter:Counter"))
     spec = {"name": "theirs", "agent": "agents.examples.counter:Counter", "user": "nobody",
             "restart": "temporary", "working_dir": str(REPO)}
-    # Here nobody may be unable to run the interpreter: the attach may answer with the start failure.
+    if not NOBODY_RUNS_PYTHON:  # test_an_agent_nobody_cannot_exec_is_refused_with_the_path covers that case
+        pytest.skip(f"nobody cannot run {sys.executable} here, and the attach is refused before any preparation")
+    # The agent may still fail to start (its imports): the attach may answer with the start failure.
     with daemon.client() as client, contextlib.suppress(FoundationError):
         client.request("attach", name="theirs", spec=spec)
     own = daemon.state_dir / "agents" / "theirs"
@@ -96,6 +100,38 @@ def test_what_a_user_child_needs_is_prepared_before_it_starts(open_daemon) -> No
     mine = daemon.state_dir / "agents" / "mine"
     assert (mine.stat().st_uid, stat.S_IMODE(mine.stat().st_mode)) == (0, 0o700)
     assert daemon.node("mine")["state"] == "running"
+
+
+def test_an_agent_nobody_cannot_exec_is_refused_with_the_path(open_daemon, tmp_path: Path) -> None:
+    """An interpreter (or a venv) under a 0700 directory: the attach says which path nobody cannot enter, at once,
+    rather than starting an agent that exits 127 at every restart. pytest's tmp_path is such a directory."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    daemon = open_daemon("")
+    spec = {"name": "theirs", "agent": "agents.examples.counter:Counter", "user": "nobody", "working_dir": str(REPO)}
+    check = shutil.which("true")
+    assert check is not None
+    with daemon.client() as client:
+        with pytest.raises(FoundationError) as info:
+            client.request("attach", name="theirs", spec=spec)
+        if NOBODY_RUNS_PYTHON:  # then nobody is refused only what it cannot reach: a command in the 0700 directory
+            (private / "true").symlink_to(check)
+            command = {"name": "theirs", "command": [str(private / "true")], "user": "nobody"}
+            with pytest.raises(FoundationError) as info:
+                client.request("attach", name="theirs", spec=command)
+            closed = {private}
+        else:  # the venv's directory (a clone under /root), or the interpreter's it links to (pyenv in /root)
+            executable = Path(sys.executable)
+            closed = {p for p in (*executable.parents, *executable.resolve().parents) if not _others_may_enter(p)}
+    said = re.search(rf"uid {NOBODY.pw_uid} may not enter (\S+) \(search permission\)", info.value.message)
+    assert said is not None, info.value
+    assert Path(said[1]) in closed, info.value
+    assert not (daemon.state_dir / "agents" / "theirs").exists()
+    assert "theirs" not in [child["name"] for child in daemon.node("root")["children"]]
+
+
+def _others_may_enter(directory: Path) -> bool:
+    return bool(directory.stat().st_mode & stat.S_IXOTH)
 
 
 @needs_python_as_nobody

@@ -45,7 +45,8 @@ def test_status_prints_the_tree(daemon: DaemonProcess) -> None:
     done = ctl(daemon.runtime_dir, "status")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert re.match(rf"foundationd pid {daemon.proc.pid}, version \S+, up \d+s$", lines[0])  # type: ignore[union-attr]
+    header = rf"foundationd pid {daemon.proc.pid}, version \S+, up \d+s, spawn (foundation-exec|setpriv)$"  # type: ignore[union-attr]
+    assert re.match(header, lines[0]), lines[0]
     assert re.match(r"root\s+one_for_one\s+running\s+restarts 0 \(4 in 7s\)$", lines[1]), lines[1]
     pids = {name: daemon.pid(name) for name in ("ticker", "stage1", "stage2")}
     assert re.match(rf"├─ ticker\s+running\s+pid {pids['ticker']}\s+up \d+s\s+restarts 0\s+permanent\s+"

@@ -152,6 +152,13 @@ def test_render_status_shows_what_a_notify_child_reported() -> None:
     assert lines[4].endswith("sleep 1")
 
 
+def test_render_status_says_how_commands_are_spawned() -> None:
+    daemon = {"pid": 1, "version": "0.1.0", "uptime_s": 5, "spawn": "foundation-exec",
+              "zygote": {"state": "ready", "pid": 7, "spares": [8]}}
+    assert render_status({"daemon": daemon}).splitlines()[0] == (
+        "foundationd pid 1, version 0.1.0, up 5s, spawn foundation-exec; zygote ready (pid 7, 1 spare)")
+
+
 def test_render_status_says_how_the_zygote_is() -> None:
     daemon = {"pid": 1, "version": "0.1.0", "uptime_s": 5, "zygote": {"state": "ready", "pid": 7, "spares": [8, 9]}}
     assert render_status({"daemon": daemon}).splitlines()[0].endswith("; zygote ready (pid 7, 2 spares)")

@@ -13,8 +13,11 @@ import os
 import pwd
 import re
 import resource
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -190,6 +193,73 @@ def test_user_sets_groups_and_login_environment() -> None:
     env = sh._env(spec, user_env)
     assert (env["USER"], env["LOGNAME"]) == ("nobody", "nobody")
     assert env["HOME"] == "/srv"  # the config's env wins over the user's home
+
+
+@needs_root
+def test_names_are_looked_up_once_per_spec_until_cleared() -> None:
+    """A crash-looping user= child restarts without asking the name service again (it may be LDAP)."""
+    sh = shell()
+    spec = WorkerSpec(name="w", command=("sleep", "1"), user="nobody")
+    for _ in range(3):
+        sh.check(spec)
+        assert sh.identity(spec) == (NOBODY.pw_uid, NOBODY.pw_gid)
+    assert sh.credentials.lookups == 1
+    sh.check(WorkerSpec(name="other", command=("sleep", "2"), user="nobody"))  # same user values: same entry
+    assert sh.credentials.lookups == 1
+    sh.check(WorkerSpec(name="w", command=("sleep", "1"), user="nobody", umask=0o077))  # a changed spec
+    assert sh.credentials.lookups == 2
+    sh.clear_credentials()  # at a reload
+    sh.check(spec)
+    assert sh.credentials.lookups == 3
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A directory others may enter (pytest's tmp_path is under a 0700 one)."""
+    base = Path(tempfile.mkdtemp(prefix="fb-reach-"))
+    base.chmod(0o711)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base)
+
+
+@needs_root
+def test_a_user_child_gets_the_setpriv_chain_when_it_cannot_reach_the_helper(open_tmp: Path) -> None:
+    """The daemon's own helper in a directory nobody cannot enter (a venv in a 0700 home) is left out of that
+    child's chain, whose programs are all within reach; root's children keep the helper."""
+    private = open_tmp / "private"
+    private.mkdir(mode=0o700)
+    helper = private / "foundation-exec"
+    helper.write_bytes(b"")
+    helper.chmod(0o755)
+    sh = shell()
+    sh.exec_helper = str(helper)
+    spec = WorkerSpec(name="w", command=("sleep", "1"), user="nobody")
+    argv = sh._argv(spec, sh.credentials.of(spec))
+    assert Path(argv[0]).name == "setpriv"
+    assert argv[-2].endswith("/sleep")
+    assert sh._argv(WorkerSpec(name="w", command=("sleep", "1")))[0] == str(helper)
+
+
+@needs_root
+def test_a_command_its_user_cannot_reach_is_refused_with_the_path(open_tmp: Path) -> None:
+    private = open_tmp / "private"
+    (private / "bin").mkdir(parents=True)
+    private.chmod(0o700)
+    script = private / "bin" / "run"
+    script.write_text("#!/bin/sh\nexec sleep 1000\n")
+    script.chmod(0o755)
+    spec = WorkerSpec(name="w", command=(str(script),), user="nobody")
+    with pytest.raises(SpawnError, match=rf"{script}: uid {NOBODY.pw_uid} may not enter {private} "):
+        shell().check(spec)
+    private.chmod(0o711)  # searchable now, but a script must be readable too
+    script.chmod(0o711)
+    with pytest.raises(SpawnError, match=rf"{script}: uid {NOBODY.pw_uid} may not read this script"):
+        shell().check(spec)
+    script.chmod(0o755)
+    shell().check(spec)
+    shell().check(WorkerSpec(name="w", command=(str(script),)))  # root reaches everything
 
 
 @pytest.mark.parametrize(
@@ -449,6 +519,32 @@ def test_rss_is_summed_over_the_process_group(hogs: Any) -> None:
     h.loop.fire()
     assert [(name, pid) for name, pid, _ in h.kills] == [("leader", leader.pid)]
     assert member.poll() is None  # killing is the daemon's job, not the watch's
+
+
+def test_a_grandchild_in_the_group_counts_and_all_of_proc_is_not_read(
+    hogs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """leader (sh) -> subshell -> memory hog: the hog is two levels down, still in the leader's group."""
+    leader = subprocess.Popen(["sh", "-c", f'("{sys.executable}" "{HOG}" 48; true) & wait'], stdout=subprocess.PIPE,
+                              process_group=0)
+    try:
+        assert leader.stdout is not None
+        assert leader.stdout.readline() == b"ready\n"
+        outsider = hogs(16)
+        listed: list[str] = []
+        real_listdir = os.listdir
+        monkeypatch.setattr(os, "listdir", lambda path=".": listed.append(str(path)) or real_listdir(path))
+        totals = group_rss({leader.pid, outsider.pid})
+        monkeypatch.undo()
+        assert totals[leader.pid] >= 48 * MiB
+        assert 16 * MiB <= totals[outsider.pid] < 48 * MiB
+        assert "/proc" not in listed  # only the tasks of the processes it visits
+        assert all(path.startswith("/proc/") and path.endswith("/task") for path in listed), listed
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
+        assert leader.stdout is not None
+        leader.stdout.close()
 
 
 def test_a_vanished_child_counts_as_nothing() -> None:

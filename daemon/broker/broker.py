@@ -48,6 +48,7 @@ from daemon.broker.outbox import Outbox, outbox_path
 from daemon.broker.peers import Handler, Peers, Session
 from daemon.broker.timers import MIN_TICK, Timers
 from daemon.shell.loop import EventLoop
+from daemon.shell.socket_path import check_startup_socket
 from ipc import wire
 from ipc.errors import ErrorCode, FoundationError
 
@@ -80,6 +81,7 @@ class Broker:
         self.liveness = liveness
         self._on_hello = on_hello
         self.window = window
+        check_startup_socket(runtime_dir / wire.BROKER_SOCKET)  # before anything is opened: exit 1, one line
         self._outbox = Outbox(outbox_path(state_dir))
         self._boxes: dict[str, Mailbox] = {}
         self._flush_scheduled = False

@@ -30,6 +30,7 @@ from typing import Any
 import zmq
 
 from daemon.shell.loop import EventLoop
+from daemon.shell.socket_path import check_socket
 from ipc import wire
 from ipc.errors import ErrorCode
 
@@ -105,6 +106,7 @@ class Peers:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # left by a SIGKILLed daemon
         endpoint = f"ipc://{path}"
+        check_socket(path)
         old_umask = os.umask(0o177)
         try:
             self._sock.bind(endpoint)

@@ -27,6 +27,7 @@ import orjson
 
 from daemon.control.verbs import QUIET_VERBS, READ_VERBS
 from daemon.shell.loop import EventLoop
+from daemon.shell.socket_path import check_startup_socket
 from ipc.control import MAX_LINE, SOCKET_NAME, Request, error_reply, ok_reply, parse_request
 from ipc.errors import ErrorCode, FoundationError
 
@@ -69,6 +70,7 @@ class ControlServer:
         self._loop = loop
         self._read_gid = _group_id(control_group)
         self._conns: dict[int, Connection] = {}
+        check_startup_socket(self.path)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

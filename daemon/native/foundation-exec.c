@@ -3,10 +3,9 @@
  *
  * The one exec between foundationd's fork and a child's program, doing what no Python may do there (the daemon
  * is multi-threaded once ZeroMQ runs): arm the parent-death signal, make sure the parent is still the daemon
- * that forked us (it may have died before the signal was armed), close every descriptor but 0, 1 and 2 and
- * give glibc's two internal signals their default disposition (what lets the daemon start it with posix_spawn
- * rather than Popen: see close_from_3 and default_internal_signals), then exec the program, which keeps this
- * pid.
+ * that forked us (it may have died before the signal was armed), close every descriptor but 0, 1 and 2 (what
+ * lets the daemon start it with posix_spawn rather than Popen: see close_from_3), give every signal its default
+ * disposition and unblock them all (see default_signals), then exec the program, which keeps this pid.
  * It replaces `setpriv --pdeathsig KILL -- sh -c GUARD ...` (three execs) when a C compiler was there at
  * install time; foundationd falls back to that chain otherwise. PROGRAM must be a path (the daemon resolves it).
  *
@@ -154,12 +153,19 @@ static void close_from_3(void) {
     sys(SYS_close, dir, 0, 0, 0);
 }
 
-/* glibc's posix_spawn child sets its internal signals (32: SIGCANCEL, 33: SIGSETXID) to SIG_IGN, and an ignored
- * signal stays ignored across exec; a Popen child has them at their default, and so shall the program. glibc's
- * sigaction refuses these two numbers, hence the system call. A zero kernel sigaction is SIG_DFL, no flags. */
-static void default_internal_signals(void) {
+/* A child starts as systemd starts a service: every signal at its default disposition, none blocked. What the
+ * daemon inherited must not reach the program: SIGINT and SIGQUIT ignored by a non-interactive shell that put
+ * foundationd in the background (an ignored signal stays ignored across exec), glibc's internal signals (32:
+ * SIGCANCEL, 33: SIGSETXID) that its posix_spawn child sets to SIG_IGN, a mask the daemon's starter left. A
+ * handler cannot be inherited (exec resets it), so only ignored ones change. glibc's sigaction refuses 32 and
+ * 33, hence the system calls. A zero kernel sigaction is SIG_DFL with no flags; a zero set unblocks all. */
+static void default_signals(void) {
     unsigned long dfl[4] = {0, 0, 0, 0};
-    for (long sig = 32; sig <= 33; sig++) sys(SYS_rt_sigaction, sig, (long)dfl, 0, 8);
+    unsigned long none = 0;
+    for (long sig = 1; sig <= 64; sig++) {
+        if (sig != SIGKILL && sig != SIGSTOP) sys(SYS_rt_sigaction, sig, (long)dfl, 0, 8);
+    }
+    sys(SYS_rt_sigprocmask, SIG_SETMASK, (long)&none, 0, 8);
 }
 
 static int run(int argc, char **argv, char **envp) {
@@ -172,7 +178,7 @@ static int run(int argc, char **argv, char **envp) {
     if (err < 0) return fail("prctl", "(PR_SET_PDEATHSIG)", -err);
     if (sys(SYS_getppid, 0, 0, 0, 0) != daemon) return EXIT_CANNOT; /* the daemon died before the signal was armed */
     close_from_3();
-    default_internal_signals();
+    default_signals();
     err = sys(SYS_execve, (long)argv[2], (long)(argv + 2), (long)envp, 0);
     return fail("cannot execute ", argv[2], -err);
 }

@@ -32,6 +32,8 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+from daemon.shell.socket_path import check_startup_socket
+
 log = logging.getLogger("foundationd.notify")
 
 SOCKET_NAME = "notify.sock"
@@ -56,6 +58,7 @@ class ChildNotifySocket:
         self._remove_reader = remove_reader
         self._child_of_group = child_of_group
         self._on_message = on_message
+        check_startup_socket(self.path)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)

@@ -31,6 +31,7 @@ PIPE_SIZE = 1 << 20  # room for ~100,000 records if the guardian is slow to be s
 
 
 def main() -> int:
+    default_signals()
     groups: set[int] = set()
     pending = b""
     while True:
@@ -54,6 +55,15 @@ def main() -> int:
             print(f"foundation-guardian: foundationd is gone; killed process groups {sorted(groups)}",
                   file=sys.stderr, flush=True)
     return 0
+
+
+def default_signals() -> None:
+    """What foundationd inherited (SIGINT and SIGQUIT ignored when a script put it in the background) is not ours:
+    every signal at its default but the two Python itself ignores, none blocked, as for any child."""
+    for sig in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP, signal.SIGPIPE, signal.SIGXFSZ}:
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def apply(groups: set[int], line: bytes) -> None:

@@ -1,4 +1,4 @@
-"""Restart workers whose memory passes their ``max_memory``: RSS read with psutil, on a timer.
+"""Restart workers whose memory passes their ``max_memory``: RSS read from /proc, on a timer.
 
     poke() (a child started or stopped) ──> armed only while watched() is non-empty
     tick ──> RSS of each watched worker's process group ──> kill(name, pid, reason) when over ──> re-arm
@@ -7,6 +7,8 @@
   it forked that is still in its group. The group is the unit the daemon stops and kills, so a worker cannot
   dodge its bound by doing the work in a child; a process that left the group (setsid, setpgid) is neither
   counted nor killed with it. Shared pages are counted in each process that maps them (plain RSS, as ``ps``).
+  The group's processes are found from its leader down (and among the orphans foundationd adopted), so a tick
+  reads a few files per watched process, not all of /proc.
 * No wake-ups without work: the timer runs only while some running child sets ``max_memory``. A tick that
   finds none does not re-arm; the next ``poke`` after a spawn does.
 * The daemon's ``kill`` SIGKILLs the worker; its supervisor sees an abnormal exit and restarts it, which
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 MiB = 1 << 20
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 Watched = list[tuple[str, int, int]]  # (name, pid, max_memory) of each running child that sets max_memory
 
@@ -70,25 +73,57 @@ class MemoryWatch:
                 self._kill(name, pid, f"rss {_mib(rss)} over max_memory {_mib(limit)}")
 
 
-def group_rss(leaders: set[int]) -> dict[int, int]:
+def group_rss(leaders: set[int], reaper: int | None = None) -> dict[int, int]:
     """Bytes resident in each of the process groups led by ``leaders`` (0 for a group that is gone).
 
-    One pass over /proc for all groups: a getpgid per process, and a statm read only for group members.
+    Only the groups' own processes are read, never all of /proc: each leader's descendants that are still in its
+    group (``/proc/PID/task/*/children``, recursively), and the orphans of those groups that ``reaper`` (this
+    process: foundationd is a child subreaper) adopted, which stay in their group. A getpgid and a statm read
+    per process visited.
     """
     totals = dict.fromkeys(leaders, 0)
-    import psutil  # noqa: PLC0415 (only daemons with a max_memory child pay for the import)
-
-    for pid in psutil.pids():
+    own = os.getpid() if reaper is None else reaper
+    stack = list(leaders) + [pid for pid in _children(own) if pid not in totals]
+    seen: set[int] = set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
         try:
             pgid = os.getpgid(pid)
         except OSError:
             continue
-        if pgid in totals:
-            try:
-                totals[pgid] += psutil.Process(pid).memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
+        if pgid not in totals:
+            continue  # another group (a worker without max_memory, a child that left with setsid): not ours
+        totals[pgid] += _resident(pid)
+        stack.extend(_children(pid))
     return totals
+
+
+def _children(pid: int) -> list[int]:
+    """The children of every thread of ``pid`` (a child belongs to the thread that forked it)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as file:
+                found.extend(int(child) for child in file.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def _resident(pid: int) -> int:
+    """The resident set of ``pid`` in bytes (statm's second field, as ps and psutil count it), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as file:
+            return int(file.read().split()[1]) * PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _mib(size: int) -> str:

@@ -7,8 +7,15 @@
   daemon is multi-threaded, and only async-signal-safe work is allowed in the child. The parent-death
   signal is set by ``foundation-exec`` (daemon/native/) exec'd in front of the command, which checks that
   the daemon is still the parent (it may have died before the signal was armed), closes every descriptor
-  but 0-2 and execs the command; without a C compiler at install, by util-linux ``setpriv`` and a
-  ``/bin/sh`` guard. Through the helper a plain child is one ``posix_spawn`` (see ``start_process``).
+  but 0-2, gives every signal its default disposition, unblocks them all and execs the command; without a C
+  compiler at install, by util-linux ``setpriv`` and a ``/bin/sh`` guard (``spawn_path`` says which, and
+  ``foundationctl status`` shows it). Through the helper a plain child is one ``posix_spawn`` (see
+  ``start_process``). setup.py builds the helper into the package (daemon/shell/bin/) at ``pip install``.
+* Every child starts with default signal dispositions and an empty signal mask, as under systemd, whatever
+  foundationd inherited (a non-interactive shell's ``foundationd &`` ignores SIGINT and SIGQUIT, and an ignored
+  signal stays ignored across exec): posix_spawn's ``setsigdef``/``setsigmask``, then the helper in C; without
+  the helper, coreutils ``env --default-signal`` in the chain when the daemon has signals ignored, and an empty
+  mask around Popen. The zygote and the guardian reset their own (agents/zygote.py, guardian.py).
 * The daemon is a child subreaper, so a child's orphaned grandchildren come back to it; ``reap``
   collects every zombie, ours or adopted, and kills what is left of a dead worker's process group,
   while the dead leader's zombie still pins the group id against reuse.
@@ -16,33 +23,36 @@
   PID can never be hit.
 * Users and limits cost nothing to children that do not set them. ``user``/``group``/``umask`` are Popen's
   own arguments: CPython's child does umask, setgroups (the user's groups, os.getgrouplist), setgid, setuid
-  in C before the first exec. ``limits`` put util-linux ``prlimit`` last in the exec chain
-  (``setpriv ... sh -c GUARD PID prlimit --nofile=S:H ... -- COMMAND``), so they bind the command itself;
-  prlimit runs as the target user, so a hard limit above the daemon's own can only be raised for a child
-  that stays root (refused at spawn otherwise, rather than failing in the child).
+  in C before the first exec; the names are looked up once per spec (daemon/shell/credentials.py), and the exec
+  chain is checked to be within the user's reach before the fork (a clear SpawnError, not a crash loop). A helper
+  that user cannot reach (a venv in a 0700 home) is left out of that child's chain: setpriv does its job.
+  ``limits`` put util-linux ``prlimit`` last in the exec chain (``setpriv ... sh -c GUARD PID prlimit
+  --nofile=S:H ... -- COMMAND``), so they bind the command itself; prlimit runs as the target user, so a hard
+  limit above the daemon's own can only be raised for a child that stays root (refused at spawn otherwise,
+  rather than failing in the child).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import grp
+import importlib.util
 import logging
 import os
-import pwd
 import resource
 import select
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.core.protocol import Exited
 from daemon.core.spec import WorkerSpec
 from daemon.shell import forkserver
+from daemon.shell.credentials import Credentials, Identity, SpawnError, unreachable
 from daemon.shell.forkserver import ForkServer
 from daemon.shell.guardian import GuardianLink
 
@@ -54,26 +64,54 @@ GUARDIAN_EXIT_WAIT = 5.0
 MAX_PARTIAL_LINE = 64 * 1024
 PDEATH_GUARD = '[ "$PPID" = "$0" ] && exec "$@"'  # sh -c GUARD DAEMON_PID COMMAND...
 # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec: Popen's restore_signals
-# puts these back to their defaults in its child, and so does start_process.
-RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+# puts these back to their defaults in its child. posix_spawn resets every signal that can be (glibc does it in C
+# in its vfork child, where it looks at each one anyway).
+RESET_SIGNALS = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}))
+PYTHON_IGNORES = frozenset({signal.SIGPIPE, signal.SIGXFSZ})  # what Popen's restore_signals resets
+HELPER_NAME = "foundation-exec"
+PACKAGED_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bin", HELPER_NAME)  # by setup.py
 # Only these pass from the daemon's environment to a child; the config adds the rest.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "TMPDIR")
 
 
-class SpawnError(Exception):
-    """The command could not be started (not found, not executable, bad working directory)."""
+__all__ = ["ProcessHandle", "ProcessShell", "SpawnError", "find_exec_helper", "start_process"]
+
+
+def helper_candidates() -> list[str]:
+    """Where foundation-exec may be: in the package (setup.py puts it there at ``pip install``, editable or not),
+    then in the venv's bin/ (where ``make exec-helper`` put it before the package build did)."""
+    return [PACKAGED_HELPER, os.path.join(os.path.dirname(sys.executable), HELPER_NAME)]
 
 
 def find_exec_helper() -> str | None:
-    """daemon/native/foundation-exec, built into the venv's bin/ at install time when a C compiler was there.
+    """daemon/native/foundation-exec as built at install time when a C compiler was there, else None.
 
     FOUNDATION_EXEC_HELPER names another one, or "none" to use the setpriv chain (tests compare both paths).
     """
     chosen = os.environ.get("FOUNDATION_EXEC_HELPER")
     if chosen == "none":
         return None
-    path = chosen or os.path.join(os.path.dirname(sys.executable), "foundation-exec")
-    return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    for path in [chosen] if chosen else helper_candidates():
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def inherited_ignores() -> list[int]:
+    """Signals this process ignores beyond Python's own, inherited from whoever started it: what a child must not
+    inherit in turn (``foundationd &`` from a script ignores SIGINT and SIGQUIT)."""
+    return sorted(s for s in RESET_SIGNALS if s not in PYTHON_IGNORES and signal.getsignal(s) == signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _unblocked() -> Iterator[None]:
+    """No signal blocked in this thread meanwhile: Popen's child starts with the mask of the thread that forks."""
+    old = signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    try:
+        yield
+    finally:
+        if old:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def start_process(
@@ -98,18 +136,20 @@ def start_process(
     if helper is not None and argv[0] == helper and cwd is None and not credentials and out_fd > 2:
         stdio = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0), (os.POSIX_SPAWN_DUP2, out_fd, 1),
                  (os.POSIX_SPAWN_DUP2, out_fd, 2)]
-        return os.posix_spawn(argv[0], argv, env, file_actions=stdio, setpgroup=0, setsigdef=RESET_SIGNALS), None
-    popen = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=out_fd,
-        stderr=out_fd,
-        env=env,
-        cwd=cwd,
-        process_group=0,
-        close_fds=True,
-        **(credentials or {}),
-    )
+        return os.posix_spawn(argv[0], argv, env, file_actions=stdio, setpgroup=0, setsigdef=RESET_SIGNALS,
+                              setsigmask=()), None
+    with _unblocked():
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out_fd,
+            stderr=out_fd,
+            env=env,
+            cwd=cwd,
+            process_group=0,
+            close_fds=True,
+            **(credentials or {}),
+        )
     return popen.pid, popen
 
 
@@ -158,6 +198,11 @@ class ProcessShell:
         self._sh = shutil.which("sh")
         self.exec_helper = find_exec_helper()
         self._prlimit = shutil.which("prlimit")
+        self.credentials = Credentials()
+        self._ignores = inherited_ignores()
+        self._env_reset: list[str] | None = None  # `env --default-signal`, found when first needed
+        if self.exec_helper is None:
+            self._say_no_helper()
         self.zygote = ForkServer(self._launch_zygote, lambda pid: self.signal(pid, signal.SIGKILL), self._adopt_spare,
                                  add_reader=add_reader, remove_reader=remove_reader, env=self._zygote_env,
                                  enabled=fork_server)
@@ -168,18 +213,38 @@ class ProcessShell:
     def live(self) -> dict[int, ProcessHandle]:
         return self._by_pid
 
+    @property
+    def spawn_path(self) -> str:
+        """How commands are started: "foundation-exec" (the fast path), "setpriv" (its fallback chain), or
+        "exec" (neither: no parent-death signal)."""
+        if self.exec_helper is not None:
+            return HELPER_NAME
+        return "setpriv" if self._setpriv is not None else "exec"
+
+    def _say_no_helper(self) -> None:
+        if os.environ.get("FOUNDATION_EXEC_HELPER") == "none":
+            log.info("spawning through %s (FOUNDATION_EXEC_HELPER=none)", self.spawn_path)
+            return
+        log.warning("%s not found (looked for %s): spawning through %s, about 1 ms slower per start; "
+                    "reinstall with a C compiler (pip install .) to get it", HELPER_NAME,
+                    ", ".join(os.environ.get("FOUNDATION_EXEC_HELPER") or helper_candidates()), self.spawn_path)
+
+    def clear_credentials(self) -> None:
+        """Look users and groups up again at the next spawns (call at a reload: the name service may have changed)."""
+        self.credentials.clear()
+
     def spawn(self, spec: WorkerSpec, extra_env: dict[str, str] | None = None) -> int:
         if forkserver.fork_refusal(spec) is None:
             forked = self._spawn_forked(spec, extra_env or {})
             if forked is not None:
                 return forked
-        credentials, user_env = self._credentials(spec)
-        argv = self._argv(spec, credentials.get("user"))
-        env = self._env(spec, user_env)
+        identity = self.credentials.of(spec)
+        argv = self._argv(spec, identity)
+        env = self._env(spec, identity.env)
         env.update(extra_env or {})
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
-            pid, popen = start_process(argv, env, write_fd, cwd=spec.working_dir, credentials=credentials,
+            pid, popen = start_process(argv, env, write_fd, cwd=spec.working_dir, credentials=identity.popen,
                                        helper=self.exec_helper)
         except OSError as exc:
             os.close(read_fd)
@@ -236,8 +301,9 @@ class ProcessShell:
         """Start one of foundationd's own helper processes (zygote, guardian): output captured, exit reported."""
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
-            popen = subprocess.Popen(argv, stdin=stdin, stdout=write_fd, stderr=write_fd, env=env,
-                                     process_group=0, close_fds=True, pass_fds=pass_fds)
+            with _unblocked():
+                popen = subprocess.Popen(argv, stdin=stdin, stdout=write_fd, stderr=write_fd, env=env,
+                                         process_group=0, close_fds=True, pass_fds=pass_fds)
         except OSError:
             os.close(read_fd)
             raise
@@ -284,13 +350,12 @@ class ProcessShell:
         """The (uid, gid) a child with ``user`` runs as, else None; SpawnError if the user is gone."""
         if spec.user is None:
             return None
-        credentials, _ = self._credentials(spec)
-        return credentials["user"], credentials["group"]
+        identity = self.credentials.of(spec)
+        return identity.popen["user"], identity.popen["group"]
 
     def check(self, spec: WorkerSpec) -> None:
         """Raise SpawnError now if ``spawn(spec)`` could not start the command (for the attach verb)."""
-        credentials, _ = self._credentials(spec)
-        self._argv(spec, credentials.get("user"))
+        self._argv(spec, self.credentials.of(spec))
         if spec.working_dir is not None and not os.path.isdir(spec.working_dir):
             raise SpawnError(f"{spec.working_dir}: working directory does not exist")
 
@@ -409,7 +474,12 @@ class ProcessShell:
 
     # ---- argv and environment ----
 
-    def _argv(self, spec: WorkerSpec, uid: int | None = None) -> list[str]:
+    def _argv(self, spec: WorkerSpec, identity: Identity | None = None) -> list[str]:
+        """The exec chain of ``spec``: [helper or setpriv chain] [env reset] [prlimit ...] command.
+
+        For a child that runs as another user, every program of it is checked to be within that user's reach.
+        """
+        uid = identity.uid if identity is not None else None
         # An agent runs under the daemon's own interpreter, never a `python3` found on PATH (a pyenv shim
         # costs ~80 ms a start).
         agent_argv = [sys.executable, "-m", "agents.runtime", spec.agent] if spec.agent else None
@@ -423,19 +493,62 @@ class ProcessShell:
         if not (os.path.isfile(target) and os.access(target, os.X_OK)):
             raise SpawnError(f"{command[0]}: not an executable file")
         command[0] = resolved
+        programs = [resolved]
         if spec.limits:
             command = [*self._prlimit_argv(spec, uid), "--", *command]
-        elif spec.agent:
-            return command  # the agent runtime arms its own parent-death signal and checks its parent (2 execs less)
-        if self.exec_helper is not None:  # one exec: parent-death signal, parent check, then the program
-            return [self.exec_helper, str(os.getpid()), *command]
+            programs.append(command[0])
+        # Another user than root: what it execs must be within its reach (root's is everything).
+        stranger = (uid, identity.gids) if identity is not None and uid is not None and uid != 0 else None
+        if stranger is not None:
+            self._check_reach(spec, programs, *stranger)
+        helper = self.exec_helper
+        if helper is not None and stranger is not None and unreachable(helper, *stranger) is not None:
+            helper = None  # the daemon's own helper in a 0700 home: setpriv does its job for this child
+        if helper is not None:  # one exec: parent-death signal, parent check, default signals, then the program
+            return [helper, str(os.getpid()), *command]
+        prefix = self._fallback_prefix(spec)
+        if stranger is not None:
+            self._check_reach(spec, [arg for arg in prefix if os.path.isabs(arg)], *stranger)
+        return [*prefix, *command]
+
+    def _fallback_prefix(self, spec: WorkerSpec) -> list[str]:
+        """What the chain has in front of the command without the helper: the parent-death signal by setpriv and
+        a shell guard, and the default signals by ``env`` when foundationd has some ignored."""
+        reset = self._signal_reset()
+        if spec.agent and not spec.limits:
+            return reset  # the agent runtime arms its own parent-death signal and checks its parent (2 execs less)
         if self._setpriv is None:
-            return command
+            return reset
         if self._sh is None:
-            return [self._setpriv, "--pdeathsig", "KILL", "--", *command]
+            return [self._setpriv, "--pdeathsig", "KILL", "--", *reset]
         # PDEATHSIG only covers a death after setpriv armed it: the guard, run after that, exits unless its
         # parent is still this daemon, so a daemon SIGKILLed right after a spawn leaves no orphan behind.
-        return [self._setpriv, "--pdeathsig", "KILL", "--", self._sh, "-c", PDEATH_GUARD, str(os.getpid()), *command]
+        return [self._setpriv, "--pdeathsig", "KILL", "--", *reset, self._sh, "-c", PDEATH_GUARD, str(os.getpid())]
+
+    def _signal_reset(self) -> list[str]:
+        """``env --default-signal`` when foundationd ignores signals a child must not inherit, else nothing."""
+        if not self._ignores:
+            return []
+        if self._env_reset is None:
+            self._env_reset = _find_env_reset()
+            if not self._env_reset:
+                names = ", ".join(signal.Signals(s).name for s in self._ignores)
+                log.warning("foundationd ignores %s, and without %s or coreutils env --default-signal its "
+                            "children will too", names, HELPER_NAME)
+        return self._env_reset
+
+    def _check_reach(self, spec: WorkerSpec, programs: list[str], uid: int, gids: frozenset[int]) -> None:
+        """SpawnError naming the first program (or, for an agent, the SDK's directory) ``uid`` cannot reach."""
+        for program in programs:
+            problem = unreachable(program, uid, gids, spec.working_dir)
+            if problem is not None:
+                raise SpawnError(f"{problem}: the child runs as uid {uid} and could not start; "
+                                 "install it where that user can reach it")
+        if spec.agent:
+            sdk = importlib.util.find_spec("agents")  # where the SDK is, without importing it (daemon/ may not)
+            problem = unreachable(sdk.origin, uid, gids) if sdk is not None and sdk.origin else None
+            if problem is not None and "may not enter" in problem:
+                raise SpawnError(f"{problem}: the agent runs as uid {uid} and could not import the SDK")
 
     def _env(self, spec: WorkerSpec, user_env: dict[str, str] | None = None) -> dict[str, str]:
         env = self._helper_env(spec.name)
@@ -446,38 +559,9 @@ class ProcessShell:
     # ---- users and limits ----
 
     def _credentials(self, spec: WorkerSpec) -> tuple[dict[str, Any], dict[str, str]]:
-        """Popen's user/group/extra_groups/umask arguments for ``spec``, and the HOME/USER/LOGNAME it implies.
-
-        Names are looked up at every spawn (the config only checked that they existed when it was loaded).
-        """
-        credentials: dict[str, Any] = {}
-        user_env: dict[str, str] = {}
-        if spec.umask is not None:
-            credentials["umask"] = spec.umask
-        if spec.user is None and spec.group is None:
-            return credentials, user_env
-        if os.geteuid() != 0:
-            setting = f'user = "{spec.user}"' if spec.user is not None else f'group = "{spec.group}"'
-            raise SpawnError(f"{setting} needs foundationd to run as root (it runs as uid {os.geteuid()})")
-        gid = None
-        if spec.group is not None:
-            try:
-                gid = grp.getgrgid(int(spec.group)).gr_gid if spec.group.isdigit() else grp.getgrnam(spec.group).gr_gid
-            except (KeyError, OverflowError):
-                raise SpawnError(f'group = "{spec.group}": no such group on this system') from None
-        if spec.user is not None:
-            try:
-                entry = pwd.getpwuid(int(spec.user)) if spec.user.isdigit() else pwd.getpwnam(spec.user)
-            except (KeyError, OverflowError):
-                raise SpawnError(f'user = "{spec.user}": no such user on this system') from None
-            gid = entry.pw_gid if gid is None else gid
-            # Popen does setgroups, then setgid, then setuid: the order that cannot leave a privilege behind.
-            credentials["user"] = entry.pw_uid
-            credentials["extra_groups"] = os.getgrouplist(entry.pw_name, gid)
-            user_env = {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name}
-        # With a group alone the child stays root: only its primary group changes, supplementary ones are kept.
-        credentials["group"] = gid
-        return credentials, user_env
+        """Popen's user/group/extra_groups/umask arguments for ``spec``, and the HOME/USER/LOGNAME it implies."""
+        identity = self.credentials.of(spec)
+        return identity.popen, identity.env
 
     def _prlimit_argv(self, spec: WorkerSpec, uid: int | None) -> list[str]:
         if self._prlimit is None:
@@ -505,3 +589,15 @@ def _check_hard_limit(name: str, hard: int, uid: int | None) -> None:
         f"limits.{name}: hard limit {_rlim(hard)} is above foundationd's own ({current}), and the child runs as "
         f"{who}: only root can raise it"
     )
+
+
+def _find_env_reset() -> list[str]:
+    """coreutils ``env --default-signal`` (8.31 and later) if this system has it, else an empty list."""
+    env = shutil.which("env")
+    if env is None:
+        return []
+    try:
+        subprocess.run([env, "--default-signal", "true"], check=True, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [env, "--default-signal"]

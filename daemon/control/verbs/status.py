@@ -104,7 +104,7 @@ def render_status(result: dict[str, Any], usage: Usage | None = None) -> str:
     daemon = result.get("daemon") or {}
     header = (
         f"foundationd pid {_dash(daemon.get('pid'))}, version {_dash(daemon.get('version'))}, "
-        f"up {format_duration(daemon.get('uptime_s'))}{_zygote(daemon.get('zygote'))}"
+        f"up {format_duration(daemon.get('uptime_s'))}{_spawn(daemon.get('spawn'))}{_zygote(daemon.get('zygote'))}"
     )
     rows: list[Row] = []
     tree = result.get("tree")
@@ -124,6 +124,11 @@ def render_status(result: dict[str, Any], usage: Usage | None = None) -> str:
         padded = [cell.ljust(width) for cell, width in zip(cells, widths[kind], strict=False)]
         lines.append("  ".join([label.ljust(name_width), *padded]).rstrip())
     return "\n".join(lines)
+
+
+def _spawn(path: Any) -> str:
+    """How the daemon starts commands: foundation-exec, or the slower setpriv chain when it was not built."""
+    return f", spawn {path}" if isinstance(path, str) else ""
 
 
 def _collect(node: dict[str, Any], own_prefix: str, child_indent: str, rows: list[Row],
