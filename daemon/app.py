@@ -10,9 +10,8 @@
     control verbs (daemon/control/verbs/*) ─┴─> tree requests, Waiters (answer when settled), PlanRunner (reload)
     broker (daemon/broker/) <── agent hello = Ready; agent exit -> broker.agent_exited; tree -> mailbox bounds
 
-Every event goes into the core; the core returns actions; ``apply`` carries them out and feeds the events they
-cause straight back, then checks waiters and tells systemd. The parts live in daemon/shell (processes, sockets),
-daemon/broker (messaging), daemon/control (verbs), daemon/services (reload, state reads, systemd status).
+Every event goes into the core, whose actions ``apply`` carries out, feeding their events straight back; then it
+checks waiters and tells systemd. Parts: daemon/shell, daemon/broker, daemon/control, daemon/services.
 """
 
 from __future__ import annotations
@@ -103,7 +102,7 @@ class App:
         self.reports = ChildReports(self.tree, self.loop.call_later, self.shell.signal, self.feed)
         self.spawn_env = SpawnEnv(runtime_dir, state_dir, self.shell)
         self.waiters = Waiters(self.loop.call_later)
-        self.wait, self.send_signal = self.waiters.wait, self.shell.signal  # what verbs ask of the daemon
+        self.wait, self.send_signal = self.waiters.wait, self.shell.signal  # (for verbs)
         self.reloader = Reloader(tree=self.tree, runner=PlanRunner(self.tree, self.apply, self.waiters),
                                  notifier=self.notifier, config_path=config_path,
                                  is_ready=lambda: self.systemd.ready_sent, adopt=self.adopt_config)
@@ -180,8 +179,7 @@ class App:
     def adopt_config(self, new: DaemonConfig) -> None:
         self.config = new
         self.shell.zygote.configure(new.fork_server)
-
-    # ---- events in ----
+        self.shell.clear_credentials()  # (users and groups looked up again at their next spawn)
 
     def feed(self, event: Event) -> None:
         self.apply(self.tree.handle(event))

@@ -49,7 +49,8 @@ _DAEMON_KEYS = ("control_group", "fork_server", "runtime_dir", "state_dir")
 _SUPERVISOR_MARKERS = ("children", "strategy", "intensity", "period")
 _SUPERVISOR_KEYS = ("name", "restart", *_SUPERVISOR_MARKERS)
 _WORKER_KEYS = (
-    "agent", "backoff", "command", "env", "group", "limits", "liveness", "mailbox", "max_memory", "name", "ready",
+    "agent", "backoff", "command", "env", "group", "limits", "liveness", "mailbox", "max_memory", "name",
+    "on_intensity", "ready",
     "restart", "shutdown", "start_timeout", "umask", "user", "watchdog", "working_dir",
 )
 # Resource limits a worker may set (applied with util-linux prlimit, whose option names these are). Sizes are
@@ -265,6 +266,7 @@ def _worker(table: _Table, name: str) -> WorkerSpec:
     table.take(out, "mailbox", _mailbox)
     table.take(out, "liveness", _positive)
     table.take(out, "ready", _ready)
+    table.take(out, "on_intensity", _on_intensity)
     table.take(out, "start_timeout", _positive)
     table.take(out, "watchdog", _positive)
     if out.get("watchdog") is not None and out.get("ready") != "notify":
@@ -355,6 +357,14 @@ def _intensity(value: object, key: str, source: str) -> int:
     if number < 0:
         raise ConfigError(source, key, f"must be >= 0, got {number}")
     return number
+
+
+def _on_intensity(value: object, key: str, source: str) -> str:
+    text = _expect(value, (str,), "a string", key, source)
+    if text not in ("escalate", "park"):
+        raise ConfigError(source, key, f'expected "escalate" (OTP: the supervisor fails) or "park", got '
+                          f"{_describe(text)}")
+    return text
 
 
 def _ready(value: object, key: str, source: str) -> str:

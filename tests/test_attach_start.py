@@ -46,3 +46,15 @@ def test_a_start_failure_at_boot_names_what_failed(start_daemon) -> None:
     assert d.wait_exit() == 1
     assert ("halting: root supervisor failed: ghost failed to start: /no/such/program: not an executable file"
             in d.log())
+
+
+def test_a_crash_looping_child_set_to_park_is_set_aside_and_the_tree_runs_on(start_daemon) -> None:
+    d: DaemonProcess = start_daemon(TREE + '[[supervisor.children]]\nname = "loop"\ncommand = ["false"]\n'
+                                    'on_intensity = "park"\n')
+    keeper = d.wait_running("keeper")
+    d.wait_log("parking loop (more than 1 restarts in 60s)")
+    node = d.node("loop")
+    assert node["state"] == "failed"
+    assert node["parked"] is True
+    assert d.status()["tree"]["state"] == "running"
+    assert d.pid("keeper") == keeper

@@ -140,3 +140,33 @@ def test_a_start_failure_at_boot_is_named_in_the_halting_line() -> None:
     sh.stop_signalled()
     assert sh.halt is not None
     assert sh.halt.reason.startswith("root supervisor failed: ghost failed to start: ")
+
+
+def test_a_child_set_to_park_is_left_down_instead_of_failing_its_supervisor() -> None:
+    sh = shell(W("good"), W("loop", on_intensity="park"), intensity=2, period=5.0)
+    sh.boot()
+    sh.crash("loop")
+    sh.crash("loop")
+    sh.tree.take_events()
+    sh.crash("loop")  # the third restart in the window would exceed intensity 2
+    taken = sh.tree.take_events()
+    assert [(e.name, e.supervisor) for e in taken if isinstance(e, events.ChildParked)] == [("loop", "root")]
+    assert not [e for e in taken if isinstance(e, events.SupervisorFailed)]
+    assert sh.state("root") == "running"
+    assert len(sh.tree.root.history) == 2
+    assert sh.state("loop") == "failed"
+    assert "loop" not in sh.live
+    described = next(c for c in sh.tree.snapshot()["children"] if c["name"] == "loop")
+    assert described["parked"] is True
+    assert described["last_exit"].endswith("parked: more than 2 restarts in 5s")
+    sh.request("start", "loop")  # the operator releases it
+    assert sh.state("loop") == "running"
+    assert len(sh.tree.root.history) == 2  # the parked restart was not counted
+
+
+def test_without_park_the_same_loop_fails_the_supervisor() -> None:
+    sh = shell(W("good"), W("loop"), intensity=2, period=5.0)
+    sh.boot()
+    for _ in range(3):
+        sh.crash("loop")
+    assert sh.state("root") == "stopping"

@@ -75,6 +75,16 @@ class ChildRestarted(CoreEvent):
 
 
 @dataclass(frozen=True)
+class ChildParked(CoreEvent):
+    """A child with ``on_intensity = "park"`` would have exceeded its supervisor's intensity: it is left down."""
+
+    type: ClassVar[str] = "child_parked"
+    name: str
+    supervisor: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class IntensityExceeded(CoreEvent):
     """More than ``intensity`` restarts within ``period`` seconds: the supervisor stops its children and fails."""
 

@@ -60,6 +60,9 @@ class WorkerSpec:
     # Readiness, systemd-style: "exec" is ready once running; "notify" once it sends READY=1 on its own
     # NOTIFY_SOCKET (within start_timeout seconds, else it failed to start); an agent is ready at hello.
     ready: str = "exec"
+    # When this child's restart would exceed its supervisor's intensity: "escalate" (OTP: the supervisor fails) or
+    # "park" (it is left down with its reason, like supervisord's FATAL, until an operator starts it again).
+    on_intensity: str = "escalate"
     start_timeout: float = 10.0
     watchdog: float | None = None  # with ready = "notify": WATCHDOG=1 at least this often, else restarted
     # Users and limits (applied to the child only).

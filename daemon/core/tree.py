@@ -656,6 +656,9 @@ class SupervisionTree:
             return
         now = self._clock()
         sup.history = intensity.add_restart(sup.history, now, sup.spec.period)
+        if intensity.exceeded(sup.history, sup.spec.intensity) and isinstance(node, Worker) and _parks(node):
+            self._park(sup, node)
+            return
         if intensity.exceeded(sup.history, sup.spec.intensity):
             self._record(events.IntensityExceeded(now, sup.name, sup.spec.intensity, sup.spec.period, node.name))
             self._fail(
@@ -669,6 +672,16 @@ class SupervisionTree:
             self._restart_one(sup, node, wait)
         else:
             self._restart_group(sup, node, wait)
+
+    def _park(self, sup: Supervisor, node: Worker) -> None:
+        """``on_intensity = "park"``: this restart is not taken (nor counted); the child stays down, held, with its
+        reason, and the supervisor runs on. ``start`` releases it."""
+        sup.history = sup.history[:-1]
+        node.held = True
+        reason = f"more than {sup.spec.intensity} restarts in {sup.spec.period:g}s"
+        node.last_exit = f"{node.last_exit}; parked: {reason}"
+        self._record(events.ChildParked(self._clock(), node.name, sup.name, reason))
+        self._emit_log("warning", f"parking {node.name} ({reason}); 'foundationctl start {node.name}' when fixed")
 
     def _restart_one(self, sup: Supervisor, node: AnyNode, wait: float) -> None:
         node.restarts += 1
@@ -796,11 +809,17 @@ def _describe_worker(node: Worker, now: float) -> dict[str, Any]:
         "uptime_s": round(now - started_at, 3) if state is State.RUNNING and started_at is not None else None,
         "last_exit": node.last_exit,
     }
+    if node.held and state is not State.RUNNING and spec.on_intensity == "park" and "parked:" in (node.last_exit or ""):
+        out["parked"] = True
     if spec.agent:
         out["agent"] = spec.agent
     else:
         out["command"] = spec.command
     return out
+
+
+def _parks(node: Worker) -> bool:
+    return node.spec.on_intensity == "park"
 
 
 def _start_failure(node: AnyNode) -> str:
