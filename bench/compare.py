@@ -39,6 +39,8 @@ from typing import Any
 import orjson
 import psutil
 
+from daemon.shell.process import find_exec_helper
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import floors
@@ -71,7 +73,8 @@ def code_state() -> dict[str, Any]:
     h = hashlib.sha256()
     repo = Path(__file__).resolve().parent.parent
     files = sorted(p for d in ("daemon", "ipc", "agents") for p in (repo / d).rglob("*") if p.suffix in (".py", ".c"))
-    helper = Path(sys.executable).parent / "foundation-exec"
+    found = find_exec_helper()  # where the daemon looks: next to the package first, then the venv's bin/
+    helper = Path(found) if found else Path(sys.executable).parent / "foundation-exec"
     for path in [*files, helper]:
         with contextlib.suppress(OSError):
             h.update(str(path.relative_to(repo) if path.is_relative_to(repo) else path).encode())
