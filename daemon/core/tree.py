@@ -832,6 +832,13 @@ def _start_failure(node: AnyNode) -> str:
     return f"{node.name} failed to start: {exit_} before it was ready"
 
 
+def workers_of(node: AnyNode) -> list[Worker]:
+    """The workers of ``node``'s subtree (``node`` itself if it is one), in start order."""
+    if isinstance(node, Worker):
+        return [node]
+    return [w for child in node.children for w in workers_of(child)]
+
+
 def _node_names(node: AnyNode) -> list[str]:
     if isinstance(node, Supervisor):
         return [node.name, *(n for c in node.children for n in _node_names(c))]

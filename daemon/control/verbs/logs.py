@@ -20,7 +20,7 @@ from daemon.control.cli_common import EXIT_OK, add_json, print_result
 from daemon.control.verbs.base import Reply, Verb, str_arg
 
 if TYPE_CHECKING:
-    from daemon.core.tree import AnyNode, SupervisionTree
+    from daemon.core.tree import SupervisionTree
 from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
 
@@ -36,7 +36,7 @@ class Context(Protocol):
 
 
 def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
-    from daemon.core.tree import Supervisor  # (daemon side only: foundationctl starts fast)
+    from daemon.core.tree import Supervisor, workers_of  # (daemon side only: foundationctl starts fast)
     from daemon.shell.forkserver import NAME as ZYGOTE_NAME
     from daemon.shell.logs import DAEMON_NAME
     from daemon.shell.process import GUARDIAN_NAME
@@ -49,7 +49,7 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise FoundationError(ErrorCode.BAD_REQUEST, "'lines' must be a non-negative integer")
     if isinstance(node, Supervisor):
-        _merged(ctx, name, _workers(node), count, follow=bool(req.args.get("follow")), reply=reply)
+        _merged(ctx, name, [w.name for w in workers_of(node)], count, follow=bool(req.args.get("follow")), reply=reply)
         return
     tail = [{"t": t, "line": line} for t, line in ctx.logs.tail(name, count)]
     alive = reply({"name": name, "lines": tail, "more": bool(req.args.get("follow"))})
@@ -68,14 +68,6 @@ def _merged(ctx: Context, name: str, children: list[str], count: int, *, follow:
     for child in children:
         ctx.logs.follow(child, lambda new, c=child: reply(
             {"name": name, "lines": [{"t": time.time(), "child": c, "line": f"{c} | {x}"} for x in new]}) is not False)
-
-
-def _workers(node: AnyNode) -> list[str]:
-    from daemon.core.tree import Worker
-
-    if isinstance(node, Worker):
-        return [node.name]
-    return [name for child in node.children for name in _workers(child)]
 
 
 def setup(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from daemon.control.cli_common import EXIT_OK, add_json, print_result
 from daemon.control.verbs.base import Reply, Verb, str_arg
 
 if TYPE_CHECKING:
-    from daemon.core.tree import AnyNode, SupervisionTree, Worker
+    from daemon.core.tree import SupervisionTree
 from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
 
@@ -45,18 +45,12 @@ def parse_signal(value: Any) -> signals.Signals:
 def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     sig = parse_signal(req.args.get("signal"))
     name = str_arg(req.args, "name")
-    pids = [w.pid for w in _workers(ctx.tree.find(name)) if w.pid is not None]
+    from daemon.core.tree import workers_of  # (daemon side only: foundationctl starts fast)
+
+    pids = [w.pid for w in workers_of(ctx.tree.find(name)) if w.pid is not None]
     for pid in pids:
         ctx.send_signal(pid, sig)
     reply({"name": name, "signal": sig.name, "pids": pids})
-
-
-def _workers(node: AnyNode) -> list[Worker]:
-    from daemon.core.tree import Worker  # (daemon side only: foundationctl starts fast)
-
-    if isinstance(node, Worker):
-        return [node]
-    return [w for child in node.children for w in _workers(child)]
 
 
 def setup(parser: argparse.ArgumentParser) -> None:
