@@ -439,7 +439,7 @@ def test_render_status_shows_usage_the_last_exit_and_a_readable_command() -> Non
         {"name": "web", "type": "worker", "state": "running", "pid": 10, "command": ["/opt/venv/bin/python3", "-m",
                                                                                      "web"]},
         {"name": "gone", "type": "worker", "state": "failed", "pid": None, "command": ["x"],
-         "last_exit": "exited with status 3"},
+         "last_exit": "exited with status 3", "last_exit_ago_s": 192.4},
     ]}
     seen = []
 
@@ -450,5 +450,5 @@ def test_render_status_shows_usage_the_last_exit_and_a_readable_command() -> Non
     lines = render_status({"daemon": {"pid": 1}, "tree": tree}, usage=usage).splitlines()
     assert seen == [(10, 1)]
     assert "cpu 1.2s  rss 12.0M  python3 -m web" in lines[2]
-    assert re.search(r"cpu -\s+rss -\s+x  last: exited with status 3$", lines[3])
+    assert re.search(r"cpu -\s+rss -\s+x  last: exited with status 3 \(3m12s ago\)$", lines[3])
     assert "cpu" not in render_status({"daemon": {"pid": 1}, "tree": tree}, usage=lambda p, d: None)

@@ -13,6 +13,7 @@ from helpers import ctl
 
 from agents.testing import DaemonProcess, exited, wait_for
 from daemon.control import cli
+from ipc.errors import ErrorCode, FoundationError
 
 SLEEPER = f"""
 [[supervisor.children]]
@@ -207,3 +208,21 @@ def test_save_without_a_config_file_says_so(start_daemon) -> None:
     out = ctl(d, "save")
     assert out.returncode == 1
     assert "embedded config" in out.stderr
+
+
+def test_wait_lets_a_slow_start_settle_past_the_usual_25_s(start_daemon) -> None:
+    """The daemon holds the answer for the request's ``wait`` (--wait: up to an hour) instead of 25 s: checked on the
+    wire with a small limit, and a bad value is refused before anything changes."""
+    d: DaemonProcess = start_daemon(SLEEPER)
+    d.wait_running("one")
+    slow = 'import time; time.sleep(1.5); print("READY")'
+    with d.client() as client:
+        quick = client.request("attach", spec={"name": "slow", "command": [sys.executable, "-c", slow],
+                                               "ready": "notify", "start_timeout": 30}, wait=0.2)
+        assert quick["pending"] is True  # answered after 0.2 s, still starting
+        with pytest.raises(FoundationError) as exc:
+            client.request("restart", name="one", wait=0)
+        assert exc.value.code is ErrorCode.BAD_REQUEST
+    out = ctl(d, "restart", "one", "--wait")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("restarted one (pid ")

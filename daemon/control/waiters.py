@@ -12,6 +12,7 @@ from typing import Any
 from daemon.shell.loop import TimerHandle
 
 WAIT_LIMIT = 25.0  # longest a control request waits for its operation (the CLI gives up at 30 s)
+LONGEST_WAIT = 3600.0  # what a request may ask for instead (``"wait": S``; foundationctl --wait)
 
 CallLater = Callable[[float, Callable[[], None]], TimerHandle]
 
@@ -29,14 +30,15 @@ class Waiters:
         self._call_later = call_later
         self._waiting: list[Waiter] = []
 
-    def wait(self, done: Callable[[], bool], answer: Callable[[], Any], reply: Callable[[Any], Any]) -> None:
-        """Reply with ``answer()`` once ``done()`` holds, or after WAIT_LIMIT with ``pending: true`` added."""
+    def wait(self, done: Callable[[], bool], answer: Callable[[], Any], reply: Callable[[Any], Any],
+             limit: float = WAIT_LIMIT) -> None:
+        """Reply with ``answer()`` once ``done()`` holds, or after ``limit`` seconds with ``pending: true`` added."""
         if done():
             reply(answer())
             return
         waiter = Waiter(done, answer, reply)
         self._waiting.append(waiter)
-        waiter.timer = self._call_later(WAIT_LIMIT, lambda: self._expire(waiter))
+        waiter.timer = self._call_later(limit, lambda: self._expire(waiter))
 
     def when(self, done: Callable[[], bool], then: Callable[[], None]) -> None:
         """Run ``then`` once ``done()`` holds; no deadline."""

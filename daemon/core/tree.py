@@ -110,6 +110,7 @@ class Worker(Node):
     extended: bool = False
     backoff_attempt: int = 0
     last_exit: str | None = None
+    last_exit_at: float | None = None  # when (the core's clock)
 
     @property
     def name(self) -> str:
@@ -414,7 +415,7 @@ class SupervisionTree:
             return
         self._transition(node, State.FAILED)
         self._record(events.StartFailed(self._clock(), name, reason))
-        node.last_exit = f"failed to start: {reason}"
+        node.last_exit, node.last_exit_at = f"failed to start: {reason}", self._clock()
         self._emit_log("error", f"{name} failed to start: {reason}")
         self._settle(node, started=False)
 
@@ -427,7 +428,7 @@ class SupervisionTree:
         node.kill_timer = node.ready_timer = None
         self._end_phase(node)
         node.pid = None
-        node.last_exit = ev.describe()
+        node.last_exit, node.last_exit_at = ev.describe(), self._clock()
         expected = node.state is State.STOPPING
         self._record(events.ChildExited(self._clock(), node.name, ev.pid, node.last_exit, expected))
         if node.state is State.STARTING:
@@ -809,6 +810,8 @@ def _describe_worker(node: Worker, now: float) -> dict[str, Any]:
         "uptime_s": round(now - started_at, 3) if state is State.RUNNING and started_at is not None else None,
         "last_exit": node.last_exit,
     }
+    if node.last_exit_at is not None:
+        out["last_exit_ago_s"] = round(now - node.last_exit_at, 1)
     if node.held and state is not State.RUNNING and spec.on_intensity == "park" and "parked:" in (node.last_exit or ""):
         out["parked"] = True
     if spec.agent:

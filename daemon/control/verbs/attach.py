@@ -13,7 +13,7 @@ from typing import Any
 
 from daemon.control.cli_common import EXIT_OK, PROG, add_json, print_result
 from daemon.control.verbs.base import Reply, Verb
-from daemon.control.verbs.lifecycle import Context, describe, parked
+from daemon.control.verbs.lifecycle import Context, add_wait, describe, parked, wait_args, wait_limit
 from daemon.core.states import State
 from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
@@ -33,6 +33,7 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
         spec = child_spec_from_dict(req.args.get("spec"), key="spec")
     except ConfigError as exc:
         raise FoundationError(ErrorCode.INVALID_SPEC, str(exc)) from None
+    limit = wait_limit(req)  # checked before anything changes
     ctx.check_spawnable(spec)
     ctx.apply(ctx.tree.attach(parent, spec, synchronous=True))
     node = ctx.tree.find_quiet(spec.name)
@@ -47,7 +48,7 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
         return describe(node)
 
     ctx.wait(lambda: node.rejected is not None or (node.incarnation > 0 and node.state is not State.STARTING)
-             or parked(node), answer, reply)
+             or parked(node), answer, reply, limit)
 
 
 def _rejected(name: str, why: str | None, ctx: Context) -> FoundationError:
@@ -66,6 +67,7 @@ def setup(parser: argparse.ArgumentParser) -> None:
         "--restart", metavar="TYPE", choices=RESTART_TYPES, help="permanent|transient|temporary"
     )
     parser.add_argument("--agent", metavar="MODULE:CLASS", help="run a Python agent instead of a command")
+    add_wait(parser)
     parser.add_argument("--env", metavar="K=V", action="append", default=[], help="an environment variable (repeat)")
     parser.add_argument("--working-dir", metavar="DIR", help="its working directory (relative: to this shell's)")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="settings",
@@ -109,7 +111,7 @@ def run(client: ControlClient, args: argparse.Namespace) -> int:
     if args.restart:
         spec["restart"] = args.restart
     spec.update(args.extra)  # validated by the daemon as a config child is (invalid_spec names the key)
-    result = client.request("attach", parent=args.parent, spec=spec)
+    result = client.request("attach", parent=args.parent, spec=spec, **wait_args(args, client))
     name = result.get("name", args.name) if isinstance(result, dict) else args.name
     print_result(args, result, lambda: f"attached {name} to {args.parent}")
     return EXIT_OK

@@ -27,13 +27,14 @@ class Context(Protocol):
     start_causes: dict[str, str]  # an agent's one-line cause of its last failed start, by name
 
     def apply(self, actions: list[Action]) -> None: ...
-    def wait(self, done: Callable[[], bool], answer: Callable[[], Any], reply: Reply) -> None: ...
+    def wait(self, done: Callable[[], bool], answer: Callable[[], Any], reply: Reply, limit: float = ...) -> None: ...
     def check_spawnable(self, spec: ChildSpec) -> None: ...
 
 
 def act_on_node(ctx: Context, req: Request, reply: Reply) -> None:
     """start/stop/restart/detach NAME: ask the core, answer once the child has settled (or after WAIT_LIMIT)."""
     name = str_arg(req.args, "name")
+    limit = wait_limit(req)  # checked before anything changes
     node = ctx.tree.find(name)
     before = node.incarnation
     if req.verb == "start" and node.state is State.RUNNING:
@@ -50,7 +51,31 @@ def act_on_node(ctx: Context, req: Request, reply: Reply) -> None:
         done = lambda: (  # noqa: E731
             node.incarnation > before and node.state not in (State.STARTING, State.STOPPING)
         ) or parked(node)
-    ctx.wait(done, lambda: describe(node), reply)
+    ctx.wait(done, lambda: describe(node), reply, limit)
+
+
+def wait_limit(req: Request) -> float:
+    """How long the answer may wait for the child to settle: 25 s, or the request's ``wait`` (foundationctl
+    --wait: as long as it takes, up to an hour)."""
+    from daemon.control.waiters import LONGEST_WAIT, WAIT_LIMIT
+
+    wait = req.args.get("wait", WAIT_LIMIT)
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 < wait <= LONGEST_WAIT:
+        raise FoundationError(ErrorCode.BAD_REQUEST, f"'wait' must be a number of seconds in (0, {LONGEST_WAIT:g}]")
+    return float(wait)
+
+
+def add_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", action="store_true",
+                        help="wait until the child has settled, however long (default: answer after 25 s at most)")
+
+
+def wait_args(args: argparse.Namespace, client: ControlClient) -> dict[str, float]:
+    """The request's ``wait`` for --wait; the client then waits as long as the daemon does."""
+    if not getattr(args, "wait", False):
+        return {}
+    client.settimeout(None)
+    return {"wait": 3600.0}
 
 
 def describe(node: AnyNode) -> dict[str, Any]:
@@ -65,6 +90,7 @@ def parked(node: AnyNode) -> bool:
 def setup_names(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", metavar="NAME", nargs="+",
                         help="children; 'all' is every worker of the tree, 'SUP/*' every child of SUP")
+    add_wait(parser)
     add_json(parser)
 
 
@@ -104,7 +130,7 @@ def run_lifecycle(verb: str, past: str, expected_state: str) -> Run:
         failed = False
         for name in names:
             try:
-                result = client.request(verb, name=name)
+                result = client.request(verb, name=name, **wait_args(args, client))
             except FoundationError as exc:
                 if len(names) == 1:
                     raise

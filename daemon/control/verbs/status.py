@@ -191,7 +191,9 @@ def _reported(node: dict[str, Any]) -> str:
     said = [f'"{node["status"]}"'] if isinstance(node.get("status"), str) else []
     said += [f"{key} {node[key]}" for key in ("errno", "exit_status") if isinstance(node.get(key), int)]
     if node.get("state") != "running" and isinstance(node.get("last_exit"), str):
-        said.append(f"last: {node['last_exit']}")
+        ago = node.get("last_exit_ago_s")
+        when = f" ({format_duration(ago)} ago)" if isinstance(ago, int | float) else ""
+        said.append(f"last: {node['last_exit']}{when}")
     if isinstance(node.get("last_error"), str):  # why its last start failed (an agent's one-line cause)
         error = node["last_error"]
         said.append("error: " + (error if len(error) <= 80 else error[:79] + "…"))
