@@ -13,7 +13,6 @@ import fcntl
 import logging
 import os
 import resource
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from daemon.app import App
 from daemon.config import ConfigError, DaemonConfig, load_config
 from daemon.core.spec import WorkerSpec, worker_specs
 from daemon.shell.output import OutputSink, SinkHandler, stderr_is_journal
+from daemon.shell.process import SpawnError, resolve_program
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -103,11 +103,10 @@ def _startable(spec: WorkerSpec) -> str | None:
     if spec.working_dir is not None and not os.path.isdir(spec.working_dir):
         return f"working_dir {spec.working_dir}: not a directory"
     if not spec.agent:
-        program = spec.command[0]
-        found = (os.path.join(spec.working_dir or "", program) if "/" in program
-                 else shutil.which(program, path=dict(spec.env).get("PATH", os.environ.get("PATH"))))
-        if found is None or not os.access(found, os.X_OK) or os.path.isdir(found):
-            return f"{program}: not an executable file"
+        try:
+            resolve_program(spec.command[0], spec)  # what a spawn checks first, in the same words
+        except SpawnError as exc:
+            return str(exc)
         return None
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ")} | dict(spec.env)
     try:  # agents.loadcheck by name: daemon/ does not import agents/

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from daemon.core.reload import Plan
 from daemon.core.spec import ChildSpec, SupervisorSpec, WorkerSpec
 from daemon.core.states import State
-from daemon.core.tree import AnyNode, SupervisionTree, Supervisor
+from daemon.core.tree import SupervisionTree, Supervisor, node_names, spec_names
 from ipc.errors import ErrorCode, FoundationError
 
 
@@ -94,14 +94,3 @@ def check(plan: Plan, tree: SupervisionTree) -> None:
                 raise FoundationError(ErrorCode.INVALID_CONFIG, f"the config adds {name!r}, but a child of that "
                                       "name was attached at run time: detach it first")
 
-
-def spec_names(spec: ChildSpec) -> list[str]:
-    if isinstance(spec, SupervisorSpec):
-        return [spec.name, *(n for child in spec.children for n in spec_names(child))]
-    return [spec.name]
-
-
-def node_names(node: AnyNode) -> list[str]:
-    if isinstance(node, Supervisor):
-        return [node.name, *(n for child in node.children for n in node_names(child))]
-    return [node.name]

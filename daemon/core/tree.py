@@ -272,7 +272,7 @@ class SupervisionTree:
         sup = self.find(parent)
         if not isinstance(sup, Supervisor):
             raise FoundationError(ErrorCode.NOT_A_SUPERVISOR, f"{parent!r} is a worker, not a supervisor")
-        clash = [n for n in _names(spec) if n in self._index or n == ROOT]
+        clash = [n for n in spec_names(spec) if n in self._index or n == ROOT]
         if clash:
             raise FoundationError(ErrorCode.ALREADY_EXISTS, f"a child named {clash[0]!r} already exists")
         node = self._build(spec, sup)
@@ -515,7 +515,7 @@ class SupervisionTree:
             case RemoveStep(node):
                 if node in sup.children:
                     sup.children.remove(node)
-                names = tuple(_node_names(node))
+                names = tuple(node_names(node))
                 for name in names:
                     self._index.pop(name, None)
                 self._emit_log("notice", f"detached {node.name}")
@@ -842,13 +842,13 @@ def workers_of(node: AnyNode) -> list[Worker]:
     return [w for child in node.children for w in workers_of(child)]
 
 
-def _node_names(node: AnyNode) -> list[str]:
+def node_names(node: AnyNode) -> list[str]:
     if isinstance(node, Supervisor):
-        return [node.name, *(n for c in node.children for n in _node_names(c))]
+        return [node.name, *(n for c in node.children for n in node_names(c))]
     return [node.name]
 
 
-def _names(spec: ChildSpec) -> list[str]:
+def spec_names(spec: ChildSpec) -> list[str]:
     if isinstance(spec, SupervisorSpec):
-        return [spec.name, *(n for c in spec.children for n in _names(c))]
+        return [spec.name, *(n for c in spec.children for n in spec_names(c))]
     return [spec.name]

@@ -484,14 +484,7 @@ class ProcessShell:
         # costs ~80 ms a start).
         agent_argv = [sys.executable, "-m", "agents.runtime", spec.agent] if spec.agent else None
         command = agent_argv or list(spec.command)
-        path = dict(spec.env).get("PATH", os.environ.get("PATH", os.defpath))
-        resolved = shutil.which(command[0], path=path) if "/" not in command[0] else command[0]
-        if resolved is None:
-            raise SpawnError(f"{command[0]}: command not found on PATH")
-        # With setpriv in front, exec of a bad path would fail only in the child, as an exit 127 crash.
-        target = os.path.join(spec.working_dir or "", resolved) if "/" in command[0] else resolved
-        if not (os.path.isfile(target) and os.access(target, os.X_OK)):
-            raise SpawnError(f"{command[0]}: not an executable file")
+        resolved = resolve_program(command[0], spec)
         command[0] = resolved
         programs = [resolved]
         if spec.limits:
@@ -573,6 +566,20 @@ class ProcessShell:
                 _check_hard_limit(name, hard, uid)
             argv.append(f"--{name}={_rlim(soft)}:{_rlim(hard)}")
         return argv
+
+
+def resolve_program(program: str, spec: WorkerSpec) -> str:
+    """The program as exec will find it (PATH from the child's env, a path with a slash from its working
+    directory); SpawnError when it is not there. With setpriv in front, exec of a bad path would fail only in the
+    child, as an exit 127 crash: hence the check before spawning (and in ``foundationd --check``)."""
+    path = dict(spec.env).get("PATH", os.environ.get("PATH", os.defpath))
+    resolved = shutil.which(program, path=path) if "/" not in program else program
+    if resolved is None:
+        raise SpawnError(f"{program}: command not found on PATH")
+    target = os.path.join(spec.working_dir or "", resolved) if "/" in program else resolved
+    if not (os.path.isfile(target) and os.access(target, os.X_OK)):
+        raise SpawnError(f"{program}: not an executable file")
+    return resolved
 
 
 def _rlim(value: int) -> str:
