@@ -56,6 +56,7 @@ from daemon.services.reload import Reloader
 from daemon.services.state_reader import StateReaders
 from daemon.services.systemd_status import SystemdStatus
 from daemon.services.tree_queries import TreeQueries
+from daemon.services.workflows import WorkflowSide
 from daemon.shell import forkserver
 from daemon.shell.child_notify import ChildNotifySocket
 from daemon.shell.child_output import ChildOutput
@@ -106,6 +107,7 @@ class App:
         self.reloader = Reloader(tree=self.tree, runner=PlanRunner(self.tree, self.apply, self.waiters),
                                  notifier=self.notifier, config_path=config_path,
                                  is_ready=lambda: self.systemd.ready_sent, adopt=self.adopt_config)
+        self.workflows = WorkflowSide(self, state_dir)
         self.control: ControlServer | None = None
         self.broker: Broker | None = None
         self.child_notify: ChildNotifySocket | None = None
@@ -145,6 +147,7 @@ class App:
             if self.shell.zygote.state == "booting":  # the tree's agents start from spares, not by exec
                 self.shell.zygote.wait_for_spare(forkserver.BOOT_WAIT)
             self.apply(self.tree.boot())
+            self.workflows.booted()
             self.loop.run()
         finally:
             self._close()
@@ -152,7 +155,7 @@ class App:
 
     def _close(self) -> None:
         for part in (self.memory, self.control, self.shell, self.broker, self.child_notify, self.states,
-                     self.notifier):
+                     self.notifier, self.workflows):
             if part is not None:
                 part.close()
         for sink in self._sinks:
@@ -202,6 +205,7 @@ class App:
                 self.reports.reported.setdefault(event.name, {})["last_error"] = cause
             if self.broker is not None and node.spec.agent:
                 self.broker.agent_exited(event.name, event.describe())
+            self.workflows.exited(event)
         self.feed(event)
 
     def _fire(self, token: int) -> None:
@@ -267,6 +271,7 @@ class App:
         self.reports.forget(name)
         self.spawn_env.forget(name)
         self.states.forget(name)
+        self.workflows.removed(name)
         if self.broker is not None:
             self.broker.forget(name)
 
