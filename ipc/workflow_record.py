@@ -11,6 +11,13 @@ TERMINAL = frozenset({"completed", "failed", "cancelled"})
 STATES = ("running", "completed", "failed", "cancelled", "paused", "waiting")
 
 
+def idle(record: dict[str, Any]) -> bool:
+    """Nothing runs and nothing will without an operator: the workflow's process may exit, a waiter may be told."""
+    if any(s["state"] == "running" or s.get("retry_wait") for s in record["steps"].values()):
+        return False
+    return record["state"] in TERMINAL or record["state"] in ("paused", "waiting")
+
+
 def summary(record: dict[str, Any]) -> dict[str, Any]:
     """``{"id", "state", "steps": [{"id", "state", "attempts", "result"|"error"}]}`` (DESIGN 3.6), steps in the
     file's order, each with its duration once it has one."""

@@ -64,7 +64,8 @@ def test_retry_policy_uses_temporals_fields_and_caps_the_interval() -> None:
     policy = parse(task("a", retry={"initial_interval": 1, "backoff_coefficient": 3, "maximum_interval": 5,
                                     "maximum_attempts": 4, "non_retryable_errors": ["card_declined"]})).retry
     assert [policy.delay(n) for n in (1, 2, 3)] == [1.0, 3.0, 5.0]
-    assert policy.allows(3) and not policy.allows(4)
+    assert policy.allows(3)
+    assert not policy.allows(4)
     assert RetryPolicy(maximum_attempts=0).allows(10_000)
     assert retryable({"code": "x", "category": "infrastructure"}, policy)
     assert retryable({"code": "x", "category": "timeout"}, policy)
@@ -84,7 +85,8 @@ def test_parallel_then_sequential_order_and_completion() -> None:
     done(rec, "c")
     assert dispatched(rec) == [("d", 1)]
     done(rec, "d", value="x")
-    assert rec["state"] == "completed" and engine.idle(rec)
+    assert rec["state"] == "completed"
+    assert engine.idle(rec)
     assert engine.results(rec) == {"a": 1, "b": 2, "c": None, "d": "x"}
     assert [s["id"] for s in summary(rec)["steps"]] == ["a", "b", "c", "d"]
 
@@ -105,7 +107,8 @@ def test_infrastructure_errors_retry_after_a_delay_business_errors_fail_the_work
     rec = record({"parallel": [task("i", retry={"initial_interval": 0.5, "maximum_attempts": 2}), task("b")]})
     dispatched(rec)
     assert failed(rec, "i", "infrastructure") == 0.5
-    assert rec["steps"]["i"]["state"] == "pending" and not engine.idle(rec)
+    assert rec["steps"]["i"]["state"] == "pending"
+    assert not engine.idle(rec)
     assert dispatched(rec) == []  # waits for its retry message
     assert engine.release(rec, "i", 1)
     assert not engine.release(rec, "i", 1)  # a second retry message changes nothing
@@ -114,7 +117,9 @@ def test_infrastructure_errors_retry_after_a_delay_business_errors_fail_the_work
     assert rec["steps"]["i"]["state"] == "failed"
     assert rec["state"] == "running"  # b still runs
     failed(rec, "b", "business")
-    assert rec["state"] == "failed" and rec["steps"]["b"]["attempts"] == 1 and engine.idle(rec)
+    assert rec["state"] == "failed"
+    assert rec["steps"]["b"]["attempts"] == 1
+    assert engine.idle(rec)
 
 
 def test_a_lost_step_is_ambiguous_unless_idempotent_and_resolve_settles_it() -> None:
@@ -127,7 +132,8 @@ def test_a_lost_step_is_ambiguous_unless_idempotent_and_resolve_settles_it() -> 
     engine.release(rec, "again", 1)
     assert dispatched(rec) == [("again", 2)]
     done(rec, "again", attempt=2)
-    assert rec["state"] == "waiting" and engine.idle(rec)
+    assert rec["state"] == "waiting"
+    assert engine.idle(rec)
     engine.resolve(root, rec, "once", done=None, retry=True, now=4.0)
     assert dispatched(rec) == [("once", 2)]
     done(rec, "once", attempt=2, value="ok")
@@ -143,13 +149,16 @@ def test_pause_and_cancel() -> None:
     rec["paused"] = True
     done(rec, "a")
     done(rec, "b")
-    assert dispatched(rec) == [] and rec["state"] == "paused" and engine.idle(rec)
+    assert dispatched(rec) == []
+    assert rec["state"] == "paused"
+    assert engine.idle(rec)
     rec["paused"] = False
     assert dispatched(rec) == [("c", 1)]
     assert engine.cancel(root, rec, now=5.0) == ["c"]
     assert rec["state"] == "cancelled"
     assert {s["state"] for s in rec["steps"].values()} == {"done", "cancelled"}
-    assert dispatched(rec) == [] and done(rec, "c") is None
+    assert dispatched(rec) == []
+    assert done(rec, "c") is None
 
 
 def test_step_errors_keep_their_category() -> None:

@@ -127,7 +127,7 @@ def test_resolve_done_gives_an_ambiguous_step_its_result(start_daemon, tmp_path)
         {"task": {"id": "once", "action": "command", "args": {"command": ["sh", "-c", f'echo x >> "{out}"; '
                                                                           "sleep 300.6"]}}},
         step("after", out)]}, tmp_path, "amb2")
-    wait_for(lambda: out.exists(), timeout=20, what="the step running")
+    wait_for(out.exists, timeout=20, what="the step running")
     daemon.kill(signal.SIGKILL)
     daemon.expect_exit(-signal.SIGKILL)
     daemon.start()
@@ -154,8 +154,10 @@ def test_retries_an_infrastructure_failure_until_its_third_attempt_and_never_a_b
     ]}, tmp_path, "retry")
     assert ctl(daemon, "workflow", "wait", wf, "--timeout", "60").returncode == 0
     got = steps(daemon, wf)
-    assert got["infra"]["attempts"] == 3 and got["infra"]["result"] == "third time"
-    assert got["py-infra"]["attempts"] == 3 and got["py-infra"]["result"] == "ok on call 3"
+    assert got["infra"]["attempts"] == 3
+    assert got["infra"]["result"] == "third time"
+    assert got["py-infra"]["attempts"] == 3
+    assert got["py-infra"]["result"] == "ok on call 3"
 
     wf = run(daemon, {"parallel": [
         {"task": {"id": "biz", "action": "command", "args": {"command": ["sh", "-c", "echo no such order; exit 1"]},
@@ -168,9 +170,11 @@ def test_retries_an_infrastructure_failure_until_its_third_attempt_and_never_a_b
     summary = json.loads(done.stdout)
     assert summary["state"] == "failed"
     got = {s["id"]: s for s in summary["steps"]}
-    assert got["biz"]["attempts"] == 1 and got["biz"]["error"]["category"] == "business"
+    assert got["biz"]["attempts"] == 1
+    assert got["biz"]["error"]["category"] == "business"
     assert "no such order" in got["biz"]["error"]["message"]
-    assert got["py-biz"]["attempts"] == 1 and got["py-biz"]["error"]["code"] == "refused"
+    assert got["py-biz"]["attempts"] == 1
+    assert got["py-biz"]["error"]["code"] == "refused"
 
 
 def test_a_command_past_its_timeout_is_killed_with_its_whole_process_group(start_daemon, tmp_path):
@@ -182,7 +186,8 @@ def test_a_command_past_its_timeout_is_killed_with_its_whole_process_group(start
     done = ctl(daemon, "workflow", "wait", wf, "--timeout", "60", "--json")
     assert done.returncode == 1
     (slow,) = json.loads(done.stdout)["steps"]
-    assert slow["state"] == "failed" and slow["error"]["code"] == "timeout"
+    assert slow["state"] == "failed"
+    assert slow["error"]["code"] == "timeout"
 
     def leftovers() -> list[psutil.Process]:
         return [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
@@ -198,7 +203,7 @@ def test_cancel_kills_running_commands_and_list_shows_every_workflow(start_daemo
         {"task": {"id": "long", "action": "command", "args": {"command": ["sh", "-c", f'echo long >> "{out}"; '
                                                                           f"sleep {marker}"]}}},
         step("never", out)]}, tmp_path, "cancelme")
-    wait_for(lambda: out.exists(), timeout=20, what="the long step running")
+    wait_for(out.exists, timeout=20, what="the long step running")
     done = ctl(daemon, "workflow", "cancel", wf, "--json")
     assert done.returncode == 0, done.stderr
     done = ctl(daemon, "workflow", "wait", wf, "--timeout", "60", "--json")
@@ -222,10 +227,12 @@ def test_invalid_definitions_are_refused_naming_the_step(start_daemon, tmp_path)
     assert done.returncode == 2
     assert 'root.sequential[1] (task "b").action' in done.stderr
     done = ctl(daemon, "workflow", "status", "nosuch")
-    assert done.returncode == 1 and "no_such_child" in done.stderr
+    assert done.returncode == 1
+    assert "no_such_child" in done.stderr
     # The daemon checks too (a client that skips the CLI): a structured error, and it keeps running.
     with daemon.client() as client:
         reply = client.raw(json.dumps({"id": 1, "verb": "workflow", "args": {
             "op": "run", "definition": {"parallel": []}}}).encode() + b"\n")
-    assert reply["ok"] is False and reply["error"]["code"] == "bad_request"
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "bad_request"
     assert "root.parallel" in reply["error"]["message"]

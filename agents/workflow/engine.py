@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipc.workflow_def import Step, Task, parse, retryable, tasks
-from ipc.workflow_record import TERMINAL, results, summary
+from ipc.workflow_record import TERMINAL, idle, results, summary
 
-__all__ = ["TERMINAL", "Dispatch", "results", "summary"]
+__all__ = ["TERMINAL", "Dispatch", "idle", "results", "summary"]
 
 STEP_STATES = ("pending", "running", "done", "failed", "ambiguous", "cancelled")
 
@@ -159,13 +159,6 @@ def settle(root: Step, record: dict[str, Any], now: float) -> None:
     if state in TERMINAL and record["state"] not in TERMINAL:
         record["finished"] = now
     record["state"] = state
-
-
-def idle(record: dict[str, Any]) -> bool:
-    """Nothing runs and nothing will without an operator: the workflow's process may exit."""
-    if any(s["state"] == "running" or s.get("retry_wait") for s in record["steps"].values()):
-        return False
-    return record["state"] in TERMINAL or record["state"] in ("paused", "waiting")
 
 
 def _task(root: Step, step_id: str) -> Task:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agents.workflow.errors import BusinessError, InfrastructureError
+
 
 def add(a: int, b: int) -> int:
     return a + b
@@ -15,8 +17,6 @@ def noop() -> None:
 
 def flaky(counter: str, succeed_on: int) -> str:
     """Fails with an infrastructure error until its ``succeed_on``-th call (counted in the file ``counter``)."""
-    from agents.workflow.errors import InfrastructureError
-
     path = Path(counter)
     calls = int(path.read_text()) + 1 if path.exists() else 1
     path.write_text(str(calls))
@@ -27,6 +27,4 @@ def flaky(counter: str, succeed_on: int) -> str:
 
 def refuse(reason: str) -> None:
     """Fails with a business error: never retried."""
-    from agents.workflow.errors import BusinessError
-
     raise BusinessError(reason, code="refused")

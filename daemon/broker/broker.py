@@ -80,6 +80,7 @@ class Broker:
         self.heartbeat = heartbeat
         self.liveness = liveness
         self._on_hello = on_hello
+        self.on_done: Callable[[str], None] = lambda name: None  # an agent finished a message (and committed)
         self.window = window
         check_startup_socket(runtime_dir / wire.BROKER_SOCKET)  # before anything is opened: exit 1, one line
         self._outbox = Outbox(outbox_path(state_dir))
@@ -222,6 +223,7 @@ class Broker:
         elif entry.kind == "info" and isinstance(entry.body, dict) and "tick" in entry.body:
             self._timers.ticked(session.name, entry.body["tick"])
         self._pump(session.name)
+        self.on_done(session.name)
 
     def _on_heartbeat(self, session: Session, msg: dict[str, Any]) -> None:
         pass  # last_seen was updated for every frame

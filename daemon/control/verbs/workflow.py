@@ -17,9 +17,7 @@ completed, 1 otherwise), ``results ID``, ``list [--json]``, ``cancel|pause|resum
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,44 +30,38 @@ from ipc.errors import ErrorCode, FoundationError
 from ipc.workflow_def import DefinitionError, parse
 
 COORDINATOR = "coordinator"
-PREFIX = "workflow-"
 OPS = ("run", "status", "wait", "results", "list", "cancel", "pause", "resume", "resolve")
 CALL_TIMEOUT = 60.0
 
 
 class Context(Protocol):
     broker: Any
-    tree: Any
-    states: Any
-    state_dir: Path
-
-    def wait(self, done: Callable[[], bool], answer: Callable[[], Any], reply: Reply, limit: float = ...) -> None: ...
+    workflows: Any
 
 
 def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     op = req.args.get("op")
     if op not in OPS:
         raise FoundationError(ErrorCode.BAD_REQUEST, f"'op' must be one of {', '.join(OPS)}")
+    side = ctx.workflows
     if op == "list":
-        reply(_list(ctx))
+        reply(side.listing())
         return
     if op in ("run", "cancel", "pause", "resume", "resolve"):
         _ask_coordinator(ctx, op, req.args, reply)
         return
     wf_id = str_arg(req.args, "id")
     if op == "status":
-        reply(_summary(ctx, wf_id))
+        reply(side.summary(wf_id))
     elif op == "results":
         from ipc.workflow_record import results
 
-        reply(results(_record(ctx, wf_id)))
+        reply(results(side.record(wf_id)))
     else:
         timeout = req.args.get("timeout", 3600.0)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 86400:
             raise FoundationError(ErrorCode.BAD_REQUEST, "'timeout' must be seconds in (0, 86400]")
-        _summary(ctx, wf_id)  # it exists
-        ctx.wait(lambda: ctx.tree.find_quiet(PREFIX + wf_id) is None, lambda: _summary(ctx, wf_id), reply,
-                 float(timeout))
+        side.wait(wf_id, reply, float(timeout))
 
 
 def _ask_coordinator(ctx: Context, op: str, args: dict[str, Any], reply: Reply) -> None:
@@ -87,41 +79,6 @@ def _ask_coordinator(ctx: Context, op: str, args: dict[str, Any], reply: Reply) 
             reply(result)
 
     ctx.broker.call(COORDINATOR, {op: body}, CALL_TIMEOUT, respond)
-
-
-def _record(ctx: Context, wf_id: str) -> dict[str, Any]:
-    from ipc.state_store import StateError
-
-    try:
-        record, _ = ctx.states.load(PREFIX + wf_id)
-    except (StateError, ValueError) as exc:
-        raise FoundationError(ErrorCode.INTERNAL, f"cannot read workflow {wf_id!r}: {exc}") from None
-    if not isinstance(record, dict) or not record:
-        raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no workflow {wf_id!r}")
-    if ctx.tree.find_quiet(PREFIX + wf_id) is None:
-        ctx.states.forget(PREFIX + wf_id)  # do not keep a finished workflow's environment open
-    return record
-
-
-def _summary(ctx: Context, wf_id: str) -> dict[str, Any]:
-    from ipc.workflow_record import summary
-
-    return summary(_record(ctx, wf_id))
-
-
-def _list(ctx: Context) -> list[dict[str, Any]]:
-    try:
-        names = sorted(n for n in os.listdir(ctx.state_dir / "agents") if n.startswith(PREFIX))
-    except FileNotFoundError:
-        return []
-    out = []
-    for name in names:
-        try:
-            record = _record(ctx, name[len(PREFIX):])
-        except FoundationError:
-            continue
-        out.append({k: record[k] for k in ("id", "state", "created", "finished")})
-    return sorted(out, key=lambda r: r["created"])
 
 
 # ---- foundationctl ----
@@ -224,5 +181,4 @@ def _render(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-VERB = Verb("workflow", "run and watch durable workflows (run, status, wait, results, list, cancel, pause, resume, "
-            "resolve)", "write", handle, run, setup=setup, check=check)
+VERB = Verb("workflow", "run and watch durable workflows", "write", handle, run, setup=setup, check=check)
