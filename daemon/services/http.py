@@ -27,7 +27,7 @@ TIMEOUT = 10.0  # seconds a client has to send its request and read the answer
 MAX_CONNECTIONS = 64
 
 Response = tuple[int, str, bytes]  # (status, content type, body)
-Route = Callable[[str], Response | None]  # path (query string removed) -> response, None: 404
+Route = Callable[[str, dict[str, str]], Response | None]  # (path without query, headers lowercased) -> None: 404
 
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
 
@@ -107,18 +107,24 @@ class HttpServer:
         self._respond(conn, *self._answer(bytes(conn.inbuf[:end])))
 
     def _answer(self, head: bytes) -> tuple[Response, bool]:
-        parts = head.split(b"\r\n", 1)[0].split()
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
             return (400, "text/plain", b"bad request line\n"), False
-        method, target = parts[0], parts[1].decode("latin-1")
-        if method not in (b"GET", b"HEAD"):
+        method, target = parts[0], parts[1]
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        if method not in ("GET", "HEAD"):
             return (405, "text/plain", b"only GET and HEAD\n"), False
         try:
-            response = self._route(target.split("?", 1)[0])
+            response = self._route(target.split("?", 1)[0], headers)
         except Exception:  # a bug in a page must not take the daemon down
             log.exception("http %s: %s failed", self.address, target[:200])
             response = (500, "text/plain", b"internal error\n")
-        return response or (404, "text/plain", b"not found\n"), method == b"HEAD"
+        return response or (404, "text/plain", b"not found\n"), method == "HEAD"
 
     def _respond(self, conn: _Conn, response: Response, head_only: bool) -> None:
         status, content_type, body = response

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
@@ -166,9 +166,10 @@ class Metrics:
     def text(self) -> bytes:
         return generate_latest(self.registry)
 
-    def route(self, path: str) -> tuple[int, str, bytes] | None:
-        if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, self.text()
+    def route(self, path: str, headers: dict[str, str]) -> tuple[int, str, bytes] | None:
+        if path == "/metrics":  # the format the scraper asks for (Accept:), as prometheus_client's own server does
+            encoder, content_type = choose_encoder(headers.get("accept", ""))
+            return 200, content_type, encoder(self.registry)
         if path == "/":
             return 200, "text/plain; charset=utf-8", b"foundationd: metrics at /metrics\n"
         return None
