@@ -56,6 +56,7 @@ from daemon.services.reload import Reloader
 from daemon.services.state_reader import StateReaders
 from daemon.services.systemd_status import SystemdStatus
 from daemon.services.tree_queries import TreeQueries
+from daemon.services.workflows import WorkflowSide
 from daemon.shell import forkserver
 from daemon.shell.child_notify import ChildNotifySocket
 from daemon.shell.child_output import ChildOutput
@@ -107,6 +108,7 @@ class App:
                                  notifier=self.notifier, config_path=config_path,
                                  is_ready=lambda: self.systemd.ready_sent, adopt=self.adopt_config)
         self.obs = Observability(self)  # events, restart history, metrics, doctor (daemon/services/observability.py)
+        self.workflows = WorkflowSide(self, state_dir)
         self.control: ControlServer | None = None
         self.broker: Broker | None = None
         self.child_notify: ChildNotifySocket | None = None
@@ -122,7 +124,7 @@ class App:
         for sink in self._sinks:
             sink.attach(self.loop.add_writer, self.loop.remove_writer)
         for signum in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(signum, self._on_stop_signal)
+            self.loop.add_signal_handler(signum, self.shutdown)
         self.loop.add_signal_handler(signal.SIGCHLD, lambda _: self.shell.reap())
         self.loop.add_signal_handler(signal.SIGHUP, lambda _: self.reload(None))
         self.child_notify = ChildNotifySocket(self.runtime_dir, self.loop.add_reader, self.loop.remove_reader,
@@ -147,6 +149,7 @@ class App:
             if self.shell.zygote.state == "booting":  # the tree's agents start from spares, not by exec
                 self.shell.zygote.wait_for_spare(forkserver.BOOT_WAIT)
             self.apply(self.tree.boot())
+            self.workflows.booted()
             self.loop.run()
         finally:
             self._close()
@@ -154,7 +157,7 @@ class App:
 
     def _close(self) -> None:
         for part in (self.memory, self.control, self.shell, self.broker, self.child_notify, self.states,
-                     self.notifier, self.obs):
+                     self.notifier, self.workflows, self.obs):
             if part is not None:
                 part.close()
         for sink in self._sinks:
@@ -163,11 +166,9 @@ class App:
         self.loop.close()
         logging.getLogger().removeHandler(self._log_ring)
 
-    def _on_stop_signal(self, signum: int) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        self.shutdown()
-
-    def shutdown(self) -> None:
+    def shutdown(self, signum: int | None = None) -> None:
+        if signum is not None:  # SIGTERM, SIGINT
+            log.info("received %s", signal.Signals(signum).name)
         if not self.tree.shutting_down:
             self.notifier.stopping()
         self.apply(self.tree.shutdown())
@@ -204,6 +205,7 @@ class App:
                 self.reports.reported.setdefault(event.name, {})["last_error"] = cause
             if self.broker is not None and node.spec.agent:
                 self.broker.agent_exited(event.name, event.describe())
+            self.workflows.exited(event)
         self.feed(event)
 
     def _fire(self, token: int) -> None:
@@ -266,6 +268,7 @@ class App:
         self.reports.forget(name)
         self.spawn_env.forget(name)
         self.states.forget(name)
+        self.workflows.removed(name)
         if self.broker is not None:
             self.broker.forget(name)
 
@@ -283,13 +286,10 @@ class App:
     def status(self) -> dict[str, Any]:
         return {
             "daemon": {
-                "pid": os.getpid(),
-                "version": version(),
+                "pid": os.getpid(), "version": version(),
                 "uptime_s": round(time.monotonic() - self.started_at, 3),
-                "runtime_dir": str(self.runtime_dir),
-                "state_dir": str(self.state_dir),
-                "zygote": self.shell.zygote.describe(),
-                "guardian": {"pid": self.shell.guardian.pid},
+                "runtime_dir": str(self.runtime_dir), "state_dir": str(self.state_dir),
+                "zygote": self.shell.zygote.describe(), "guardian": {"pid": self.shell.guardian.pid},
                 "spawn": self.shell.spawn_path,
                 **self.obs.describe(),
             },

@@ -158,7 +158,7 @@ ERRORS = [
     (_child(""), C0, "needs a command or an agent"),
     (_worker('agent = "m:C"'), C0, "not both"),
     ('[[supervisor.children]]\ncommand = ["x"]', f"{C0}.name", "missing"),
-    ("unknown = 1", "unknown", "unknown key (known: daemon, metrics, supervisor)"),
+    ("unknown = 1", "unknown", "unknown key (known: daemon, metrics, supervisor, workflows)"),
     ("[daemon]\nruntime = 1", "daemon.runtime", "known: control_group, fork_server, runtime_dir, state_dir"),
     ("[daemon]\nstate_dir = 1", "daemon.state_dir", "expected a string, got integer 1"),
     (_child('comand = ["x"]'), f"{C0}.comand", "unknown key (known: agent, backoff, command,"),

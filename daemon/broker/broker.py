@@ -263,7 +263,8 @@ class Broker:
         if self._agent_alive(to) is None:
             return Recipient(known=False)
         box = self._box(to)
-        return Recipient(known=True, queued=len(box), bound=box.bound)
+        box.bound = self._bound(to)  # now, not when the box was made: a box can outlive its agent's spec (a reload,
+        return Recipient(known=True, queued=len(box), bound=box.bound)  # a detach and attach again)
 
     def _cast(self, sender: str | None, to: str, body: Any, chan: list[int] | None, respond: Respond, *,
               gapless: bool = False) -> None:
@@ -307,13 +308,19 @@ class Broker:
                 self.counters["rejected"] += len(tell)
                 for respond, error in tell:
                     respond(None, error)
-        touched = set()
+        touched, gone = set(), set()
         self.counters["accepted"] += len(staged)
         for item in staged:
-            self._box(item.recipient).push(item.entry)
-            touched.add(item.recipient)
             if item.respond is not None:
                 item.respond(Receipt(item.entry.id), None)
+            if self._agent_alive(item.recipient) is None:  # detached since it was admitted, earlier in this turn
+                gone.add(item.recipient)
+                self._calls.fail(item.entry, ErrorCode.AGENT_DOWN, f"{item.recipient} was detached")
+                continue
+            self._box(item.recipient).push(item.entry)
+            touched.add(item.recipient)
+        for name in gone:
+            self._outbox.drop_recipient(name)
         for respond, duplicate in turn.duplicates:
             respond(duplicate.receipt, None)
         for name in touched:

@@ -25,13 +25,15 @@ from daemon.control.verbs import (
     state,
     status,
     stop,
+    task,
+    workflow,
 )
 from daemon.control.verbs.base import Verb
 
 VERBS: dict[str, Verb] = {
     module.VERB.name: module.VERB
     for module in (status, start, stop, restart, signal, pid, attach, detach, save, shutdown, send, call, state,
-                   reload, logs, events, history, metrics, doctor)
+                   reload, logs, events, history, metrics, doctor, workflow, task)
 }
 
 # Verbs later issues will add that a control_group member may already use (they answer unknown_verb until then).
