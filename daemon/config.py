@@ -44,7 +44,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 AGENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
-_TOP_KEYS = ("daemon", "metrics", "supervisor", "workflows")
+_TOP_KEYS = ("daemon", "dashboard", "metrics", "supervisor", "workflows")
 _WORKFLOWS_KEYS = ("task_agents", "monitor")
 MAX_TASK_AGENTS = 64
 _DAEMON_KEYS = ("control_group", "fork_server", "runtime_dir", "state_dir")
@@ -101,6 +101,7 @@ class DaemonConfig:
     control_group: str | None = None
     fork_server: bool = True  # SDK agents forked from a preloaded zygote (agents/zygote.py) instead of exec'd
     metrics_listen: str | None = None  # [metrics] listen: "HOST:PORT" serving /metrics (DESIGN 3.9); None: off
+    dashboard_listen: str | None = None  # [dashboard] listen: "HOST:PORT" serving the live page; None: off
     source: str = EMBEDDED
 
 
@@ -127,7 +128,8 @@ def parse_config(text: str, source: str) -> DaemonConfig:
         raise ConfigError(source, "", f"invalid TOML: {exc}") from exc
     _Table(data, "", source).reject_unknown(_TOP_KEYS)
     settings = _daemon_settings(data.get("daemon"), source)
-    settings.update(_metrics_settings(data.get("metrics"), source))
+    settings.update(_listen_settings(data.get("metrics"), "metrics", "/metrics", 9464, source))
+    settings.update(_listen_settings(data.get("dashboard"), "dashboard", "the dashboard", 9465, source))
     root = _root(data.get("supervisor"), source)
     if "workflows" in data:
         root = _with_workflows(root, data["workflows"], source)
@@ -193,20 +195,20 @@ def _daemon_settings(value: object, source: str) -> dict[str, Any]:
     return out
 
 
-def _metrics_settings(value: object, source: str) -> dict[str, Any]:
-    """``[metrics] listen = "127.0.0.1:9464"``: an IP address (not a name, which would need a lookup) and a port (0:
-    any free one, shown in ``status --json``)."""
+def _listen_settings(value: object, name: str, what: str, port: int, source: str) -> dict[str, Any]:
+    """``[metrics] listen = "127.0.0.1:9464"``, ``[dashboard] listen = "127.0.0.1:9465"``: an IP address (not a name,
+    which would need a lookup) and a port (0: any free one, shown in ``status --json``)."""
     if value is None:
         return {}
-    table = _Table.of(value, "metrics", source, ("listen",), "a table")
+    table = _Table.of(value, name, source, ("listen",), "a table")
     if "listen" not in table.data:
-        raise table.error("listen", "missing: the address to serve /metrics on, e.g. \"127.0.0.1:9464\"")
+        raise table.error("listen", f"missing: the address to serve {what} on, e.g. \"127.0.0.1:{port}\"")
     listen = _string(table.data["listen"], table.at("listen"), source)
     try:
         parse_listen(listen)
     except ValueError as exc:
         raise table.error("listen", str(exc)) from None
-    return {"metrics_listen": listen}
+    return {f"{name}_listen": listen}
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -68,7 +68,23 @@ class FoundationCollector:
         yield events
         if app.broker is not None:
             yield from self._broker(app.broker)
+        yield from self._workflows(obs.steps)
         yield self._loop_lag(app)
+
+    @staticmethod
+    def _workflows(steps: dict[tuple[str, str], int]) -> Iterator[Metric]:
+        yield CounterMetricFamily("foundation_workflow_runs", "Workflows run through the control socket",
+                                  value=steps.get(("run", ""), 0))
+        yield CounterMetricFamily("foundation_workflow_steps_started", "Workflow command steps the daemon started",
+                                  value=steps.get(("started", ""), 0))
+        ended = CounterMetricFamily("foundation_workflow_steps_finished", "Workflow command steps that ended, by "
+                                    "outcome (ok, exit_status, killed, timeout, cancelled, spawn_failed, lost)",
+                                    labels=["outcome"])
+        ended.add_metric(["ok"], steps.get(("ended", "ok"), 0))  # (a series from the start: rate() needs one)
+        for (phase, outcome), count in sorted(steps.items()):
+            if phase == "ended" and outcome != "ok":
+                ended.add_metric([outcome], count)
+        yield ended
 
     @staticmethod
     def _daemon(app: Any, wall_offset: float) -> Iterator[Metric]:

@@ -72,6 +72,7 @@ class Tasks:
         self._running: dict[str, str] = {}  # child name -> key
         self._timers: dict[str, TimerHandle] = {}
         self._ended: dict[str, str] = {}  # child name -> why we killed it ("timeout" | "cancelled")
+        self.on_step: Callable[..., None] = lambda phase, **fields: None  # workflow_step events (observability)
 
     def close(self) -> None:
         for timer in self._timers.values():
@@ -105,6 +106,7 @@ class Tasks:
             self._finish(name, {"error": _error("spawn_failed", "infrastructure", why or "spawn failed")})
             return {"key": key, "state": "done"}
         self._timers[name] = self._call_later(timeout, lambda: self._expire(name, "timeout"))
+        self.on_step("started", **_about(record), pid=getattr(node, "pid", None))
         return {"key": key, "state": "running", "name": name}
 
     def kill(self, key: str) -> dict[str, Any]:
@@ -162,6 +164,7 @@ class Tasks:
                           result={"lost": "the daemon died while the command ran (it was killed with it)"})
             self._put(key, record)
             untold.append((key, record))
+            self.on_step("ended", **_about(record), outcome="lost")
         self._delete(stale)
         for key, record in untold:
             self._notify(key, record)
@@ -187,6 +190,8 @@ class Tasks:
             return
         record.update(state="done", finished=time.time(), result=result)
         self._put(key, record)
+        self.on_step("ended", **_about(record), outcome="ok" if "ok" in result else result["error"]["code"],
+                     seconds=round(record["finished"] - record["at"], 3))
         self._notify(key, record)
 
     def _notify(self, key: str, record: dict[str, Any], tries: int = 0) -> None:
@@ -227,6 +232,12 @@ class Tasks:
             with self._env.begin(write=True) as txn:
                 for key in keys:
                     txn.delete(key.encode())
+
+
+def _about(record: dict[str, Any]) -> dict[str, Any]:
+    """A command step's fields in a ``workflow_step`` event."""
+    return {"workflow": str(record["notify"]).removeprefix("workflow-"), "step": record["step"],
+            "attempt": record["attempt"], "kind": "command", "name": record["name"]}
 
 
 def child_name(key: str) -> str:

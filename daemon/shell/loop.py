@@ -71,6 +71,7 @@ class EventLoop:
         self._soon: list[Callable[[], None]] = []
         self.stopped = False
         self.turns = TurnStats()
+        self.after_turn: Callable[[], None] | None = None  # at the end of each turn that woke up (the dashboard's)
 
     # ---- descriptors ----
 
@@ -178,6 +179,8 @@ class EventLoop:
                 callbacks[1]()
         self._fire_due_timers()
         self._run_soon()
+        if self.after_turn is not None:
+            self.after_turn()
         self.turns.record(self.clock() - began)
 
     def _run_soon(self) -> None:
