@@ -17,6 +17,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,7 +28,22 @@ import orjson
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--remote-debugging-pipe")
+         "--disable-dev-shm-usage", "--disable-breakpad", "--disable-crash-reporter", "--remote-debugging-pipe")
+
+
+# The pipe ends where chromium looks for them, then exec it (no preexec_fn in a threaded test process).
+ON_3_AND_4 = """
+import fcntl, os, sys
+ends = [int(fd) for fd in sys.argv[1:3]]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in ends]
+for fd in ends:
+    os.close(fd)
+os.dup2(high[0], 3)
+os.dup2(high[1], 4)
+for fd in high:
+    os.close(fd)
+os.execv(sys.argv[3], sys.argv[3:])
+"""
 
 
 def available() -> bool:
@@ -43,14 +59,10 @@ class Browser:
         self._profile = tempfile.mkdtemp(prefix="foundation-chromium-")
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
-
-        def on_3_and_4() -> None:  # in the child, before exec: the pipe ends where chromium looks for them
-            os.dup2(to_browser_r, 3)
-            os.dup2(from_browser_w, 4)
-
-        self.proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={self._profile}", "about:blank"],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=on_3_and_4, pass_fds=(3, 4), process_group=0)
+        command = [CHROMIUM, *FLAGS, f"--user-data-dir={self._profile}", "about:blank"]
+        self.proc = subprocess.Popen([sys.executable, "-c", ON_3_AND_4, str(to_browser_r), str(from_browser_w),
+                                      *command], pass_fds=(to_browser_r, from_browser_w), process_group=0,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._buffer = b""

@@ -244,7 +244,8 @@ def test_workflow_runs_and_command_steps_are_events_and_metrics(start_daemon, tm
         ("started", "hello", None), ("ended", "hello", "ok"), ("started", "fails", None),
         ("ended", "fails", "exit_status")]
     assert all(e["workflow"] == "obs" for e in steps)
-    assert steps[2]["kind"] == "command" and steps[2]["seconds"] >= 0
+    assert steps[2]["kind"] == "command"
+    assert steps[2]["seconds"] >= 0
 
     with urllib.request.urlopen(f"http://{daemon.status()['daemon']['metrics']}/metrics", timeout=10) as response:
         text = response.read().decode()
@@ -276,7 +277,7 @@ def test_doctor_fails_on_a_stale_lmdb_reader_left_by_a_sigkilled_process(start_d
     daemon.wait_running("counter")
     assert ctl(daemon, "send", "counter", '{"add": 1}').returncode == 0
     env = agent_state_path(daemon.state_dir, "counter")
-    wait_for(lambda: (env / "data.mdb").exists(), what="the counter's environment")
+    wait_for((env / "data.mdb").exists, what="the counter's environment")
     assert ctl(daemon, "doctor", "--window", "0").returncode == 0
 
     reader = subprocess.Popen([sys.executable, "-c", READER, str(env)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
