@@ -292,3 +292,35 @@ def test_doctor_fails_on_a_stale_lmdb_reader_left_by_a_sigkilled_process(start_d
     failing = {c["name"]: c["detail"] for c in json.loads(found.stdout)["checks"] if not c["ok"]}
     assert list(failing) == ["stale readers"]
     assert failing["stale readers"] == f"agents/counter: pid {reader.pid}"
+
+
+# ---- messaging latency ----
+
+
+def test_accept_and_handling_latency_and_the_outbox_are_in_the_metrics(start_daemon) -> None:
+    daemon = start_daemon("""
+        [metrics]
+        listen = "127.0.0.1:0"
+        [[supervisor.children]]
+        name = "counter"
+        agent = "agents.examples.counter:Counter"
+    """)
+    daemon.wait_running("counter")
+    for _ in range(3):
+        assert ctl(daemon, "send", "counter", '{"add": 1}').returncode == 0
+    assert ctl(daemon, "call", "counter", '{"get": true}').returncode == 0  # answered after the casts: all handled
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(f"http://{daemon.status()['daemon']['metrics']}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    samples = wait_for(lambda: (m := scrape())[("foundation_broker_handling_latency_seconds_count", ())] >= 4 and m,
+                       what="four messages handled")
+    assert samples[("foundation_broker_accept_latency_seconds_count", ())] == 4
+    assert samples[("foundation_broker_accept_latency_seconds_bucket", (("le", "+Inf"),))] == 4
+    assert 0 < samples[("foundation_broker_accept_latency_seconds_sum", ())] < 10
+    assert samples[("foundation_broker_handling_latency_seconds_sum", ())] < 10
+    assert samples[("foundation_broker_outbox_messages", ())] == 0
+    assert samples[("foundation_broker_outbox_oldest_age_seconds", ())] == 0

@@ -41,6 +41,7 @@ import lmdb
 
 from daemon.broker.admission import Accepted, Admission, Receipt, Recipient, Refused, Respond
 from daemon.broker.calls import PendingCalls
+from daemon.broker.latency import Latency
 from daemon.broker.liveness import Liveness
 from daemon.broker.mailbox import Entry, Mailbox
 from daemon.broker.monitors import Monitors
@@ -100,6 +101,7 @@ class Broker:
         self._liveness = Liveness(loop, heartbeat, liveness, self._peers.connected, self._silent)
         # Totals since the daemon started (metrics), and who hears of a refused message (the event stream).
         self.counters = dict.fromkeys(("accepted", "delivered", "redelivered", "done", "rejected"), 0)
+        self.accept_latency, self.handle_latency = Latency(), Latency()
         self.on_rejected: Callable[[str | None, str, FoundationError], None] = lambda sender, to, err: None
 
     # ---- lifecycle ----
@@ -154,6 +156,11 @@ class Broker:
         dropped = self._outbox.drop_recipient(name)
         if dropped:
             log.warning("dropped %d undelivered message(s) to detached agent %s", dropped, name)
+
+    def oldest(self) -> float | None:
+        """When the oldest message still queued or in flight was admitted (monotonic), for metrics."""
+        heads = [at for box in self._boxes.values() if (at := box.oldest()) is not None]
+        return min(heads) if heads else None
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -220,6 +227,7 @@ class Broker:
         if entry is None:
             return  # stale: an earlier incarnation's delivery, already requeued
         self.counters["done"] += 1
+        self.handle_latency.observe(self._loop.clock() - entry.sent)
         if self._admission.done(session.name, entry):
             self._schedule_flush()
         if entry.kind == "call":
@@ -312,7 +320,9 @@ class Broker:
                     respond(None, error)
         touched, gone = set(), set()
         self.counters["accepted"] += len(staged)
+        now = self._loop.clock()
         for item in staged:
+            self.accept_latency.observe(now - item.entry.at)
             if item.respond is not None:
                 item.respond(Receipt(item.entry.id), None)
             if self._agent_alive(item.recipient) is None:  # detached since it was admitted, earlier in this turn
@@ -337,7 +347,9 @@ class Broker:
             return
         entries = self._box(name).take(self.window)
         self.counters["delivered"] += len(entries)
+        now = self._loop.clock()
         for entry in entries:
+            entry.sent = now
             self._peers.send(session.identity, "deliver", id=entry.id, seq=entry.seq, sender=entry.sender,
                              body=entry.body, call=entry.kind == "call", info=entry.kind == "info")
 
