@@ -46,8 +46,8 @@ from typing import Any, ClassVar
 import lmdb
 import orjson
 
-__all__ = ["FORMAT", "MAX_READERS", "SHARED_PREFIXES", "SharedStateStore", "StateError", "StateStore", "agent_state_path",
-           "fsync_dir", "open_agent_store", "shared_store_path"]
+__all__ = ["FORMAT", "MAX_READERS", "SHARED_PREFIXES", "SharedStateStore", "StateError", "StateStore",
+           "agent_state_path", "fsync_dir", "open_agent_store", "shared_store_path"]
 
 FORMAT = b"1"
 """Value of the b"format" key: the layout of this module's keys. Bumped only with a migration."""
