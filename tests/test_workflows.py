@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from helpers import ctl
 
 from agents.testing import DaemonProcess, wait_for
+from agents.workflow import DefinitionError, Workflows, command, parallel, python, sequential
+from ipc.errors import FoundationError
 
 WORKFLOWS = """
 [supervisor]
@@ -236,3 +239,23 @@ def test_invalid_definitions_are_refused_naming_the_step(start_daemon, tmp_path)
     assert reply["ok"] is False
     assert reply["error"]["code"] == "bad_request"
     assert "root.parallel" in reply["error"]["message"]
+
+
+def test_a_workflow_written_in_python_runs_with_the_same_checkpoints(start_daemon, tmp_path):
+    daemon = start_daemon(WORKFLOWS)
+    flow = sequential(
+        parallel(command("a", ["sh", "-c", "echo 2"]),
+                 python("b", "agents.workflow.examples:add", {"a": 1, "b": 2}, idempotent=True)),
+        python("c", "agents.workflow.examples:flaky", {"counter": str(tmp_path / "n"), "succeed_on": 2},
+               retry={"initial_interval": 0.01}),
+    )
+    with pytest.raises(DefinitionError, match="used twice"):
+        parallel(command("x", ["true"]), command("x", ["true"]))
+    with Workflows(daemon.runtime_dir) as workflows:
+        wf = workflows.run(flow, "py")
+        summary = workflows.wait(wf, timeout=60)
+        assert summary["state"] == "completed"
+        assert workflows.results(wf) == {"a": 2, "b": 3, "c": "ok on call 2"}
+        assert [w["id"] for w in workflows.list()] == ["py"]
+        with pytest.raises(FoundationError, match="already_exists"):
+            workflows.run(flow, "py")
