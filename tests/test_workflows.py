@@ -218,6 +218,7 @@ def test_cancel_kills_running_commands_and_list_shows_every_workflow(start_daemo
     assert out.read_text().split() == ["long"]
     listing = json.loads(ctl(daemon, "workflow", "list", "--json").stdout)
     assert [(w["id"], w["state"]) for w in listing] == [("cancelme", "cancelled")]
+    assert json.loads(ctl(daemon, "workflow", "list", "--state", "running", "--json").stdout) == []
 
 
 def test_invalid_definitions_are_refused_naming_the_step(start_daemon, tmp_path):
@@ -259,3 +260,19 @@ def test_a_workflow_written_in_python_runs_with_the_same_checkpoints(start_daemo
         assert [w["id"] for w in workflows.list()] == ["py"]
         with pytest.raises(FoundationError, match="already_exists"):
             workflows.run(flow, "py")
+
+
+def test_pause_lets_the_running_step_finish_and_starts_no_other_until_resume(start_daemon, tmp_path):
+    daemon = start_daemon(WORKFLOWS)
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    wf = run(daemon, {"sequential": [step("first", out, gate), step("second", out)]}, tmp_path, "pz")
+    wait_for(out.exists, timeout=20, what="the first step running")
+    assert ctl(daemon, "workflow", "pause", wf).returncode == 0
+    gate.touch()
+    done = ctl(daemon, "workflow", "wait", wf, "--timeout", "60", "--json")
+    assert json.loads(done.stdout)["state"] == "paused"
+    assert out.read_text().split() == ["first"]
+    assert {s["id"]: s["state"] for s in json.loads(done.stdout)["steps"]} == {"first": "done", "second": "pending"}
+    assert ctl(daemon, "workflow", "resume", wf).returncode == 0
+    assert ctl(daemon, "workflow", "wait", wf, "--timeout", "60").returncode == 0
+    assert out.read_text().split() == ["first", "second"]
