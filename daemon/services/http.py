@@ -72,7 +72,8 @@ class Stream:
 
 Route = Callable[[str, dict[str, str]], Response | Stream | None]  # (path, headers lowercased) -> None: 404
 
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
+REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           500: "Internal Server Error"}
 
 
 @dataclass
