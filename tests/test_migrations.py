@@ -10,6 +10,7 @@ from helpers import REPO, ctl
 
 from agents.testing import DaemonProcess, wait_for
 from daemon.config import ConfigError, parse_config
+from daemon.services import flags_store
 from daemon.services.migrations_core import MigrationSpec, Stage, plan, readiness
 from daemon.services.migrations_health import Sample, Samples, Thresholds, baseline, figures, judge
 
@@ -265,3 +266,18 @@ def test_a_failing_stage_is_rolled_back_by_itself(start_daemon) -> None:
     # Stage 1 starts a fresh window: the errors of stage 2 do not roll it back too.
     daemon.request("send", name="probe", body={"ok": True})
     assert daemon.request("flags", migration=True)["stage"] == 1
+
+
+def test_the_store_keeps_the_last_steps(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flags_store, "KEEP_LOG", 5)
+    store = flags_store.FlagStore(tmp_path / "flags")
+    try:
+        store.save(table={"version": 1, "flags": {}}, migration={"stage": 0})
+        for i in range(8):
+            store.save(log=[{"i": i}])
+        store.save(log=[{"i": 8}, {"i": 9}])
+        assert [r["i"] for r in store.log(10)] == [5, 6, 7, 8, 9]
+        assert [r["i"] for r in store.log(2)] == [8, 9]
+        assert store.load() == ({"version": 1, "flags": {}}, {"stage": 0})
+    finally:
+        store.close()

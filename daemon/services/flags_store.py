@@ -55,21 +55,22 @@ class FlagStore:
                 txn.put(MIGRATION, orjson.dumps(migration))
             if log:
                 cursor = txn.cursor()
-                last = _SEQ.unpack(cursor.key()[len(LOG):])[0] if cursor.set_range(LOG) and self._last(cursor) else 0
+                found = cursor.set_range(LOG) and self._last(cursor)
+                last = _SEQ.unpack(bytes(cursor.key())[len(LOG):])[0] if found else 0
                 for offset, record in enumerate(log, 1):
                     txn.put(LOG + _SEQ.pack(last + offset), orjson.dumps(record))
-                if last + len(log) > KEEP_LOG and cursor.set_range(LOG):
-                    for _ in range(last + len(log) - KEEP_LOG):
-                        if not cursor.key().startswith(LOG) or not cursor.delete():
-                            break
+                oldest_kept = last + len(log) - KEEP_LOG + 1
+                while cursor.set_range(LOG) and bytes(cursor.key()).startswith(LOG):
+                    if _SEQ.unpack(bytes(cursor.key())[len(LOG):])[0] >= oldest_kept or not cursor.delete():
+                        break
 
     @staticmethod
     def _last(cursor: lmdb.Cursor) -> bool:
         """Move to the last log record (the cursor is on the first); False if there is none."""
-        if not cursor.key().startswith(LOG):
+        if not bytes(cursor.key()).startswith(LOG):
             return False
         cursor.last()
-        while not cursor.key().startswith(LOG):
+        while not bytes(cursor.key()).startswith(LOG):
             if not cursor.prev():
                 return False
         return True
@@ -81,7 +82,7 @@ class FlagStore:
             cursor = txn.cursor()
             if not cursor.set_range(LOG) or not self._last(cursor):
                 return out
-            while len(out) < count and cursor.key().startswith(LOG):
+            while len(out) < count and bytes(cursor.key()).startswith(LOG):
                 out.append(orjson.loads(cursor.value()))
                 if not cursor.prev():
                     break
