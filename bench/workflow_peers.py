@@ -225,6 +225,14 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _load() -> dict[str, Any]:
+    """bench.common's contention (load averages, CPU pressure), plus I/O pressure: both slow these peers."""
+    out = contention()
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/pressure/io") as f:
+        out["io_pressure_some_avg10"] = float(f.readline().split()[1].split("=")[1])
+    return out
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -409,7 +417,7 @@ def measure_dbos(runs: int = 200, *, warmup: int = 20, concurrent: int = 1000,
     ensure_python_packages("dbos")
     bindir = postgres_bindir()
     user = _postgres_user()
-    load_before = contention()
+    load_before = _load()
     with _sandbox("foundation-peers-dbos-", tmp_root) as services:
         work = services.workdir
         data = work / "pgdata"
@@ -454,7 +462,7 @@ def measure_dbos(runs: int = 200, *, warmup: int = 20, concurrent: int = 1000,
     result["versions"] = {"dbos": raw["dbos_version"], "postgresql": raw["postgres"]["server_version"]}
     result["settings"] = {k: v for k, v in raw["postgres"].items() if k != "server_version"}
     result["settings"]["cluster_user"] = user or pwd.getpwuid(os.geteuid()).pw_name
-    result["contention"] = {"before": load_before, "after": contention()}
+    result["contention"] = {"before": load_before, "after": _load()}
     return result
 
 
@@ -500,7 +508,7 @@ def measure_restate(runs: int = 200, *, warmup: int = 20, concurrent: int = 1000
     """restate-server (npm) and a restate-sdk service under hypercorn, over the HTTP ingress; see the docstring."""
     ensure_python_packages("restate")
     binary = restate_server_binary()
-    load_before = contention()
+    load_before = _load()
     with _sandbox("foundation-peers-restate-", tmp_root) as services:
         ingress_port, settings = _start_restate(services, binary)
         wf1_s, wf3_s = _restate_sequential(ingress_port, runs, warmup)
@@ -514,7 +522,7 @@ def measure_restate(runs: int = 200, *, warmup: int = 20, concurrent: int = 1000
     result["versions"] = {"restate-server": server_version.removeprefix("restate-server ").strip(),
                           "restate-sdk": _dist_version("restate-sdk"), "hypercorn": _dist_version("hypercorn")}
     result["settings"] = settings
-    result["contention"] = {"before": load_before, "after": contention()}
+    result["contention"] = {"before": load_before, "after": _load()}
     return result
 
 
@@ -687,7 +695,7 @@ def main() -> int:
     print_table(results)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "contention": contention(), "runs": args.runs,
+    out.write_text(json.dumps({"machine": machine(), "contention": _load(), "runs": args.runs,
                                "warmup": args.warmup, "results": results}, indent=2) + "\n")
     print(f"samples and settings: {out}")
     return 0 if all(isinstance(r, dict) for r in results.values()) else 1
