@@ -209,7 +209,9 @@ def _sandbox(prefix: str, tmp_root: str | None) -> Iterator[Services]:
     finally:
         old_int = None
         if threading.current_thread() is threading.main_thread():
-            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+            # a second Ctrl-C or SIGTERM must not cut this short
+            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             for problem in services.stop_all():
                 print(f"workflow_peers: teardown: {problem}", file=sys.stderr)
