@@ -60,7 +60,6 @@ from daemon.shell import forkserver
 from daemon.shell.child_notify import ChildNotifySocket
 from daemon.shell.child_output import ChildOutput
 from daemon.shell.child_watchdog import ChildReports
-from daemon.shell.logs import LogRings, RingHandler
 from daemon.shell.loop import EventLoop, TimerHandle
 from daemon.shell.memory import MemoryWatch
 from daemon.shell.notify import Notifier
@@ -86,8 +85,8 @@ class App:
         self.started_at = time.monotonic()
         self.loop = EventLoop()
         self.tree = SupervisionTree(config.root, self.loop.clock)
-        self.logs = LogRings()
-        self.output = ChildOutput(self.logs, sinks[0] if sinks else None)
+        self.output = ChildOutput(sinks[0] if sinks else None, config.logs)  # to stdout, the rings, the files
+        self.logs = self.output.rings  # (for the logs verb)
         self.shell = ProcessShell(self.loop.add_reader, self.loop.remove_reader, self._on_exit, self.output.lines,
                                   base_env={"FOUNDATION_RUNTIME_DIR": str(runtime_dir),
                                             "FOUNDATION_STATE_DIR": str(state_dir)},
@@ -97,7 +96,6 @@ class App:
         self.queries = TreeQueries(self.tree, self.shell.signal)
         self.memory = MemoryWatch(self.loop.call_later, self.queries.memory_watched, self.queries.kill_for_memory)
         self._memory_poke = False
-        self._log_ring = RingHandler(self.logs)
         self.states = StateReaders(state_dir)
         self.reports = ChildReports(self.tree, self.loop.call_later, self.shell.signal, self.feed)
         self.spawn_env = SpawnEnv(runtime_dir, state_dir, self.shell)
@@ -117,7 +115,7 @@ class App:
 
     def run(self) -> int:
         become_subreaper()
-        logging.getLogger().addHandler(self._log_ring)
+        logging.getLogger().addHandler(self.output.daemon_log)
         for sink in self._sinks:
             sink.attach(self.loop.add_writer, self.loop.remove_writer)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -151,15 +149,15 @@ class App:
         return self._exit_code
 
     def _close(self) -> None:
-        for part in (self.memory, self.control, self.shell, self.broker, self.child_notify, self.states,
-                     self.notifier):
+        for part in (self.memory, self.control, self.shell, self.output, self.broker, self.child_notify,
+                     self.states, self.notifier):
             if part is not None:
                 part.close()
         for sink in self._sinks:
             sink.flush()
             sink.detach()
         self.loop.close()
-        logging.getLogger().removeHandler(self._log_ring)
+        logging.getLogger().removeHandler(self.output.daemon_log)
 
     def _on_stop_signal(self, signum: int) -> None:
         log.info("received %s", signal.Signals(signum).name)
@@ -179,6 +177,7 @@ class App:
     def adopt_config(self, new: DaemonConfig) -> None:
         self.config = new
         self.shell.zygote.configure(new.fork_server)
+        self.output.configure(new.logs)
         self.shell.clear_credentials()  # (users and groups looked up again at their next spawn)
 
     def feed(self, event: Event) -> None:
@@ -256,13 +255,13 @@ class App:
         except SpawnError as exc:
             self._pending.append(SpawnFailed(name, str(exc)))
             return
-        self.output.started(name, pid)
+        self.output.started(spec, pid)
         self._memory_poke = self._memory_poke or spec.max_memory is not None
         two_step = bool(spec.agent) or spec.ready == "notify"
         self._pending.append(Spawned(name, pid, ready=not two_step))
 
     def _forget(self, name: str) -> None:
-        self.logs.forget(name)
+        self.output.forget(name)
         self.attached.pop(name, None)
         self.reports.forget(name)
         self.spawn_env.forget(name)

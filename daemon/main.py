@@ -55,7 +55,8 @@ def _lock(directory: Path, what: str) -> int:
 
 
 def _raise_fd_limit() -> None:
-    # Each worker holds a pidfd and an output pipe; the default soft limit of 1024 caps a fleet at ~500.
+    # Each worker holds a pidfd, two output pipes and maybe a log file; the default soft limit of 1024 caps a fleet
+    # at ~250.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         with contextlib.suppress(ValueError, OSError):
