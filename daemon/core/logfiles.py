@@ -53,7 +53,7 @@ def target_of(spec: WorkerSpec, settings: LogSettings) -> LogTarget | None:
         return None
     max_size = settings.max_size if spec.log_max_size is None else spec.log_max_size
     keep = settings.keep if spec.log_keep is None else spec.log_keep
-    return LogTarget(path, max_size, keep)
+    return LogTarget(_normal(path), max_size, keep)
 
 
 def must_rotate(size: int, incoming: int, max_size: int) -> bool:
@@ -73,3 +73,16 @@ def rotation(path: str, keep: int) -> list[tuple[str, str | None]]:
 
 def _join(directory: str, name: str) -> str:
     return f"{directory.rstrip('/')}/{name}"
+
+
+def _normal(path: str) -> str:
+    """``path`` without ``.``, ``..`` and doubled slashes, read as written (``logs/../web.log`` is ``web.log`` even
+    before ``logs`` exists, which the kernel would refuse)."""
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return "/" + "/".join(parts)
