@@ -279,6 +279,13 @@ class AgentRuntime:
     def cancel_timer(self, ref: int) -> None:
         self._send("cancel_timer", ref=ref)
 
+    def persist(self, state: Any) -> None:
+        validate_state(self.agent, state)
+        self._store.commit(state, self.last_seq)
+
+    def stop(self) -> None:
+        self._stopping = True
+
     def _await_ref(self, ref: int, kinds: tuple[str, ...], timeout: float) -> dict[str, Any]:
         msg = self._receive_until(lambda m: m["kind"] in kinds and m.get("ref") == ref, timeout)
         if msg is None:

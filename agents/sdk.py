@@ -38,6 +38,8 @@ class Runtime(Protocol):
     def demonitor(self, ref: int) -> None: ...
     def set_timer(self, after: float, every: float | None) -> int: ...
     def cancel_timer(self, ref: int) -> None: ...
+    def persist(self, state: Any) -> None: ...
+    def stop(self) -> None: ...
 
 
 class InvalidState(FoundationError):
@@ -107,6 +109,16 @@ class Agent:
 
     def cancel_timer(self, ref: int) -> None:
         self._rt().cancel_timer(ref)
+
+    def persist(self, state: Any) -> None:
+        """Commit ``state`` now, in the middle of a handler (the message itself still counts as unhandled until
+        the handler returns): an intent written before an effect that must not be repeated blindly after a crash."""
+        self._rt().persist(state)
+
+    def stop(self) -> None:
+        """Exit normally (status 0) once the current batch is committed and answered: a transient agent that
+        has finished its work."""
+        self._rt().stop()
 
     def _rt(self) -> Runtime:
         if self._runtime is None:

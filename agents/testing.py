@@ -319,6 +319,8 @@ class AgentHarness:
         self.sent: list[tuple[str, Any]] = []
         self.calls: list[tuple[str, Any]] = []
         self.monitors: dict[int, str] = {}
+        self.persisted: list[Any] = []  # states the agent committed in the middle of a handler
+        self.stopped = False  # the agent asked to exit once its batch is done
         self.timers: dict[int, tuple[float, float | None]] = {}
         self._call_replies = call_replies
         self._ref = 0
@@ -385,6 +387,13 @@ class _HarnessRuntime:
 
     def cancel_timer(self, ref: int) -> None:
         self.h.timers.pop(ref, None)
+
+    def persist(self, state: Any) -> None:
+        validate_state(self.h.agent, state)
+        self.h.persisted.append(state)
+
+    def stop(self) -> None:
+        self.h.stopped = True
 
 
 def _swap(pair: tuple[Any, Any]) -> tuple[Any, Any]:

@@ -44,6 +44,8 @@ import orjson
 import setproctitle
 
 from agents import runtime  # the preload: zmq, lmdb, orjson and the SDK, imported once for every agent
+from agents.builtin import coordinator, task  # noqa: F401  (and the built-in agents: a workflow's process starts
+from agents.workflow import process  # noqa: F401  at each `workflow run`, and its imports cost ~10 ms)
 
 MAX_REQUEST = 1 << 20
 MAX_SPARES = 16  # per request; foundationd asks for one or two at a time

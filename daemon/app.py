@@ -56,6 +56,7 @@ from daemon.services.reload import Reloader
 from daemon.services.state_reader import StateReaders
 from daemon.services.systemd_status import SystemdStatus
 from daemon.services.tree_queries import TreeQueries
+from daemon.services.workflows import WorkflowSide
 from daemon.shell import forkserver
 from daemon.shell.child_notify import ChildNotifySocket
 from daemon.shell.child_output import ChildOutput
@@ -81,12 +82,11 @@ class App:
         self.config, self.runtime_dir, self.state_dir, self._sinks = config, runtime_dir, state_dir, sinks
         self.config_path = config_path
         self.attached: dict[str, tuple[str, dict[str, Any]]] = {}  # run-time attaches, for `save`
-        self.start_causes: dict[str, str] = {}  # an agent's last failed start, for attach's error
         self.started_at = time.monotonic()
         self.loop = EventLoop()
         self.tree = SupervisionTree(config.root, self.loop.clock)
         self.output = ChildOutput(sinks[0] if sinks else None, config.logs)  # to stdout, the rings, the files
-        self.logs = self.output.rings  # (for the logs verb)
+        self.logs, self.start_causes = self.output.rings, self.output.start_causes  # (for the logs and attach verbs)
         self.shell = ProcessShell(self.loop.add_reader, self.loop.remove_reader, self._on_exit, self.output.lines,
                                   base_env={"FOUNDATION_RUNTIME_DIR": str(runtime_dir),
                                             "FOUNDATION_STATE_DIR": str(state_dir)},
@@ -104,6 +104,7 @@ class App:
         self.reloader = Reloader(tree=self.tree, runner=PlanRunner(self.tree, self.apply, self.waiters),
                                  notifier=self.notifier, config_path=config_path,
                                  is_ready=lambda: self.systemd.ready_sent, adopt=self.adopt_config)
+        self.workflows = WorkflowSide(self, state_dir)
         self.control: ControlServer | None = None
         self.broker: Broker | None = None
         self.child_notify: ChildNotifySocket | None = None
@@ -143,14 +144,15 @@ class App:
             if self.shell.zygote.state == "booting":  # the tree's agents start from spares, not by exec
                 self.shell.zygote.wait_for_spare(forkserver.BOOT_WAIT)
             self.apply(self.tree.boot())
+            self.workflows.booted()
             self.loop.run()
         finally:
             self._close()
         return self._exit_code
 
     def _close(self) -> None:
-        for part in (self.memory, self.control, self.shell, self.output, self.broker, self.child_notify,
-                     self.states, self.notifier):
+        for part in (self.memory, self.control, self.shell, self.output, self.broker, self.child_notify, self.states,
+                     self.notifier, self.workflows):
             if part is not None:
                 part.close()
         for sink in self._sinks:
@@ -193,14 +195,11 @@ class App:
     def _on_exit(self, event: Exited) -> None:
         node = self.tree.find_quiet(event.name)
         if isinstance(node, Worker) and node.pid == event.pid:
-            cause = self.output.exited(event.name, event.describe())
-            self.reports.exited(event.name)
-            if cause is not None and node.state is State.STARTING:
-                log.error("%s failed to start: %s", event.name, cause)
-                self.start_causes[event.name] = cause
-                self.reports.reported.setdefault(event.name, {})["last_error"] = cause
+            self.reports.exited(event.name, self.output.exited(event.name, event.describe(),
+                                                               starting=node.state is State.STARTING))
             if self.broker is not None and node.spec.agent:
                 self.broker.agent_exited(event.name, event.describe())
+            self.workflows.exited(event)
         self.feed(event)
 
     def _fire(self, token: int) -> None:
@@ -266,6 +265,7 @@ class App:
         self.reports.forget(name)
         self.spawn_env.forget(name)
         self.states.forget(name)
+        self.workflows.removed(name)
         if self.broker is not None:
             self.broker.forget(name)
 

@@ -44,7 +44,9 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 AGENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
-_TOP_KEYS = ("daemon", "supervisor")
+_TOP_KEYS = ("daemon", "supervisor", "workflows")
+_WORKFLOWS_KEYS = ("task_agents", "monitor")
+MAX_TASK_AGENTS = 64
 _DAEMON_KEYS = ("control_group", "fork_server", "log_dir", "log_keep", "log_max_size", "runtime_dir", "state_dir")
 _LOG_KEYS = {"log_dir": "directory", "log_max_size": "max_size", "log_keep": "keep"}  # [daemon] -> LogSettings
 # Any of these keys makes a child table a supervisor rather than a worker.
@@ -132,6 +134,8 @@ def parse_config(text: str, source: str) -> DaemonConfig:
     logs = LogSettings(**{attr: settings.pop(name) for name, attr in _LOG_KEYS.items() if name in settings})
     root = _root(data.get("supervisor"), source)
     _check_log_keys(data.get("supervisor"), "supervisor", source, logs.directory is not None)
+    if "workflows" in data:
+        root = _with_workflows(root, data["workflows"], source)
     return DaemonConfig(root=root, source=source, logs=logs, **settings)
 
 
@@ -555,6 +559,40 @@ def _backoff(value: object, key: str, source: str) -> Backoff | None:
 
 
 # --- the embedded default -----------------------------------------------------------------------------------
+
+
+def _with_workflows(root: SupervisorSpec, value: object, source: str) -> SupervisorSpec:
+    """``[workflows]`` (DESIGN 3.6): the supervisor ``workflows`` (for the workflows' own processes, attached at run
+    time), the ``coordinator``, the supervisor ``tasks`` with ``task-1`` ... ``task-N`` (and the command steps, attached
+    at run time) and the ``monitor``, after the tree's own children."""
+    table = _Table.of(value, "workflows", source, _WORKFLOWS_KEYS, "a table")
+    count = table.data.get("task_agents", 2)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_TASK_AGENTS:
+        raise table.error("task_agents", f"an integer from 1 to {MAX_TASK_AGENTS}, not {_describe(count)}")
+    monitor = _boolean(table.data.get("monitor", True), table.at("monitor"), source)
+    pool = (("FOUNDATION_TASK_AGENTS", str(count)),)
+    added: list[ChildSpec] = [
+        # A workflow process that keeps crashing is parked (attached so), never allowed to fail this supervisor.
+        SupervisorSpec(name="workflows", intensity=100, period=10.0),
+        WorkerSpec(name="coordinator", agent="agents.builtin.coordinator:Coordinator", env=pool),
+        SupervisorSpec(name="tasks", intensity=10 * count, period=10.0, children=tuple(
+            WorkerSpec(name=f"task-{i}", agent="agents.builtin.task:TaskAgent") for i in range(1, count + 1))),
+    ]
+    if monitor:
+        added.append(WorkerSpec(name="monitor", agent="agents.builtin.monitor:Monitor"))
+    taken = {spec.name for spec in _walk(root)}
+    for spec in added:
+        for name in [spec.name, *(c.name for c in getattr(spec, "children", ()))]:
+            if name in taken:
+                raise table.error("task_agents", f"[workflows] adds a child named {name!r}, and the tree has "
+                                  "one already: rename yours")
+    return replace(root, children=(*root.children, *added))
+
+
+def _walk(spec: ChildSpec) -> list[ChildSpec]:
+    if isinstance(spec, SupervisorSpec):
+        return [spec, *(s for child in spec.children for s in _walk(child))]
+    return [spec]
 
 
 def _embedded() -> DaemonConfig:

@@ -80,6 +80,7 @@ class Broker:
         self.heartbeat = heartbeat
         self.liveness = liveness
         self._on_hello = on_hello
+        self.on_done: Callable[[str], None] = lambda name: None  # an agent finished a message (and committed)
         self.window = window
         check_startup_socket(runtime_dir / wire.BROKER_SOCKET)  # before anything is opened: exit 1, one line
         self._outbox = Outbox(outbox_path(state_dir))
@@ -222,6 +223,7 @@ class Broker:
         elif entry.kind == "info" and isinstance(entry.body, dict) and "tick" in entry.body:
             self._timers.ticked(session.name, entry.body["tick"])
         self._pump(session.name)
+        self.on_done(session.name)
 
     def _on_heartbeat(self, session: Session, msg: dict[str, Any]) -> None:
         pass  # last_seen was updated for every frame
@@ -259,7 +261,8 @@ class Broker:
         if self._agent_alive(to) is None:
             return Recipient(known=False)
         box = self._box(to)
-        return Recipient(known=True, queued=len(box), bound=box.bound)
+        box.bound = self._bound(to)  # now, not when the box was made: a box can outlive its agent's spec (a reload,
+        return Recipient(known=True, queued=len(box), bound=box.bound)  # a detach and attach again)
 
     def _cast(self, sender: str | None, to: str, body: Any, chan: list[int] | None, respond: Respond, *,
               gapless: bool = False) -> None:
@@ -300,12 +303,18 @@ class Broker:
                 staged, tell = self._admission.undo(turn, err)
                 for respond, error in tell:
                     respond(None, error)
-        touched = set()
+        touched, gone = set(), set()
         for item in staged:
-            self._box(item.recipient).push(item.entry)
-            touched.add(item.recipient)
             if item.respond is not None:
                 item.respond(Receipt(item.entry.id), None)
+            if self._agent_alive(item.recipient) is None:  # detached since it was admitted, earlier in this turn
+                gone.add(item.recipient)
+                self._calls.fail(item.entry, ErrorCode.AGENT_DOWN, f"{item.recipient} was detached")
+                continue
+            self._box(item.recipient).push(item.entry)
+            touched.add(item.recipient)
+        for name in gone:
+            self._outbox.drop_recipient(name)
         for respond, duplicate in turn.duplicates:
             respond(duplicate.receipt, None)
         for name in touched:

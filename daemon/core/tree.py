@@ -82,6 +82,7 @@ class Node:
     # instead of counting as a crash; ``rejected`` then says why.
     attach_pending: bool = False
     rejected: str | None = None
+    ephemeral: bool = False  # a dynamic child removed when it ends for good (OTP's simple_one_for_one children)
     failure: str | None = None  # (supervisors) why it failed, for the halting line
     incarnation: int = 0
     backoff_timer: int | None = None
@@ -262,12 +263,14 @@ class SupervisionTree:
         self._post(node.parent, RequestItem(verb, node))
         return self._drain()
 
-    def attach(self, parent: str, spec: ChildSpec, index: int | None = None, *, synchronous: bool = False
-               ) -> list[Action]:
+    def attach(self, parent: str, spec: ChildSpec, index: int | None = None, *, synchronous: bool = False,
+               ephemeral: bool = False) -> list[Action]:
         """Add a dynamic child to ``parent`` (at the end, or before its ``index``-th child) and start it.
 
         ``synchronous`` (an operator's attach): if that first start fails, the child is removed again and its
-        node's ``rejected`` says why, instead of the failure counting as a crash in ``parent``."""
+        node's ``rejected`` says why, instead of the failure counting as a crash in ``parent``. ``ephemeral``: once
+        it ends and its restart type says it is not restarted (temporary; transient after a normal exit), it is
+        removed from the tree, as the children of OTP's simple_one_for_one are."""
         self._refuse_while_shutting_down()
         sup = self.find(parent)
         if not isinstance(sup, Supervisor):
@@ -277,6 +280,7 @@ class SupervisionTree:
             raise FoundationError(ErrorCode.ALREADY_EXISTS, f"a child named {clash[0]!r} already exists")
         node = self._build(spec, sup)
         node.attach_pending = synchronous
+        node.ephemeral = ephemeral
         sup.children.insert(len(sup.children) if index is None else index, node)
         self._post(sup, RequestItem("start", node))
         return self._drain()
@@ -653,7 +657,10 @@ class SupervisionTree:
         if stale or sup.state is not State.RUNNING or node.held:
             return
         if not should_restart(node.spec.restart, normal):
-            self._emit_log("info", f"{node.name} is {node.spec.restart}: not restarted")
+            if node.ephemeral:
+                sup.plan.append(RemoveStep(node))
+            else:
+                self._emit_log("info", f"{node.name} is {node.spec.restart}: not restarted")
             return
         now = self._clock()
         sup.history = intensity.add_restart(sup.history, now, sup.spec.period)

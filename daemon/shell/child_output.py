@@ -6,6 +6,7 @@ start ends its stderr with one line naming the cause (``foundation-agent: ...``,
 
 from __future__ import annotations
 
+import logging
 import time
 
 from daemon.core.logfiles import LogSettings
@@ -13,6 +14,8 @@ from daemon.core.spec import WorkerSpec
 from daemon.shell.log_files import LogFiles
 from daemon.shell.logs import DAEMON, STDERR, LogRings, RingHandler
 from daemon.shell.output import OutputSink
+
+log = logging.getLogger("foundationd")
 
 AGENT_CAUSE = "foundation-agent: "  # agents.runtime.CAUSE_PREFIX (daemon/ does not import agents/)
 SEPARATORS = {STDERR: b" ! "}  # stdout's (and the rest's): " | "
@@ -24,6 +27,7 @@ class ChildOutput:
         self.rings = self._logs = LogRings()
         self.daemon_log = RingHandler(self.rings)  # the daemon's own log into the ring "(foundationd)"
         self.files = LogFiles(settings)
+        self.start_causes: dict[str, str] = {}  # an agent's one-line cause of its last failed start (for attach)
 
     def lines(self, name: str, stream: str, lines: list[bytes]) -> None:
         """A child's complete lines from one of its pipes (the shell has split them)."""
@@ -38,10 +42,14 @@ class ChildOutput:
         self.files.started(spec)
         self._mark(spec.name, f"-- started (pid {pid})")
 
-    def exited(self, name: str, description: str) -> str | None:
-        """Mark the exit; the agent's one-line cause of a failed start, if its last stderr line gave one."""
-        cause = self._logs.last_starting(name, AGENT_CAUSE)
+    def exited(self, name: str, description: str, *, starting: bool) -> str | None:
+        """Mark the exit. A child that was ``starting``: the agent's one-line cause of its failed start, if its last
+        stderr line gave one (logged, and kept in ``start_causes``)."""
+        cause = self._logs.last_starting(name, AGENT_CAUSE) if starting else None
         self._mark(name, f"-- exited: {description}")
+        if cause is not None:
+            log.error("%s failed to start: %s", name, cause)
+            self.start_causes[name] = cause
         return cause
 
     def configure(self, settings: LogSettings) -> None:

@@ -21,13 +21,15 @@ from daemon.control.verbs import (
     state,
     status,
     stop,
+    task,
+    workflow,
 )
 from daemon.control.verbs.base import Verb
 
 VERBS: dict[str, Verb] = {
     module.VERB.name: module.VERB
     for module in (status, start, stop, restart, signal, pid, attach, detach, save, shutdown, send, call, state,
-                   reload, logs)
+                   reload, logs, workflow, task)
 }
 
 # Verbs later issues will add that a control_group member may already use (they answer unknown_verb until then).

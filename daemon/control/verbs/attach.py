@@ -1,7 +1,9 @@
 """``attach``: add a child to a running supervisor (OTP's start_child).
 
 Wire: ``{"verb": "attach", "args": {"parent": SUP, "spec": {...config keys...}}}`` -> ``{"name", "state", "pid"}``
-once its first start has settled. CLI: ``foundationctl attach NAME [--parent SUP] [--restart TYPE] [--json]
+once its first start has settled. Optional args: ``ephemeral`` (removed from the tree once it ends and is not
+restarted, as OTP's simple_one_for_one children), ``durable`` (attached again when the daemon restarts; the
+coordinator attaches workflow processes so). CLI: ``foundationctl attach NAME [--parent SUP] [--restart TYPE] [--json]
 (-- COMMAND... | --agent MODULE:CLASS)``.
 """
 
@@ -34,8 +36,18 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     except ConfigError as exc:
         raise FoundationError(ErrorCode.INVALID_SPEC, str(exc)) from None
     limit = wait_limit(req)  # checked before anything changes
+    ephemeral, durable = req.args.get("ephemeral", False), req.args.get("durable", False)
+    if not isinstance(ephemeral, bool) or not isinstance(durable, bool):
+        raise FoundationError(ErrorCode.BAD_REQUEST, "'ephemeral' and 'durable' must be true or false")
     ctx.check_spawnable(spec)
-    ctx.apply(ctx.tree.attach(parent, spec, synchronous=True))
+    if durable and ctx.tree.find_quiet(spec.name) is None:
+        ctx.workflows.durable.remember(spec.name, parent, req.args["spec"], ephemeral)
+    try:
+        ctx.apply(ctx.tree.attach(parent, spec, synchronous=True, ephemeral=ephemeral))
+    except FoundationError:
+        if durable:
+            ctx.workflows.durable.removed((spec.name,))
+        raise
     node = ctx.tree.find_quiet(spec.name)
     if node is None or node.rejected is not None:  # failed at once (e.g. a spawn error) and removed again
         raise _rejected(spec.name, node.rejected if node is not None else None, ctx)

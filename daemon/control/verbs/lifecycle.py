@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from daemon.core.protocol import Action
     from daemon.core.spec import ChildSpec
     from daemon.core.tree import AnyNode, SupervisionTree
+    from daemon.services.workflows import WorkflowSide
 from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
 
@@ -25,6 +26,7 @@ class Context(Protocol):
     tree: SupervisionTree
     attached: dict[str, tuple[str, dict[str, Any]]]  # children attached at run time: (parent, raw spec)
     start_causes: dict[str, str]  # an agent's one-line cause of its last failed start, by name
+    workflows: WorkflowSide
 
     def apply(self, actions: list[Action]) -> None: ...
     def wait(self, done: Callable[[], bool], answer: Callable[[], Any], reply: Reply, limit: float = ...) -> None: ...

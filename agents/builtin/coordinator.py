@@ -1,0 +1,125 @@
+"""The coordinator (``coordinator``): the front desk of workflows. It holds no workflow state.
+
+    workflow run ──call {"run"}──> coordinator ── attach workflow-ID under ``workflows`` (durable: the daemon
+                                               │  brings it back after its own restart)
+                                               └─ call {"start": definition} on workflow-ID: answered once its
+                                                  record is committed; the id is the reply
+    cancel, pause, resume, resolve ──> attach workflow-ID again if it has exited, then call it
+    list, status ──> read the workflows' committed records (each workflow's own LMDB state)
+
+Killing the coordinator stops nothing: running workflows do not talk to it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from agents.sdk import Agent
+from agents.workflow import engine
+from agents.workflow.client import Daemon
+from agents.workflow.process import PREFIX
+from ipc.errors import ErrorCode, FoundationError
+from ipc.state_store import StateStore, agent_state_path
+from ipc.workflow_def import ID_RE, DefinitionError, parse
+
+OPERATIONS = ("cancel", "pause", "resume", "resolve")
+PROCESS_AGENT = "agents.workflow.process:WorkflowProcess"
+MAX_ID = 64 - len(PREFIX)
+
+
+class Coordinator(Agent):
+    def __init__(self) -> None:
+        self._daemon = Daemon()
+        self._state_dir = Path(os.environ.get("FOUNDATION_STATE_DIR", "."))
+        self._pool = os.environ.get("FOUNDATION_TASK_AGENTS", "1")
+
+    def handle_call(self, msg: Any, state: Any) -> tuple[Any, Any]:
+        if not isinstance(msg, dict) or len(msg) != 1:
+            raise FoundationError(ErrorCode.BAD_REQUEST, f"not a coordinator request: {msg!r}")
+        ((kind, body),) = msg.items()
+        if kind == "run":
+            return self._run(body), state
+        if kind == "list":
+            return self._list(), state
+        if kind == "status":
+            return engine.summary(self._record(body["id"])), state
+        if kind in OPERATIONS:
+            return self._operate(kind, body), state
+        raise FoundationError(ErrorCode.BAD_REQUEST, f"unknown request {kind!r}")
+
+    def _run(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            parse(body.get("definition"))
+        except DefinitionError as exc:
+            raise FoundationError(ErrorCode.BAD_REQUEST, f"invalid workflow: {exc}") from None
+        wf_id = body.get("id") or secrets.token_hex(5)
+        if not isinstance(wf_id, str) or len(wf_id) > MAX_ID or not ID_RE.fullmatch(wf_id):
+            raise FoundationError(ErrorCode.BAD_REQUEST, f"a workflow id is up to {MAX_ID} letters, digits, "
+                                  f"'_', '.', '-', not {wf_id!r}")
+        if (agent_state_path(self._state_dir, PREFIX + wf_id) / "data.mdb").exists():
+            raise FoundationError(ErrorCode.ALREADY_EXISTS, f"a workflow with id {wf_id!r} exists already")
+        self._ask(wf_id, {"start": {"id": wf_id, "definition": body["definition"]}})
+        return {"id": wf_id}
+
+    def _operate(self, kind: str, body: dict[str, Any]) -> Any:
+        wf_id = body.get("id")
+        self._record(wf_id)  # it exists
+        return self._ask(wf_id, {kind: body})
+
+    def _ask(self, wf_id: str, request: dict[str, Any]) -> Any:
+        """Call the workflow's process (answered once its record is committed), attaching it first if it is not
+        running: a call, not a cast, so that an answer means applied; a process that exits meanwhile is asked again."""
+        for attempt in range(3):  # the process may be exiting just as we ask: attach it again and ask again
+            self._attach(wf_id, again=True)
+            try:
+                return self.call(PREFIX + wf_id, request, timeout=30.0)
+            except FoundationError as exc:
+                if exc.code not in (ErrorCode.AGENT_DOWN, ErrorCode.NO_SUCH_AGENT) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _attach(self, wf_id: str, again: bool = False) -> None:
+        spec = {"name": PREFIX + wf_id, "agent": PROCESS_AGENT, "restart": "transient", "on_intensity": "park",
+                "env": {"FOUNDATION_TASK_AGENTS": self._pool}}
+        try:
+            self._daemon.request("attach", parent="workflows", spec=spec, durable=True, ephemeral=True)
+        except FoundationError as exc:
+            if not (again and exc.code == ErrorCode.ALREADY_EXISTS):
+                raise
+
+    def _record(self, wf_id: Any) -> dict[str, Any]:
+        if not isinstance(wf_id, str) or not ID_RE.fullmatch(wf_id):
+            raise FoundationError(ErrorCode.BAD_REQUEST, f"not a workflow id: {wf_id!r}")
+        record = read_record(self._state_dir, wf_id)
+        if record is None:
+            raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no workflow {wf_id!r}")
+        return record
+
+    def _list(self) -> list[dict[str, Any]]:
+        out = []
+        for wf_id in workflow_ids(self._state_dir):
+            record = read_record(self._state_dir, wf_id)
+            if record is not None:
+                out.append({"id": wf_id, "state": record["state"], "created": record["created"],
+                            "finished": record["finished"]})
+        return sorted(out, key=lambda r: r["created"])
+
+
+def workflow_ids(state_dir: Path) -> list[str]:
+    try:
+        names = os.listdir(state_dir / "agents")
+    except FileNotFoundError:
+        return []
+    return [n[len(PREFIX):] for n in names if n.startswith(PREFIX)]
+
+
+def read_record(state_dir: Path, wf_id: str) -> dict[str, Any] | None:
+    path = agent_state_path(state_dir, PREFIX + wf_id)
+    if not (path / "data.mdb").exists():
+        return None
+    with StateStore(path) as store:
+        record, _ = store.load()
+    return record if isinstance(record, dict) and record else None

@@ -1,0 +1,5 @@
+"""Durable workflows (DESIGN 3.6): definitions run by a workflow process, steps by task agents and the daemon.
+
+``engine`` decides (pure), ``process`` is the workflow's own agent process, ``errors`` the exceptions a ``python``
+step raises to say whether it deserves a retry, ``client`` the small control-socket client the built-in agents use.
+"""

@@ -1,0 +1,160 @@
+"""A workflow's own process: the agent ``workflow-ID``, a dynamic child of the ``workflows`` supervisor.
+
+    coordinator ──attach──> workflow-ID ──{"start"}──> dispatch ──{"run"}──> task-K (python, call)
+                                 ^                                      └──> daemon's tasks (command)
+                                 └──────────{"step_done"} from task-K or from the daemon──────────┘
+
+Its persisted state is the workflow's record (agents/workflow/engine.py): every change is committed by the agent
+runtime together with the message that caused it, and the casts a handler makes leave before that commit, marked
+with the message's sequence number. So when this process is killed, the restarted one handles the uncommitted
+messages again, makes the same casts, and the broker drops them as duplicates: no step is dispatched twice and no
+result is lost (results are durable casts to this agent). When nothing runs and nothing can go on without an
+operator (completed, failed, cancelled, paused, waiting), the process exits 0 and leaves the tree; the coordinator
+attaches it again for resume, resolve or cancel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import zlib
+from typing import Any
+
+import orjson
+
+from agents.sdk import Agent
+from agents.workflow import engine
+from agents.workflow.client import Daemon
+from agents.workflow.errors import classify
+from ipc.errors import FoundationError
+from ipc.workflow_def import Step, parse, tasks
+
+log = logging.getLogger("workflow")
+
+PREFIX = "workflow-"
+
+
+def task_agent(wf_id: str, step_id: str, pool: int) -> str:
+    """The task agent that runs a step: fixed by the names, so a replayed dispatch goes to the same one."""
+    return f"task-{zlib.crc32(f'{wf_id}/{step_id}'.encode()) % max(1, pool) + 1}"
+
+
+def task_key(wf_id: str, step_id: str, attempt: int) -> str:
+    return f"{wf_id}/{step_id}/{attempt}"
+
+
+class WorkflowProcess(Agent):
+    def __init__(self) -> None:
+        self._root: Step | None = None
+        self._retries: dict[int, tuple[str, int]] = {}  # timer ref -> (step, attempt)
+        self._daemon = Daemon()
+        self._pool = int(os.environ.get("FOUNDATION_TASK_AGENTS", "1"))
+
+    def init(self) -> dict[str, Any]:
+        return {}
+
+    def mount(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self._root = parse(state["definition"])
+        now = time.time()
+        for sid, step in state["steps"].items():
+            if step.get("retry_wait"):
+                self._arm_retry(sid, step["attempts"], max(0.0, step.get("retry_at", now) - now))
+
+    def handle_cast(self, msg: Any, state: dict[str, Any]) -> dict[str, Any]:
+        return self._apply(msg, state)
+
+    def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """``{"status": true}``, or an operator's cancel, pause, resume or resolve: a call, so that the coordinator
+        knows it was applied (a process that exits meanwhile fails the call, and the coordinator tries again)."""
+        if isinstance(msg, dict) and msg.get("status"):
+            return (engine.summary(state) if state else None), state
+        state = self._apply(msg, state)
+        return engine.summary(state), state
+
+    def _apply(self, msg: Any, state: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(msg, dict) or len(msg) != 1:
+            raise ValueError(f"not a workflow message: {msg!r}")
+        ((kind, body),) = msg.items()
+        state = orjson.loads(orjson.dumps(state))  # the engine edits in place; a failing handler must leave no trace
+        now = time.time()
+        if kind == "start":
+            if state:
+                return state  # started already (a resend)
+            state = engine.new_record(body["id"], body["definition"], now)
+            self._root = parse(state["definition"])
+        elif self._root is None:
+            raise ValueError(f"{kind!r} before the workflow was started")
+        elif kind == "step_done":
+            delay = engine.outcome(self._root, state, body["step"], body["attempt"], body["result"], now=now)
+            if delay is not None:
+                state["steps"][body["step"]]["retry_at"] = now + delay
+                self._arm_retry(body["step"], body["attempt"], delay)
+        elif kind == "retry":
+            engine.release(state, body["step"], body["attempt"])
+        else:
+            self._control(kind, body, state, now)
+        self._dispatch(state, now)
+        if engine.idle(state):
+            self.stop()
+        return state
+
+    def handle_info(self, info: Any, state: dict[str, Any]) -> dict[str, Any]:
+        ref = info.get("tick") if isinstance(info, dict) else None
+        due = self._retries.pop(ref, None) if isinstance(ref, int) else None
+        if due is not None:  # a cast to ourselves, so that the retry's dispatch is a replayable message
+            self.send(self.name, {"retry": {"step": due[0], "attempt": due[1]}})
+        return state
+
+    # ---- operators ----
+
+    def _control(self, kind: str, body: Any, state: dict[str, Any], now: float) -> None:
+        assert self._root is not None
+        if kind == "cancel":
+            for sid in engine.cancel(self._root, state, now):
+                self._kill(state, sid)
+        elif kind == "pause":
+            state["paused"] = True
+            engine.settle(self._root, state, now)
+        elif kind == "resume":
+            state["paused"] = False
+            engine.settle(self._root, state, now)
+        elif kind == "resolve":
+            engine.resolve(self._root, state, body["step"], done=body.get("done"), retry=bool(body.get("retry")),
+                           now=now)
+        else:
+            raise ValueError(f"unknown workflow message {kind!r}")
+
+    def _kill(self, state: dict[str, Any], step_id: str) -> None:
+        assert self._root is not None
+        step = state["steps"][step_id]
+        task = next(t for t in tasks(self._root) if t.id == step_id)
+        if task.action != "command":
+            return  # a python step runs inside a task agent: it finishes, and its result is ignored
+        try:
+            self._daemon.request("task", op="kill", key=task_key(state["id"], step_id, step["attempts"]))
+        except Exception as exc:  # the step is cancelled either way; the command ends at its timeout at worst
+            log.warning("%s: could not kill the command of step %s: %s", self.name, step_id, exc)
+
+    # ---- dispatching ----
+
+    def _dispatch(self, state: dict[str, Any], now: float) -> None:
+        assert self._root is not None
+        for item in engine.dispatch(self._root, state, now):
+            task = item.task
+            run = {"workflow": self.name, "key": task_key(state["id"], task.id, item.attempt), "step": task.id,
+                   "attempt": item.attempt, "action": task.action, "args": task.args, "timeout": task.timeout,
+                   "idempotent": task.idempotent}
+            try:
+                self.send(task_agent(state["id"], task.id, self._pool), {"run": run})
+            except FoundationError as exc:  # no such task agent, or its mailbox is full: retried as any failure
+                delay = engine.outcome(self._root, state, task.id, item.attempt, {"error": classify(exc)}, now=now)
+                if delay is not None:
+                    state["steps"][task.id]["retry_at"] = now + delay
+                    self._arm_retry(task.id, item.attempt, delay)
+
+    def _arm_retry(self, step_id: str, attempt: int, delay: float) -> None:
+        self._retries[self.set_timer(max(delay, 0.001))] = (step_id, attempt)
+

@@ -1,0 +1,134 @@
+"""The daemon's side of workflows (DESIGN 3.6): the ``tasks`` supervisor's command steps, durable dynamic children,
+and the reading of workflows' records (``workflow status``, ``results``, ``list``, ``wait``). Everything else of
+workflows lives in agents (coordinator, workflow processes, task agents): the daemon owns what must outlive them
+(the commands, the list of workflow processes to bring back after a crash) and answers reads while they restart.
+
+``wait`` is told when the workflow's process finishes a message (the broker's ``on_done``: its record is committed
+by then) or leaves the tree; no waiter polls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from daemon.config import child_spec_from_dict
+from daemon.core.protocol import Exited
+from daemon.services.durable_children import DurableChildren
+from daemon.services.tasks import Tasks
+from daemon.shell.loop import TimerHandle
+from ipc.errors import ErrorCode, FoundationError
+from ipc.state_store import StateError
+from ipc.workflow_record import idle, summary
+
+if TYPE_CHECKING:
+    from daemon.app import App
+
+PREFIX = "workflow-"
+Reply = Callable[[Any], Any]
+
+
+class WorkflowSide:
+    def __init__(self, app: App, state_dir: Path) -> None:
+        self._app = app
+        self._state_dir = state_dir
+        self.durable = DurableChildren(state_dir)
+        self.tasks = Tasks(state_dir, app, app.logs.tail, app.loop.call_later, app.shell.signal)
+        self._waits: dict[str, list[tuple[Reply, TimerHandle]]] = {}
+
+    def booted(self) -> None:
+        """After the tree's boot: the durable children come back, then commands lost with the last daemon are told."""
+        broker = self._app.broker
+        assert broker is not None
+        self.tasks.broker = broker
+        broker.on_done = self._poke
+        self.durable.restore(self._attach_again)
+        self.tasks.recover()
+
+    def exited(self, event: Exited) -> None:
+        if self.tasks.owns(event.name):
+            self.tasks.exited(event)
+
+    def removed(self, name: str) -> None:
+        self.durable.removed((name,))
+        self._poke(name)
+
+    def close(self) -> None:
+        for waits in self._waits.values():
+            for _, timer in waits:
+                timer.cancel()
+        self.tasks.close()
+        self.durable.close()
+
+    # ---- reading records ----
+
+    def record(self, wf_id: str) -> dict[str, Any]:
+        name = PREFIX + wf_id
+        try:
+            record, _ = self._app.states.load(name)
+        except (StateError, ValueError) as exc:
+            raise FoundationError(ErrorCode.INTERNAL, f"cannot read workflow {wf_id!r}: {exc}") from None
+        if not isinstance(record, dict) or not record:
+            raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no workflow {wf_id!r}")
+        if self._app.tree.find_quiet(name) is None:
+            self._app.states.forget(name)  # do not keep a finished workflow's environment open
+        return record
+
+    def summary(self, wf_id: str) -> dict[str, Any]:
+        return summary(self.record(wf_id))
+
+    def listing(self) -> list[dict[str, Any]]:
+        try:
+            names = sorted(n for n in os.listdir(self._state_dir / "agents") if n.startswith(PREFIX))
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            try:
+                record = self.record(name[len(PREFIX):])
+            except FoundationError:
+                continue
+            out.append({k: record[k] for k in ("id", "state", "created", "finished")})
+        return sorted(out, key=lambda r: r["created"])
+
+    def wait(self, wf_id: str, reply: Reply, timeout: float) -> None:
+        """Answer the summary once the workflow has finished or waits for an operator (or after ``timeout``)."""
+        record = self.record(wf_id)
+        name = PREFIX + wf_id
+        if idle(record) or self._app.tree.find_quiet(name) is None:
+            reply(summary(record))
+            return
+        timer = self._app.loop.call_later(timeout, lambda: self._expire(name, reply))
+        self._waits.setdefault(name, []).append((reply, timer))
+
+    def _poke(self, name: str) -> None:
+        waits = self._waits.get(name)
+        if not waits:
+            return
+        try:
+            record = self.record(name[len(PREFIX):])
+        except FoundationError as exc:
+            record, error = None, exc
+        if record is not None and not idle(record) and self._app.tree.find_quiet(name) is not None:
+            return
+        del self._waits[name]
+        for reply, timer in waits:
+            timer.cancel()
+            reply(summary(record) if record is not None else error)
+
+    def _expire(self, name: str, reply: Reply) -> None:
+        waits = self._waits.get(name, [])
+        for item in [w for w in waits if w[0] is reply]:
+            waits.remove(item)
+        if not waits:
+            self._waits.pop(name, None)
+        try:
+            reply({**self.summary(name[len(PREFIX):]), "pending": True})
+        except FoundationError as exc:
+            reply(exc)
+
+    def _attach_again(self, parent: str, raw: dict[str, Any], ephemeral: bool) -> None:
+        spec = child_spec_from_dict(raw, key="spec")
+        self._app.apply(self._app.tree.attach(parent, spec, ephemeral=ephemeral))
