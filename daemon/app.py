@@ -5,7 +5,7 @@
     notify socket ────────┼─> EventLoop ─> App.apply(events) ─┤                                       │ Spawned,
     broker socket ────────┤   (one poll)    │  ^              ├─> timers (loop.call_later) ───────────┤ Ready,
     control socket ───────┘                 v  │              ├─> log, Removed -> forget, Halt        │ TimerFired
-                                 SupervisionTree (pure core)  └─> core events -> (events/metrics) <───┘
+                                 SupervisionTree (pure core)  └─> core events -> Observability <──────┘
                                             │ actions
     control verbs (daemon/control/verbs/*) ─┴─> tree requests, Waiters (answer when settled), PlanRunner (reload)
     broker (daemon/broker/) <── agent hello = Ready; agent exit -> broker.agent_exited; tree -> mailbox bounds
@@ -31,7 +31,6 @@ from daemon.config import DaemonConfig
 from daemon.control.server import ControlServer, Reply
 from daemon.control.verbs import VERBS
 from daemon.control.waiters import Waiters
-from daemon.core.events import CoreEvent
 from daemon.core.protocol import (
     Action,
     CancelTimer,
@@ -51,6 +50,7 @@ from daemon.core.protocol import (
 from daemon.core.spec import ChildSpec, WorkerSpec, worker_specs
 from daemon.core.states import State
 from daemon.core.tree import SupervisionTree, Worker
+from daemon.services.observability import Observability
 from daemon.services.plan_runner import PlanRunner
 from daemon.services.reload import Reloader
 from daemon.services.state_reader import StateReaders
@@ -104,6 +104,7 @@ class App:
         self.reloader = Reloader(tree=self.tree, runner=PlanRunner(self.tree, self.apply, self.waiters),
                                  notifier=self.notifier, config_path=config_path,
                                  is_ready=lambda: self.systemd.ready_sent, adopt=self.adopt_config)
+        self.obs = Observability(self)  # events, restart history, metrics, doctor (daemon/services/observability.py)
         self.workflows = WorkflowSide(self, state_dir)
         self.control: ControlServer | None = None
         self.broker: Broker | None = None
@@ -120,7 +121,7 @@ class App:
         for sink in self._sinks:
             sink.attach(self.loop.add_writer, self.loop.remove_writer)
         for signum in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(signum, self._on_stop_signal)
+            self.loop.add_signal_handler(signum, self.shutdown)
         self.loop.add_signal_handler(signal.SIGCHLD, lambda _: self.shell.reap())
         self.loop.add_signal_handler(signal.SIGHUP, lambda _: self.reload(None))
         self.child_notify = ChildNotifySocket(self.runtime_dir, self.loop.add_reader, self.loop.remove_reader,
@@ -131,6 +132,7 @@ class App:
                              kill=q.kill_agent, mailbox_bound=q.mailbox_bound, liveness=q.liveness,
                              on_hello=self._on_agent_hello)
         self.spawn_env.broker, self.spawn_env.notify = self.broker, self.child_notify
+        self.obs.start()
         self.shell.start_guardian()  # before the first child: a SIGKILLed daemon leaves no process group behind
         if any(w.agent for w in worker_specs(self.config.root)):  # the zygote imports the SDK meanwhile
             self.shell.start_zygote()
@@ -152,7 +154,7 @@ class App:
 
     def _close(self) -> None:
         for part in (self.memory, self.control, self.shell, self.output, self.broker, self.child_notify, self.states,
-                     self.notifier, self.workflows):
+                     self.notifier, self.workflows, self.obs):
             if part is not None:
                 part.close()
         for sink in self._sinks:
@@ -161,11 +163,9 @@ class App:
         self.loop.close()
         logging.getLogger().removeHandler(self.output.daemon_log)
 
-    def _on_stop_signal(self, signum: int) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        self.shutdown()
-
-    def shutdown(self) -> None:
+    def shutdown(self, signum: int | None = None) -> None:
+        if signum is not None:  # SIGTERM, SIGINT
+            log.info("received %s", signal.Signals(signum).name)
         if not self.tree.shutting_down:
             self.notifier.stopping()
         self.apply(self.tree.shutdown())
@@ -215,15 +215,12 @@ class App:
             self._act(queue.popleft())
             while self._pending:
                 queue.extend(self.tree.handle(self._pending.popleft()))
-        self.on_core_events(self.tree.take_events())
+        self.obs.on_core_events(self.tree.take_events())  # the core's typed events: stream, history, metrics
         self.waiters.check()
         self.systemd.after_batch()
         if self._memory_poke:  # after the batch: the tree has recorded the new pids by now
             self._memory_poke = False
             self.memory.poke()
-
-    def on_core_events(self, happened: list[CoreEvent]) -> None:
-        """The core's typed events of this batch: where the event stream and metrics will read them (none yet)."""
 
     def _act(self, action: Action) -> None:
         match action:
@@ -283,14 +280,12 @@ class App:
     def status(self) -> dict[str, Any]:
         return {
             "daemon": {
-                "pid": os.getpid(),
-                "version": version(),
+                "pid": os.getpid(), "version": version(),
                 "uptime_s": round(time.monotonic() - self.started_at, 3),
-                "runtime_dir": str(self.runtime_dir),
-                "state_dir": str(self.state_dir),
-                "zygote": self.shell.zygote.describe(),
-                "guardian": {"pid": self.shell.guardian.pid},
+                "runtime_dir": str(self.runtime_dir), "state_dir": str(self.state_dir),
+                "zygote": self.shell.zygote.describe(), "guardian": {"pid": self.shell.guardian.pid},
                 "spawn": self.shell.spawn_path,
+                **self.obs.describe(),
             },
             "tree": self.reports.with_reports(self.tree.snapshot()),
             "broker": self.broker.stats() if self.broker is not None else None,

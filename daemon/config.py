@@ -13,6 +13,7 @@ import json
 import math
 import pwd
 import re
+import socket
 import sys
 import tomllib
 from collections.abc import Callable
@@ -44,7 +45,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 AGENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
-_TOP_KEYS = ("daemon", "supervisor", "workflows")
+_TOP_KEYS = ("daemon", "metrics", "supervisor", "workflows")
 _WORKFLOWS_KEYS = ("task_agents", "monitor")
 MAX_TASK_AGENTS = 64
 _DAEMON_KEYS = ("control_group", "fork_server", "log_dir", "log_keep", "log_max_size", "runtime_dir", "state_dir")
@@ -102,6 +103,7 @@ class DaemonConfig:
     control_group: str | None = None
     fork_server: bool = True  # SDK agents forked from a preloaded zygote (agents/zygote.py) instead of exec'd
     logs: LogSettings = field(default_factory=LogSettings)  # children's output files: log_dir, log_max_size, log_keep
+    metrics_listen: str | None = None  # [metrics] listen: "HOST:PORT" serving /metrics (DESIGN 3.9); None: off
     source: str = EMBEDDED
 
 
@@ -132,6 +134,7 @@ def parse_config(text: str, source: str) -> DaemonConfig:
     _Table(data, "", source).reject_unknown(_TOP_KEYS)
     settings = _daemon_settings(data.get("daemon"), source)
     logs = LogSettings(**{attr: settings.pop(name) for name, attr in _LOG_KEYS.items() if name in settings})
+    settings.update(_metrics_settings(data.get("metrics"), source))
     root = _root(data.get("supervisor"), source)
     _check_log_keys(data.get("supervisor"), "supervisor", source, logs.directory is not None)
     if "workflows" in data:
@@ -214,6 +217,37 @@ def _check_log_keys(value: object, key: str, source: str, has_log_dir: bool) -> 
             if name in child and not has_file:
                 why = "log_file = false" if child.get("log_file") is False else "no log_file, and no [daemon] log_dir"
                 raise ConfigError(source, f"{at}.{name}", f"this child has no log file to rotate ({why})")
+def _metrics_settings(value: object, source: str) -> dict[str, Any]:
+    """``[metrics] listen = "127.0.0.1:9464"``: an IP address (not a name, which would need a lookup) and a port (0:
+    any free one, shown in ``status --json``)."""
+    if value is None:
+        return {}
+    table = _Table.of(value, "metrics", source, ("listen",), "a table")
+    if "listen" not in table.data:
+        raise table.error("listen", "missing: the address to serve /metrics on, e.g. \"127.0.0.1:9464\"")
+    listen = _string(table.data["listen"], table.at("listen"), source)
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        raise table.error("listen", str(exc)) from None
+    return {"metrics_listen": listen}
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9464"`` or ``"[::1]:9464"`` -> (host, port); ValueError naming what is wrong."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError("expected HOST:PORT, e.g. \"127.0.0.1:9464\"")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        raise ValueError(f"{host!r} is not an IP address (a name is not resolved: write the address)") from None
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range (0-65535)")
+    return host, port
 
 
 def _boolean(value: object, key: str, source: str) -> bool:

@@ -159,7 +159,9 @@ ERRORS = [
     (_child(""), C0, "needs a command or an agent"),
     (_worker('agent = "m:C"'), C0, "not both"),
     ('[[supervisor.children]]\ncommand = ["x"]', f"{C0}.name", "missing"),
-    ("unknown = 1", "unknown", "unknown key (known: daemon, supervisor)"),
+    ("unknown = 1", "unknown", "unknown key (known: daemon, metrics, supervisor, workflows)"),
+    ("[workflows]\ntask_agents = 0", "workflows.task_agents", "an integer from 1 to 64"),
+    ("[workflows]\nmonitors = 1", "workflows.monitors", "unknown key"),
     ("[daemon]\nruntime = 1", "daemon.runtime",
      "known: control_group, fork_server, log_dir, log_keep, log_max_size, runtime_dir, state_dir"),
     ("[daemon]\nstate_dir = 1", "daemon.state_dir", "expected a string, got integer 1"),
@@ -257,12 +259,22 @@ def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(str(path))
 
 
+def test_workflows_table_refuses_a_name_the_tree_has_already() -> None:
+    text = '[[supervisor.children]]\nname = "coordinator"\ncommand = ["true"]\n[workflows]\n'
+    with pytest.raises(ConfigError, match="adds a child named 'coordinator'"):
+        parse_config(text, "x.toml")
+
+
 def test_embedded_default_loads_and_runs_on_our_interpreter() -> None:
     config = load_config(None)
     assert config.source == "<embedded>"
     assert config.root.name == "root"
     names = [child.name for child in config.root.children]
-    assert names == ["ticker", "flaky", "counter", "pipeline"]
+    assert names == ["ticker", "flaky", "counter", "pipeline", "workflows", "coordinator", "tasks", "monitor"]
+    tasks = config.root.children[6]
+    assert isinstance(tasks, SupervisorSpec)
+    assert [(t.name, t.agent) for t in tasks.children] == [("task-1", "agents.builtin.task:TaskAgent"),
+                                                            ("task-2", "agents.builtin.task:TaskAgent")]
     counter = config.root.children[2]
     assert isinstance(counter, WorkerSpec)
     assert counter.agent == "agents.examples.counter:Counter"

@@ -42,7 +42,7 @@ import lmdb
 from daemon.broker.admission import Accepted, Admission, Receipt, Recipient, Refused, Respond
 from daemon.broker.calls import PendingCalls
 from daemon.broker.liveness import Liveness
-from daemon.broker.mailbox import Mailbox
+from daemon.broker.mailbox import Entry, Mailbox
 from daemon.broker.monitors import Monitors
 from daemon.broker.outbox import Outbox, outbox_path
 from daemon.broker.peers import Handler, Peers, Session
@@ -98,6 +98,9 @@ class Broker:
         self._peers = Peers(runtime_dir, loop, heartbeat=heartbeat, handlers=handlers, on_hello=self._hello)
         self.endpoint = self._peers.endpoint
         self._liveness = Liveness(loop, heartbeat, liveness, self._peers.connected, self._silent)
+        # Totals since the daemon started (metrics), and who hears of a refused message (the event stream).
+        self.counters = dict.fromkeys(("accepted", "delivered", "redelivered", "done", "rejected"), 0)
+        self.on_rejected: Callable[[str | None, str, FoundationError], None] = lambda sender, to, err: None
 
     # ---- lifecycle ----
 
@@ -178,7 +181,7 @@ class Broker:
 
     def _hello(self, name: str) -> None:
         box = self._box(name)
-        box.reset()  # anything in flight to an earlier connection goes again, in order
+        self._reset(box)  # anything in flight to an earlier connection goes again, in order
         self._pump(name)
         self._liveness.arm()
         self._on_hello(name)  # the agent is ready: its supervisor may start the next sibling
@@ -216,6 +219,7 @@ class Broker:
         entry = box.done(msg["id"]) if box is not None else None
         if entry is None:
             return  # stale: an earlier incarnation's delivery, already requeued
+        self.counters["done"] += 1
         if self._admission.done(session.name, entry):
             self._schedule_flush()
         if entry.kind == "call":
@@ -268,6 +272,7 @@ class Broker:
               gapless: bool = False) -> None:
         decision = self._admission.cast(sender, to, body, chan, self._recipient(to), respond=respond, gapless=gapless)
         if isinstance(decision, Refused):
+            self._rejected(sender, to, decision.error)
             respond(None, decision.error)
         else:  # accepted or a duplicate: both are answered after this turn's commit
             self._schedule_flush()
@@ -275,6 +280,7 @@ class Broker:
     def _call(self, sender: str | None, to: str, body: Any, timeout: float, respond: Respond) -> None:
         decision = self._admission.call(sender, to, body, respond, self._recipient(to))
         if isinstance(decision, Refused):
+            self._rejected(sender, to, decision.error)
             respond(None, decision.error)
         elif isinstance(decision, Accepted):
             self._calls.start(decision.staged.entry, timeout)
@@ -301,9 +307,11 @@ class Broker:
                 log.exception("outbox commit failed")
                 err = FoundationError(ErrorCode.INTERNAL, f"could not persist the message: {exc}")
                 staged, tell = self._admission.undo(turn, err)
+                self.counters["rejected"] += len(tell)
                 for respond, error in tell:
                     respond(None, error)
         touched, gone = set(), set()
+        self.counters["accepted"] += len(staged)
         for item in staged:
             if item.respond is not None:
                 item.respond(Receipt(item.entry.id), None)
@@ -327,7 +335,9 @@ class Broker:
         session = self._peers.session(name)
         if session is None:
             return
-        for entry in self._box(name).take(self.window):
+        entries = self._box(name).take(self.window)
+        self.counters["delivered"] += len(entries)
+        for entry in entries:
             self._peers.send(session.identity, "deliver", id=entry.id, seq=entry.seq, sender=entry.sender,
                              body=entry.body, call=entry.kind == "call", info=entry.kind == "info")
 
@@ -336,8 +346,17 @@ class Broker:
             return
         box = self._boxes.get(name)
         if box is not None:
-            for entry in box.reset():
+            for entry in self._reset(box):
                 self._calls.fail(entry, ErrorCode.AGENT_DOWN, f"{name} went down before it answered")
+
+    def _reset(self, box: Mailbox) -> list[Entry]:
+        """The recipient's connection is gone: what it had in flight goes again (counted), calls are returned."""
+        self.counters["redelivered"] += sum(1 for entry in box.inflight.values() if entry.persisted)
+        return box.reset()
+
+    def _rejected(self, sender: str | None, to: str, error: FoundationError) -> None:
+        self.counters["rejected"] += 1
+        self.on_rejected(sender, to, error)
 
     def _silent(self, name: str) -> None:
         self._disconnect(name)

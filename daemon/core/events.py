@@ -44,14 +44,16 @@ class ChildStarted(CoreEvent):
 
 @dataclass(frozen=True)
 class ChildExited(CoreEvent):
-    """A worker's process ended; ``reason`` as the log says it (``exited with status 1``, ``killed by SIGKILL``);
-    ``expected`` when the core had asked it to stop."""
+    """A worker's process ended; ``reason`` as the log says it (``exited with status 1``, ``killed by SIGKILL``),
+    ``status`` or ``signal`` as numbers; ``expected`` when the core had asked it to stop."""
 
     type: ClassVar[str] = "child_exited"
     name: str
     pid: int
     reason: str
     expected: bool
+    status: int | None = None  # the exit status, or
+    signal: int | None = None  # the number of the signal that killed it
 
 
 @dataclass(frozen=True)

@@ -434,7 +434,8 @@ class SupervisionTree:
         node.pid = None
         node.last_exit, node.last_exit_at = ev.describe(), self._clock()
         expected = node.state is State.STOPPING
-        self._record(events.ChildExited(self._clock(), node.name, ev.pid, node.last_exit, expected))
+        self._record(events.ChildExited(self._clock(), node.name, ev.pid, node.last_exit, expected, ev.status,
+                                         ev.signal))
         if node.state is State.STARTING:
             self._record(events.StartFailed(self._clock(), node.name, f"{node.last_exit} before it was ready"))
         if expected:

@@ -16,6 +16,7 @@ log = logging.getLogger("foundationd")
 class TreeQueries:
     def __init__(self, tree: SupervisionTree, send_signal: Callable[[int, int], None]) -> None:
         self._tree, self._signal = tree, send_signal
+        self.on_kill: Callable[[int, str], None] = lambda pid, cause: None  # (pid, "heartbeat"): for the events
 
     def agent_alive(self, name: str) -> bool | None:
         node = self._tree.find_quiet(name)
@@ -27,6 +28,7 @@ class TreeQueries:
         node = self._tree.find_quiet(name)
         if isinstance(node, Worker) and node.pid is not None:
             log.warning("killing %s: %s", name, reason)
+            self.on_kill(node.pid, "heartbeat")
             self._signal(node.pid, signal.SIGKILL)
 
     def liveness(self, name: str) -> float:
@@ -45,4 +47,5 @@ class TreeQueries:
         node = self._tree.find_quiet(name)
         if isinstance(node, Worker) and node.pid == pid:
             log.warning("killing %s (pid %d): %s", name, pid, reason)
+            self.on_kill(pid, "max_memory")
             self._signal(pid, signal.SIGKILL)

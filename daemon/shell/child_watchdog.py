@@ -43,6 +43,7 @@ class ChildReports:
         self.reported: dict[str, dict[str, Any]] = {}
         self._watchdogs: dict[str, TimerHandle] = {}
         self._watchdog_usec: dict[str, tuple[int, float]] = {}  # name -> (pid, interval) set by WATCHDOG_USEC=
+        self.on_kill: Callable[[int, str], None] = lambda pid, cause: None  # (pid, "watchdog"): for the events
 
     def child_of(self, pgid: int) -> str | None:
         """The notify child whose group leader is ``pgid`` (the socket's credential check asks)."""
@@ -151,6 +152,7 @@ class ChildReports:
             log.debug("%s: watchdog ran out while it is being stopped; left to its stop", name)
             return
         log.warning("%s %s", name, why)
+        self.on_kill(pid, "watchdog")
         self._kill(pid, signal.SIGKILL)
 
     def _set_usec(self, name: str, pid: int, value: str) -> None:

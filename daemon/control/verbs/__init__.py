@@ -9,7 +9,11 @@ from daemon.control.verbs import (
     attach,
     call,
     detach,
+    doctor,
+    events,
+    history,
     logs,
+    metrics,
     pid,
     reload,
     restart,
@@ -29,10 +33,10 @@ from daemon.control.verbs.base import Verb
 VERBS: dict[str, Verb] = {
     module.VERB.name: module.VERB
     for module in (status, start, stop, restart, signal, pid, attach, detach, save, shutdown, send, call, state,
-                   reload, logs, workflow, task)
+                   reload, logs, events, history, metrics, doctor, workflow, task)
 }
 
 # Verbs later issues will add that a control_group member may already use (they answer unknown_verb until then).
-FUTURE_READ_VERBS = frozenset({"metrics", "events", "doctor", "flags"})
+FUTURE_READ_VERBS = frozenset({"flags"})
 READ_VERBS = frozenset({v.name for v in VERBS.values() if v.access == "read"}) | FUTURE_READ_VERBS
 QUIET_VERBS = frozenset(v.name for v in VERBS.values() if v.access == "quiet")
