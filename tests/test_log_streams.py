@@ -133,7 +133,7 @@ def test_an_agent_has_two_streams_forked_from_the_zygote_or_execd(start_daemon) 
         assert streams["loud on stderr"] == "stderr"
 
 
-def test_a_restarted_child_leaves_no_pipe_behind(start_daemon, tmp_path: Path) -> None:
+def test_a_restarted_child_leaves_no_pipe_behind(start_daemon) -> None:
     d: DaemonProcess = start_daemon(BOTH)
     assert d.proc is not None
     fds = Path(f"/proc/{d.proc.pid}/fd")
