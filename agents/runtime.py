@@ -29,9 +29,10 @@ import orjson
 import zmq
 
 from agents.sdk import Agent, AgentLoadError, InvalidState, load_agent_class, validate_state
-from agents.state import StateStore, agent_state_path
+from agents.state import StateStore
 from ipc import wire
 from ipc.errors import ErrorCode, FoundationError
+from ipc.state_store import open_agent_store
 
 log = logging.getLogger("agent")
 
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         return _report_start_failure(f"cannot load {args[0]}: {_one_line(exc)}", exc)
     state_dir = Path(env.get("FOUNDATION_STATE_DIR", "."))
-    store = StateStore(agent_state_path(state_dir, name))
+    store = open_agent_store(state_dir, name)
     runtime = AgentRuntime(agent, name, endpoint, env.get("FOUNDATION_AGENT_TOKEN"), store)
     signal.signal(signal.SIGTERM, runtime.on_sigterm)
     try:

@@ -46,7 +46,8 @@ from typing import Any, ClassVar
 import lmdb
 import orjson
 
-__all__ = ["FORMAT", "MAX_READERS", "StateError", "StateStore", "agent_state_path", "fsync_dir"]
+__all__ = ["FORMAT", "MAX_READERS", "SHARED_PREFIXES", "SharedStateStore", "StateError", "StateStore",
+           "agent_state_path", "fsync_dir", "open_agent_store", "shared_store_path"]
 
 FORMAT = b"1"
 """Value of the b"format" key: the layout of this module's keys. Bumped only with a migration."""
@@ -127,6 +128,8 @@ class StateStore:
         "max_spare_txns": 0,
     }
 
+    _keys: tuple[bytes, bytes, bytes] = (_KEY_STATE, _KEY_SEQ, _KEY_FORMAT)
+
     def __init__(self, path: str | os.PathLike[str], map_size: int = 16 << 20, max_map_size: int = 4 << 30) -> None:
         if map_size <= 0 or max_map_size <= 0:
             raise ValueError("map_size and max_map_size must be positive")
@@ -176,9 +179,10 @@ class StateStore:
             try:
                 with env.begin() as txn:
                     # buffers=False (the default): get() returns bytes copied out of the map.
-                    raw_state = txn.get(_KEY_STATE)
-                    raw_seq = txn.get(_KEY_SEQ)
-                    raw_format = txn.get(_KEY_FORMAT)
+                    key_state, key_seq, key_format = self._keys
+                    raw_state = txn.get(key_state)
+                    raw_seq = txn.get(key_seq)
+                    raw_format = txn.get(key_format)
                 break
             except lmdb.MapResizedError:
                 # Another process grew the map past ours (an agent's store read by an inspector): adopt its size.
@@ -212,9 +216,10 @@ class StateStore:
         while True:
             try:
                 with env.begin(write=True) as txn:
-                    txn.put(_KEY_STATE, payload)
-                    txn.put(_KEY_SEQ, seq)
-                    txn.put(_KEY_FORMAT, FORMAT)
+                    key_state, key_seq, key_format = self._keys
+                    txn.put(key_state, payload)
+                    txn.put(key_seq, seq)
+                    txn.put(key_format, FORMAT)
                 return
             except lmdb.MapFullError as exc:
                 # The transaction was aborted by the with-block; grow the map and retry once per growth.
@@ -307,3 +312,71 @@ class StateStore:
             raise StateError(f"state store {self._path} is corrupt: the state is not JSON: {exc}", code="corrupt",
                              path=self._path) from exc
         return state, int.from_bytes(raw_seq, "big")
+
+
+SHARED_PREFIXES = {"workflow-": "workflows"}
+"""Agents whose name starts with one of these keep their state as keys of one shared environment,
+``<state_dir>/<environment>``, instead of an environment of their own: short-lived agents started by the thousand (a
+workflow's process) would otherwise pay for creating an environment and two directory fsyncs at each start, and
+``workflow list`` would open one environment per workflow."""
+
+
+def shared_store_path(state_dir: str | os.PathLike[str], name: str) -> Path | None:
+    """The shared environment agent ``name`` keeps its state in, or None when it has its own."""
+    for prefix, env in SHARED_PREFIXES.items():
+        if name.startswith(prefix):
+            return Path(state_dir) / env
+    return None
+
+
+class SharedStateStore(StateStore):
+    """One agent's state as three keys (``NAME\0state``, ``NAME\0last_seq``, ``NAME\0format``) of an environment
+    shared with others of its kind: the same commit (one write transaction, fsync'd) and the same load. Writers of
+    a shared environment queue on its one writer lock; each holds it for one small transaction. An inspector (the
+    daemon, the coordinator) opens it with no name and reads any agent's keys with ``load_of`` and ``names``."""
+
+    def __init__(self, path: str | os.PathLike[str], name: str | None = None, map_size: int = 64 << 20,
+                 max_map_size: int = 16 << 30) -> None:
+        if name is not None:
+            self._keys = _shared_keys(name)
+        self.name = name
+        super().__init__(path, map_size, max_map_size)
+
+    def load_of(self, name: str) -> tuple[Any | None, int]:
+        """``load`` of another agent's keys in this environment."""
+        mine = self._keys
+        self._keys = _shared_keys(name)
+        try:
+            return self.load()
+        finally:
+            self._keys = mine
+
+    def names(self) -> list[str]:
+        """Every agent with a state in this environment."""
+        env = self._usable()
+        suffix = b"\0" + _KEY_STATE
+        with env.begin() as txn:
+            return [bytes(k)[: -len(suffix)].decode() for k in txn.cursor().iternext(values=False)
+                    if bytes(k).endswith(suffix)]
+
+    def delete_of(self, name: str) -> None:
+        """Forget an agent's state (its record is no longer wanted)."""
+        env = self._usable()
+        with env.begin(write=True) as txn:
+            for key in _shared_keys(name):
+                txn.delete(key)
+
+
+def _shared_keys(name: str) -> tuple[bytes, bytes, bytes]:
+    if not name or "\0" in name:
+        raise ValueError(f"agent name {name!r} cannot be a key")
+    key = name.encode() + b"\0"
+    return key + _KEY_STATE, key + _KEY_SEQ, key + _KEY_FORMAT
+
+
+def open_agent_store(state_dir: str | os.PathLike[str], name: str) -> StateStore:
+    """The store agent ``name`` keeps its state in: its own environment, or its kind's shared one."""
+    shared = shared_store_path(state_dir, name)
+    if shared is not None:
+        return SharedStateStore(shared, name)
+    return StateStore(agent_state_path(state_dir, name))

@@ -5,7 +5,7 @@
                                                └─ call {"start": definition} on workflow-ID: answered once its
                                                   record is committed; the id is the reply
     cancel, pause, resume, resolve ──> attach workflow-ID again if it has exited, then call it
-    list, status ──> read the workflows' committed records (each workflow's own LMDB state)
+    list, status ──> read the workflows' committed records (<state>/workflows, shared by their processes)
 
 Killing the coordinator stops nothing: running workflows do not talk to it.
 """
@@ -22,7 +22,7 @@ from agents.workflow import engine
 from agents.workflow.client import Daemon
 from agents.workflow.process import PREFIX
 from ipc.errors import ErrorCode, FoundationError
-from ipc.state_store import StateStore, agent_state_path
+from ipc.state_store import SharedStateStore, shared_store_path
 from ipc.workflow_def import ID_RE, DefinitionError, parse
 
 OPERATIONS = ("cancel", "pause", "resume", "resolve")
@@ -35,6 +35,7 @@ class Coordinator(Agent):
         self._daemon = Daemon()
         self._state_dir = Path(os.environ.get("FOUNDATION_STATE_DIR", "."))
         self._pool = os.environ.get("FOUNDATION_TASK_AGENTS", "1")
+        self._records: SharedStateStore | None = None  # the workflows' shared environment, opened once it exists
 
     def handle_call(self, msg: Any, state: Any) -> tuple[Any, Any]:
         if not isinstance(msg, dict) or len(msg) != 1:
@@ -59,7 +60,7 @@ class Coordinator(Agent):
         if not isinstance(wf_id, str) or len(wf_id) > MAX_ID or not ID_RE.fullmatch(wf_id):
             raise FoundationError(ErrorCode.BAD_REQUEST, f"a workflow id is up to {MAX_ID} letters, digits, "
                                   f"'_', '.', '-', not {wf_id!r}")
-        if (agent_state_path(self._state_dir, PREFIX + wf_id) / "data.mdb").exists():
+        if self._read(wf_id) is not None:
             raise FoundationError(ErrorCode.ALREADY_EXISTS, f"a workflow with id {wf_id!r} exists already")
         self._ask(wf_id, {"start": {"id": wf_id, "definition": body["definition"]}})
         return {"id": wf_id}
@@ -93,33 +94,31 @@ class Coordinator(Agent):
     def _record(self, wf_id: Any) -> dict[str, Any]:
         if not isinstance(wf_id, str) or not ID_RE.fullmatch(wf_id):
             raise FoundationError(ErrorCode.BAD_REQUEST, f"not a workflow id: {wf_id!r}")
-        record = read_record(self._state_dir, wf_id)
+        record = self._read(wf_id)
         if record is None:
             raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no workflow {wf_id!r}")
         return record
 
+    def _store(self) -> SharedStateStore | None:
+        if self._records is None:
+            path = shared_store_path(self._state_dir, PREFIX)
+            if path is not None and (path / "data.mdb").exists():
+                self._records = SharedStateStore(path)
+        return self._records
+
+    def _read(self, wf_id: str) -> dict[str, Any] | None:
+        store = self._store()
+        record = store.load_of(PREFIX + wf_id)[0] if store is not None else None
+        return record if isinstance(record, dict) and record else None
+
     def _list(self) -> list[dict[str, Any]]:
         out = []
-        for wf_id in workflow_ids(self._state_dir):
-            record = read_record(self._state_dir, wf_id)
+        store = self._store()
+        for name in sorted(store.names() if store is not None else []):
+            wf_id = name[len(PREFIX):]
+            record = self._read(wf_id)
             if record is not None:
                 out.append({"id": wf_id, "state": record["state"], "created": record["created"],
                             "finished": record["finished"]})
         return sorted(out, key=lambda r: r["created"])
 
-
-def workflow_ids(state_dir: Path) -> list[str]:
-    try:
-        names = os.listdir(state_dir / "agents")
-    except FileNotFoundError:
-        return []
-    return [n[len(PREFIX):] for n in names if n.startswith(PREFIX)]
-
-
-def read_record(state_dir: Path, wf_id: str) -> dict[str, Any] | None:
-    path = agent_state_path(state_dir, PREFIX + wf_id)
-    if not (path / "data.mdb").exists():
-        return None
-    with StateStore(path) as store:
-        record, _ = store.load()
-    return record if isinstance(record, dict) and record else None

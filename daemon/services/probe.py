@@ -37,7 +37,7 @@ def commit(state_dir: Path) -> dict[str, Any]:
 
 
 def environments(state_dir: Path) -> dict[str, Path]:
-    found = {name: state_dir / name for name in ("broker", "history")}
+    found = {name: state_dir / name for name in ("broker", "history", "workflows", "tasks", "children")}
     agents = state_dir / "agents"
     if agents.is_dir():
         found.update({f"agents/{p.name}": p for p in sorted(agents.iterdir())})

@@ -9,7 +9,6 @@ by then) or leaves the tree; no waiter polls.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,7 @@ from daemon.services.durable_children import DurableChildren
 from daemon.services.tasks import Tasks
 from daemon.shell.loop import TimerHandle
 from ipc.errors import ErrorCode, FoundationError
-from ipc.state_store import StateError
+from ipc.state_store import StateError, shared_store_path
 from ipc.workflow_record import idle, summary
 
 if TYPE_CHECKING:
@@ -72,18 +71,15 @@ class WorkflowSide:
             raise FoundationError(ErrorCode.INTERNAL, f"cannot read workflow {wf_id!r}: {exc}") from None
         if not isinstance(record, dict) or not record:
             raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no workflow {wf_id!r}")
-        if self._app.tree.find_quiet(name) is None:
-            self._app.states.forget(name)  # do not keep a finished workflow's environment open
         return record
 
     def summary(self, wf_id: str) -> dict[str, Any]:
         return summary(self.record(wf_id))
 
     def listing(self) -> list[dict[str, Any]]:
-        try:
-            names = sorted(n for n in os.listdir(self._state_dir / "agents") if n.startswith(PREFIX))
-        except FileNotFoundError:
-            return []
+        path = shared_store_path(self._state_dir, PREFIX)
+        store = self._app.states.shared(path) if path is not None else None
+        names = sorted(store.names()) if store is not None else []
         out = []
         for name in names:
             try:
