@@ -146,3 +146,19 @@ def test_a_restarted_child_leaves_no_pipe_behind(start_daemon) -> None:
             d.request("restart", name="both")
             pid = d.wait_running("both", not_pid=pid)
         wait_for(lambda: pipes() == baseline, timeout=5, what=f"the daemon's pipes back to {baseline}")
+
+
+def test_output_pipes_close_the_write_ends_always_and_the_read_ends_on_an_error() -> None:
+    from daemon.shell.process import output_pipes  # noqa: PLC0415 - only this test uses the shell directly
+
+    before = set(os.listdir("/proc/self/fd"))
+    with output_pipes() as (reads, writes):
+        pass
+    for fd in writes:
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(fd)
+    for fd in reads:  # still open: the caller's
+        os.close(fd)
+    with pytest.raises(OSError, match="spawn failed"), output_pipes():
+        raise OSError("spawn failed")
+    assert set(os.listdir("/proc/self/fd")) == before

@@ -165,16 +165,14 @@ def output_pipes() -> Iterator[tuple[tuple[int, int], tuple[int, int]]]:
     the block raised. What the block does with the read ends otherwise is its own business.
     """
     fds: list[int] = []
+    handed_over = False
     try:
         fds.extend(os.pipe2(os.O_CLOEXEC))
         fds.extend(os.pipe2(os.O_CLOEXEC))
         yield (fds[0], fds[2]), (fds[1], fds[3])
-    except BaseException:
-        for fd in fds[0::2]:
-            os.close(fd)
-        raise
+        handed_over = True  # (not reached when the block raised)
     finally:
-        for fd in fds[1::2]:
+        for fd in fds[1::2] if handed_over else fds:
             os.close(fd)
 
 
