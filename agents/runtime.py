@@ -32,6 +32,7 @@ from agents.sdk import Agent, AgentLoadError, InvalidState, load_agent_class, va
 from agents.state import StateStore
 from ipc import wire
 from ipc.errors import ErrorCode, FoundationError
+from ipc.flags import FlagTable
 from ipc.state_store import open_agent_store
 
 log = logging.getLogger("agent")
@@ -66,6 +67,7 @@ class AgentRuntime:
         self._waiting = False
         self.state: Any = None
         self.last_seq = 0
+        self.flags = FlagTable()  # the daemon's flags: in the welcome, then each change as an info (ipc/flags.py)
         agent._runtime = self
 
     # ---- lifecycle ----
@@ -110,6 +112,7 @@ class AgentRuntime:
             detail = msg["error"] if msg else "no answer"
             raise SystemExit(f"agent {self.name}: the daemon refused hello: {detail}")
         self._heartbeat = float(msg["heartbeat"])
+        self.flags.replace(msg.get("flags"))
         self._next_beat = time.monotonic() + self._heartbeat
 
     # ---- receiving ----
@@ -227,6 +230,8 @@ class AgentRuntime:
             reply, state = self.agent.handle_call(body, self.state)
             return state, reply
         if msg["info"]:
+            if self.flags.take(body):  # a new flag table: the runtime's, not the agent's
+                return self.state, None
             return self.agent.handle_info(body, self.state), None
         return self.agent.handle_cast(body, self.state), None
 

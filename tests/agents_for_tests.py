@@ -208,3 +208,14 @@ def _fd_kind(fd: int) -> str:
     except OSError:
         return "gone"  # the listdir's own fd
     return target.split(":")[0] if ":" in target else ("file" if target.startswith("/") else target)
+
+
+class Loud(Agent):
+    """Says one line on stdout and one on stderr as it starts: the daemon keeps the two streams apart."""
+
+    def init(self) -> dict[str, Any]:
+        import sys  # noqa: PLC0415 - only this agent needs it
+
+        print("loud on stdout", flush=True)
+        print("loud on stderr", file=sys.stderr, flush=True)
+        return {}

@@ -242,6 +242,21 @@ def test_invalid_definitions_are_refused_naming_the_step(start_daemon, tmp_path)
     assert "root.parallel" in reply["error"]["message"]
 
 
+def test_a_commands_result_is_its_stdout_and_its_stderr_names_a_failure(start_daemon, tmp_path):
+    daemon = start_daemon(WORKFLOWS)
+    ok = 'echo "warming up" >&2; echo \'{"n": 1}\'; echo "done, really" >&2'
+    wf = run(daemon, {"task": {"id": "talk", "action": "command", "args": {"command": ["sh", "-c", ok]}}},
+             tmp_path, "streams")
+    assert ctl(daemon, "workflow", "wait", wf, "--timeout", "60").returncode == 0
+    assert json.loads(ctl(daemon, "workflow", "results", wf).stdout) == {"talk": {"n": 1}}
+    bad = 'echo "partial" ; echo "no such table: users" >&2; exit 3'
+    wf = run(daemon, {"task": {"id": "fail", "action": "command", "args": {"command": ["sh", "-c", bad]}}},
+             tmp_path, "streams2")
+    assert ctl(daemon, "workflow", "wait", wf, "--timeout", "60").returncode == 1
+    error = steps(daemon, wf)["fail"]["error"]
+    assert "no such table: users" in json.dumps(error), error
+
+
 def test_a_workflow_written_in_python_runs_with_the_same_checkpoints(start_daemon, tmp_path):
     daemon = start_daemon(WORKFLOWS)
     flow = sequential(

@@ -100,8 +100,10 @@ class Broker:
         self.endpoint = self._peers.endpoint
         self._liveness = Liveness(loop, heartbeat, liveness, self._peers.connected, self._silent)
         # Totals since the daemon started (metrics), and who hears of a refused message (the event stream).
-        self.counters = dict.fromkeys(("accepted", "delivered", "redelivered", "done", "rejected"), 0)
+        self.counters = dict.fromkeys(("accepted", "delivered", "redelivered", "done", "rejected", "failed"), 0)
         self.accept_latency, self.handle_latency = Latency(), Latency()
+        # (when, seconds from delivery to done) of finished messages, for the migration gates while they watch.
+        self.latencies: deque[tuple[float, float]] | None = None
         self.on_rejected: Callable[[str | None, str, FoundationError], None] = lambda sender, to, err: None
 
     # ---- lifecycle ----
@@ -161,6 +163,18 @@ class Broker:
         """When the oldest message still queued or in flight was admitted (monotonic), for metrics."""
         heads = [at for box in self._boxes.values() if (at := box.oldest()) is not None]
         return min(heads) if heads else None
+
+    def push_info(self, body: Any) -> list[str]:
+        """A notice from the daemon to every connected agent (a new flag table); those not connected get the
+        news in their welcome. Returns their names."""
+        names = sorted(s.name for s in self._peers.connected() if s.name is not None)
+        for name in names:
+            self._stage_info(name, body)
+        return names
+
+    def on_welcome(self, fields: Callable[[str], dict[str, Any]]) -> None:
+        """More fields for each agent's welcome frame (the flag table)."""
+        self._peers.welcome_fields = fields
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -227,7 +241,12 @@ class Broker:
         if entry is None:
             return  # stale: an earlier incarnation's delivery, already requeued
         self.counters["done"] += 1
-        self.handle_latency.observe(self._loop.clock() - entry.sent)
+        if "error" in msg:
+            self.counters["failed"] += 1
+        now = self._loop.clock()
+        self.handle_latency.observe(now - entry.sent)
+        if self.latencies is not None and entry.sent:
+            self.latencies.append((now, now - entry.sent))
         if self._admission.done(session.name, entry):
             self._schedule_flush()
         if entry.kind == "call":

@@ -48,6 +48,7 @@ MAX_PUSH = 500  # events in one update at most (a page that missed more is told 
 COALESCE = 0.2  # seconds: changes within this are pushed together
 WORKFLOWS_SHOWN = 20
 RESTARTS_SHOWN = 10
+ALERTS_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Section:
 
 
 def sections(obs: Observability) -> list[Section]:
-    """The page, top to bottom. Flags, stage, breakers and alerts are placeholders until their services exist."""
+    """The page, top to bottom. Breakers are a placeholder until their service exists (issue 14)."""
     app = obs.app
 
     def daemon() -> dict[str, Any]:
@@ -90,6 +91,16 @@ def sections(obs: Observability) -> list[Section]:
     def restarts() -> list[Event]:
         return obs.history.last(RESTARTS_SHOWN)[::-1] if obs.history is not None else []
 
+    def flags() -> list[dict[str, Any]] | None:
+        listing = app.flags.listing()["flags"] if getattr(app, "flags", None) is not None else []
+        return [{"name": f["name"], "value": f["value"]} for f in listing] or None
+
+    def stage() -> dict[str, Any] | None:
+        return app.flags.migrations.brief() if getattr(app, "flags", None) is not None else None
+
+    def alerts() -> list[Event] | None:
+        return obs.stream.tail(ALERTS_SHOWN, lambda e: e.get("type") in ("alert", "rollback"))[::-1] or None
+
     return [
         Section("daemon", "foundationd", daemon),
         Section("tree", "Supervision tree", tree),
@@ -97,10 +108,10 @@ def sections(obs: Observability) -> list[Section]:
                                                                          "supervisor_failed"))),
         Section("messaging", "Messaging", messaging, "no broker"),
         Section("workflows", "Workflows", workflows, refresh=_workflow_news),
-        Section("flags", "Flags", lambda: None, "feature flags arrive with issue 15"),
-        Section("stage", "Migration stage", lambda: None, "staged migrations and rollouts arrive with issue 15"),
+        Section("flags", "Flags", flags, "no feature flag ([flags] in the config, or foundationctl flags)"),
+        Section("stage", "Migration stage", stage, "no staged migration ([migration] in the config)"),
         Section("breakers", "Circuit breakers", lambda: None, "breakers arrive with issue 14"),
-        Section("alerts", "Alerts", lambda: None, "no alerts: analysis and rollback arrive with issue 15"),
+        Section("alerts", "Alerts", alerts, "no alert, no rollback"),
     ]
 
 
