@@ -53,6 +53,7 @@ from daemon.core.tree import SupervisionTree, Worker
 from daemon.services.observability import Observability
 from daemon.services.plan_runner import PlanRunner
 from daemon.services.reload import Reloader
+from daemon.services.resilience import Resilience
 from daemon.services.state_reader import StateReaders
 from daemon.services.systemd_status import SystemdStatus
 from daemon.services.tree_queries import TreeQueries
@@ -97,7 +98,6 @@ class App:
         self.systemd = SystemdStatus(self.notifier, self.tree, self.loop.clock, self.loop.call_later)
         self.queries = TreeQueries(self.tree, self.shell.signal)
         self.memory = MemoryWatch(self.loop.call_later, self.queries.memory_watched, self.queries.kill_for_memory)
-        self._memory_poke = False
         self._log_ring = RingHandler(self.logs)
         self.states = StateReaders(state_dir)
         self.reports = ChildReports(self.tree, self.loop.call_later, self.shell.signal, self.feed)
@@ -109,12 +109,13 @@ class App:
                                  is_ready=lambda: self.systemd.ready_sent, adopt=self.adopt_config)
         self.obs = Observability(self)  # events, restart history, metrics, doctor (daemon/services/observability.py)
         self.workflows = WorkflowSide(self, state_dir)
+        self.resilience = Resilience(self)  # breakers, rate limits, retry budgets, discovery, errors (issue 14)
         self.control: ControlServer | None = None
         self.broker: Broker | None = None
         self.child_notify: ChildNotifySocket | None = None
         self._timers: dict[int, TimerHandle] = {}
         self._pending: deque[Event] = deque()
-        self._exit_code = EXIT_OK
+        self._exit_code, self._memory_poke = EXIT_OK, False
 
     # ---- lifecycle ----
 
@@ -133,7 +134,7 @@ class App:
         q = self.queries
         self.broker = Broker(self.runtime_dir, self.state_dir, self.loop, agent_alive=q.agent_alive,
                              kill=q.kill_agent, mailbox_bound=q.mailbox_bound, liveness=q.liveness,
-                             on_hello=self._on_agent_hello)
+                             on_hello=self._on_agent_hello, services=self.resilience.frames)
         self.spawn_env.broker, self.spawn_env.notify = self.broker, self.child_notify
         self.obs.start()
         self.shell.start_guardian()  # before the first child: a SIGKILLed daemon leaves no process group behind
@@ -157,7 +158,7 @@ class App:
 
     def _close(self) -> None:
         for part in (self.memory, self.control, self.shell, self.broker, self.child_notify, self.states,
-                     self.notifier, self.workflows, self.obs):
+                     self.notifier, self.workflows, self.obs, self.resilience):
             if part is not None:
                 part.close()
         for sink in self._sinks:
@@ -290,8 +291,7 @@ class App:
                 "uptime_s": round(time.monotonic() - self.started_at, 3),
                 "runtime_dir": str(self.runtime_dir), "state_dir": str(self.state_dir),
                 "zygote": self.shell.zygote.describe(), "guardian": {"pid": self.shell.guardian.pid},
-                "spawn": self.shell.spawn_path,
-                **self.obs.describe(),
+                "spawn": self.shell.spawn_path, **self.obs.describe(),
             },
             "tree": self.reports.with_reports(self.tree.snapshot()),
             "broker": self.broker.stats() if self.broker is not None else None,

@@ -17,12 +17,14 @@ import socket
 import sys
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from daemon.core.resilience.settings import ResilienceConfig, SettingError
+from daemon.core.resilience.settings import parse as parse_resilience
 from daemon.core.spec import (
     BRUTAL_KILL,
     INFINITY,
@@ -44,7 +46,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 AGENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
-_TOP_KEYS = ("daemon", "metrics", "supervisor", "workflows")
+_TOP_KEYS = ("daemon", "metrics", "resilience", "supervisor", "workflows")
 _WORKFLOWS_KEYS = ("task_agents", "monitor")
 MAX_TASK_AGENTS = 64
 _DAEMON_KEYS = ("control_group", "fork_server", "runtime_dir", "state_dir")
@@ -101,6 +103,7 @@ class DaemonConfig:
     control_group: str | None = None
     fork_server: bool = True  # SDK agents forked from a preloaded zygote (agents/zygote.py) instead of exec'd
     metrics_listen: str | None = None  # [metrics] listen: "HOST:PORT" serving /metrics (DESIGN 3.9); None: off
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)  # [resilience]: breakers, limits, ...
     source: str = EMBEDDED
 
 
@@ -128,6 +131,11 @@ def parse_config(text: str, source: str) -> DaemonConfig:
     _Table(data, "", source).reject_unknown(_TOP_KEYS)
     settings = _daemon_settings(data.get("daemon"), source)
     settings.update(_metrics_settings(data.get("metrics"), source))
+    if "resilience" in data:
+        try:
+            settings["resilience"] = parse_resilience(data["resilience"])
+        except SettingError as exc:
+            raise ConfigError(source, exc.key, exc.message) from None
     root = _root(data.get("supervisor"), source)
     if "workflows" in data:
         root = _with_workflows(root, data["workflows"], source)

@@ -69,6 +69,8 @@ class FoundationCollector:
         if app.broker is not None:
             yield from self._broker(app.broker)
         yield self._loop_lag(app)
+        if getattr(app, "resilience", None) is not None:  # breakers and rate limits (daemon/services/resilience.py)
+            yield from app.resilience.metrics()
 
     @staticmethod
     def _daemon(app: Any, wall_offset: float) -> Iterator[Metric]:

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from daemon.control.verbs import (
     attach,
+    breaker,
+    breakers,
     call,
     detach,
     doctor,
+    errors,
     events,
     history,
+    limits,
     logs,
     metrics,
     pid,
@@ -19,6 +23,7 @@ from daemon.control.verbs import (
     restart,
     save,
     send,
+    services,
     shutdown,
     signal,
     start,
@@ -33,7 +38,8 @@ from daemon.control.verbs.base import Verb
 VERBS: dict[str, Verb] = {
     module.VERB.name: module.VERB
     for module in (status, start, stop, restart, signal, pid, attach, detach, save, shutdown, send, call, state,
-                   reload, logs, events, history, metrics, doctor, workflow, task)
+                   reload, logs, events, history, metrics, doctor, workflow, task,
+                   breakers, breaker, limits, services, errors)  # resilience (issue 14)
 }
 
 # Verbs later issues will add that a control_group member may already use (they answer unknown_verb until then).
