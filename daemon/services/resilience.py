@@ -140,6 +140,11 @@ class Resilience:
         except FoundationError as err:
             broker.answer(session, "reply", ref=msg["ref"], error=err.to_wire())
             return
+        except Exception as exc:  # a bug: the agent still gets its answer (it waits for this ref); the daemon goes on
+            log.exception("resilience: %s from %s failed", msg["op"], session.name)
+            err = FoundationError(ErrorCode.INTERNAL, repr(exc))
+            broker.answer(session, "reply", ref=msg["ref"], error=err.to_wire())
+            return
         broker.answer(session, "reply", ref=msg["ref"], body=body)
 
     def on_svc_cast(self, session: Session, msg: dict[str, Any]) -> None:
@@ -183,7 +188,8 @@ class Resilience:
 
     def _retry(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         budget = self._budget(_name(args))
-        return {"allowed": budget.withdraw(self.clock()), **budget.describe(self.clock())}
+        allowed = budget.withdraw(self.clock())
+        return {**budget.describe(self.clock()), "allowed": allowed}
 
     def _register(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         name = session.name
@@ -211,7 +217,7 @@ class Resilience:
 
     def _lookup(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         capability = args.get("capability")
-        return {"services": [{"name": s["name"], "pid": s["pid"], "meta": s["capabilities"].get(capability, {})}
+        return {"services": [{"name": s["name"], "pid": s["pid"], "meta": s["meta"].get(capability, {})}
                              for s in self.services(capability if isinstance(capability, str) else None)]}
 
     # ---- changes out ----
