@@ -16,6 +16,7 @@ import pytest
 
 from agents.state import StateError, StateStore, agent_state_path
 from agents.testing import wait_for
+from ipc.state_store import SharedStateStore, open_agent_store, shared_store_path
 
 PY = sys.executable
 WRITER = str(Path(__file__).parent / "children" / "state_writer.py")
@@ -322,3 +323,25 @@ def test_sigkill_mid_write_leaves_the_last_committed_state(path: Path) -> None:
         in_flight_kept += seq == reports[-1] + 1
         last = seq
     print(f"seed {seed}: final n {last}; {in_flight_kept}/200 kills kept an unreported in-flight commit")
+
+
+def test_shared_store_keeps_each_agents_state_apart_in_one_environment(tmp_path: Path) -> None:
+    assert shared_store_path(tmp_path, "counter") is None
+    assert shared_store_path(tmp_path, "workflow-a") == tmp_path / "workflows"
+    with open_agent_store(tmp_path, "workflow-a") as a:
+        assert isinstance(a, SharedStateStore)
+        assert a.load() == (None, 0)
+        a.commit({"n": 1}, 3)
+        a.commit({"n": 2}, 4)
+    with open_agent_store(tmp_path, "workflow-b") as b:
+        b.commit({"n": 9}, 1)
+        assert b.load() == ({"n": 9}, 1)
+    with SharedStateStore(tmp_path / "workflows") as inspector:
+        assert sorted(inspector.names()) == ["workflow-a", "workflow-b"]
+        assert inspector.load_of("workflow-a") == ({"n": 2}, 4)
+        inspector.delete_of("workflow-b")
+        assert inspector.names() == ["workflow-a"]
+        assert inspector.load_of("workflow-b") == (None, 0)
+        with pytest.raises(ValueError, match="cannot be a key"):
+            inspector.load_of("")
+    assert not (tmp_path / "agents").exists()

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from helpers import ctl
 
 from agents.testing import DaemonProcess, wait_for
+from agents.workflow import DefinitionError, Workflows, command, parallel, python, sequential
+from ipc.errors import FoundationError
 
 WORKFLOWS = """
 [supervisor]
@@ -215,6 +218,7 @@ def test_cancel_kills_running_commands_and_list_shows_every_workflow(start_daemo
     assert out.read_text().split() == ["long"]
     listing = json.loads(ctl(daemon, "workflow", "list", "--json").stdout)
     assert [(w["id"], w["state"]) for w in listing] == [("cancelme", "cancelled")]
+    assert json.loads(ctl(daemon, "workflow", "list", "--state", "running", "--json").stdout) == []
 
 
 def test_invalid_definitions_are_refused_naming_the_step(start_daemon, tmp_path):
@@ -236,3 +240,39 @@ def test_invalid_definitions_are_refused_naming_the_step(start_daemon, tmp_path)
     assert reply["ok"] is False
     assert reply["error"]["code"] == "bad_request"
     assert "root.parallel" in reply["error"]["message"]
+
+
+def test_a_workflow_written_in_python_runs_with_the_same_checkpoints(start_daemon, tmp_path):
+    daemon = start_daemon(WORKFLOWS)
+    flow = sequential(
+        parallel(command("a", ["sh", "-c", "echo 2"]),
+                 python("b", "agents.workflow.examples:add", {"a": 1, "b": 2}, idempotent=True)),
+        python("c", "agents.workflow.examples:flaky", {"counter": str(tmp_path / "n"), "succeed_on": 2},
+               retry={"initial_interval": 0.01}),
+    )
+    with pytest.raises(DefinitionError, match="used twice"):
+        parallel(command("x", ["true"]), command("x", ["true"]))
+    with Workflows(daemon.runtime_dir) as workflows:
+        wf = workflows.run(flow, "py")
+        summary = workflows.wait(wf, timeout=60)
+        assert summary["state"] == "completed"
+        assert workflows.results(wf) == {"a": 2, "b": 3, "c": "ok on call 2"}
+        assert [w["id"] for w in workflows.list()] == ["py"]
+        with pytest.raises(FoundationError, match="already_exists"):
+            workflows.run(flow, "py")
+
+
+def test_pause_lets_the_running_step_finish_and_starts_no_other_until_resume(start_daemon, tmp_path):
+    daemon = start_daemon(WORKFLOWS)
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    wf = run(daemon, {"sequential": [step("first", out, gate), step("second", out)]}, tmp_path, "pz")
+    wait_for(out.exists, timeout=20, what="the first step running")
+    assert ctl(daemon, "workflow", "pause", wf).returncode == 0
+    gate.touch()
+    done = ctl(daemon, "workflow", "wait", wf, "--timeout", "60", "--json")
+    assert json.loads(done.stdout)["state"] == "paused"
+    assert out.read_text().split() == ["first"]
+    assert {s["id"]: s["state"] for s in json.loads(done.stdout)["steps"]} == {"first": "done", "second": "pending"}
+    assert ctl(daemon, "workflow", "resume", wf).returncode == 0
+    assert ctl(daemon, "workflow", "wait", wf, "--timeout", "60").returncode == 0
+    assert out.read_text().split() == ["first", "second"]

@@ -2,8 +2,9 @@
 
     workflow run ──call {"run"}──> coordinator ── attach workflow-ID under ``workflows`` (durable: the daemon
                                                │  brings it back after its own restart)
-                                               └─ call {"start": definition} on workflow-ID: answered once its
-                                                  record is committed; the id is the reply
+                                               └─ the definition rides in its environment (and in the durable
+                                                  record of the attach): the run is on disk, the id is the reply;
+                                                  a definition over 64 KiB goes by a call {"start"} instead
     cancel, pause, resume, resolve ──> attach workflow-ID again if it has exited, then call it
     list, status ──> read the workflows' committed records (<state>/workflows, shared by their processes)
 
@@ -17,15 +18,18 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from agents.sdk import Agent
 from agents.workflow import engine
 from agents.workflow.client import Daemon
-from agents.workflow.process import PREFIX
+from agents.workflow.process import PREFIX, START_VARIABLE
 from ipc.errors import ErrorCode, FoundationError
 from ipc.state_store import SharedStateStore, shared_store_path
 from ipc.workflow_def import ID_RE, DefinitionError, parse
 
 OPERATIONS = ("cancel", "pause", "resume", "resolve")
+MAX_INLINE = 64 * 1024  # larger definitions go by a call after the attach (an exec'd agent's env string is limited)
 PROCESS_AGENT = "agents.workflow.process:WorkflowProcess"
 MAX_ID = 64 - len(PREFIX)
 
@@ -62,7 +66,12 @@ class Coordinator(Agent):
                                   f"'_', '.', '-', not {wf_id!r}")
         if self._read(wf_id) is not None:
             raise FoundationError(ErrorCode.ALREADY_EXISTS, f"a workflow with id {wf_id!r} exists already")
-        self._ask(wf_id, {"start": {"id": wf_id, "definition": body["definition"]}})
+        start = {"id": wf_id, "definition": body["definition"]}
+        encoded = orjson.dumps(start).decode()
+        if len(encoded) <= MAX_INLINE:  # the attach's durable record holds the run: answered without waiting
+            self._attach(wf_id, env={START_VARIABLE: encoded}, sync=False)
+        else:
+            self._ask(wf_id, {"start": start})
         return {"id": wf_id}
 
     def _operate(self, kind: str, body: dict[str, Any]) -> Any:
@@ -82,11 +91,12 @@ class Coordinator(Agent):
                     raise
         raise AssertionError("unreachable")
 
-    def _attach(self, wf_id: str, again: bool = False) -> None:
+    def _attach(self, wf_id: str, again: bool = False, env: dict[str, str] | None = None, sync: bool = True
+                ) -> None:
         spec = {"name": PREFIX + wf_id, "agent": PROCESS_AGENT, "restart": "transient", "on_intensity": "park",
-                "env": {"FOUNDATION_TASK_AGENTS": self._pool}}
+                "env": {"FOUNDATION_TASK_AGENTS": self._pool, **(env or {})}}
         try:
-            self._daemon.request("attach", parent="workflows", spec=spec, durable=True, ephemeral=True)
+            self._daemon.request("attach", parent="workflows", spec=spec, durable=True, ephemeral=True, sync=sync)
         except FoundationError as exc:
             if not (again and exc.code == ErrorCode.ALREADY_EXISTS):
                 raise

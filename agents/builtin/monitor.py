@@ -1,6 +1,6 @@
 """The monitor agent (``monitor``): collects the agents' health for the services that decide on it.
 
-Every ``FOUNDATION_MONITOR_INTERVAL`` seconds (5) it reads the daemon's status once and keeps, per child, its state,
+Every ``FOUNDATION_MONITOR_INTERVAL`` seconds (10) it reads the daemon's status once and keeps, per child, its state,
 restarts, pid and last exit; a call ``{"health": true}`` answers with that table and when it was taken. It keeps
 nothing on disk: health is only worth its freshness.
 """
@@ -20,7 +20,7 @@ class Monitor(Agent):
         self._daemon = Daemon(timeout=10.0)
         self._health: dict[str, Any] = {}
         self._taken: float | None = None
-        self._interval = float(os.environ.get("FOUNDATION_MONITOR_INTERVAL", "5"))
+        self._interval = float(os.environ.get("FOUNDATION_MONITOR_INTERVAL", "10"))
 
     def mount(self, state: Any) -> None:
         self.set_timer(0.01, every=self._interval)

@@ -33,6 +33,7 @@ from ipc.workflow_def import Step, parse, tasks
 log = logging.getLogger("workflow")
 
 PREFIX = "workflow-"
+START_VARIABLE = "FOUNDATION_WORKFLOW_START"  # set by the coordinator: {"id", "definition"}
 
 
 def task_agent(wf_id: str, step_id: str, pool: int) -> str:
@@ -56,6 +57,9 @@ class WorkflowProcess(Agent):
 
     def mount(self, state: dict[str, Any]) -> None:
         if not state:
+            start = os.environ.get(START_VARIABLE)
+            if start:  # a cast to ourselves: handled (and committed) as any message; a repeat is ignored
+                self.send(self.name, {"start": orjson.loads(start)})
             return
         self._root = parse(state["definition"])
         now = time.time()

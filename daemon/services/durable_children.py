@@ -25,7 +25,7 @@ class DurableChildren:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._env = lmdb.open(str(path), map_size=64 << 20, subdir=True, sync=True, metasync=True, max_readers=8)
         self._env.reader_check()
-        self._names: set[str] = set()
+        self._specs: dict[str, dict[str, Any]] = {}  # name -> the attach request's spec
 
     def close(self) -> None:
         self._env.close()
@@ -33,15 +33,20 @@ class DurableChildren:
     def remember(self, name: str, parent: str, spec: dict[str, Any], ephemeral: bool) -> None:
         with self._env.begin(write=True) as txn:
             txn.put(name.encode(), orjson.dumps({"parent": parent, "spec": spec, "ephemeral": ephemeral}))
-        self._names.add(name)
+        self._specs[name] = spec
+
+    def spec(self, name: str) -> dict[str, Any] | None:
+        """The spec a durable child was attached with (its environment, for instance), while it is remembered."""
+        return self._specs.get(name)
 
     def removed(self, names: Iterable[str]) -> None:
-        gone = [n for n in names if n in self._names]
+        gone = [n for n in names if n in self._specs]
         if gone:
             with self._env.begin(write=True) as txn:
                 for name in gone:
                     txn.delete(name.encode())
-            self._names.difference_update(gone)
+            for name in gone:
+                del self._specs[name]
 
     def restore(self, attach: Callable[[str, dict[str, Any], bool], None]) -> None:
         """Attach every remembered child again (at boot, after the tree's own children have been started)."""
@@ -50,13 +55,13 @@ class DurableChildren:
         dropped = []
         for name, record in records:
             try:
+                self._specs[name] = record["spec"]
                 attach(record["parent"], record["spec"], record["ephemeral"])
-                self._names.add(name)
             except Exception as exc:
                 log.warning("could not attach %s again (dropped): %s", name, exc)
                 dropped.append(name)
         if dropped:
-            self._names.update(dropped)
+            self._specs.update({name: {} for name in dropped})
             self.removed(dropped)
         if records:
             log.info("attached %d durable dynamic child(ren) again", len(records) - len(dropped))

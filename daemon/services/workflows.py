@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from daemon.config import child_spec_from_dict
 from daemon.core.protocol import Exited
 from daemon.services.durable_children import DurableChildren
@@ -20,12 +22,14 @@ from daemon.services.tasks import Tasks
 from daemon.shell.loop import TimerHandle
 from ipc.errors import ErrorCode, FoundationError
 from ipc.state_store import StateError, shared_store_path
+from ipc.workflow_def import parse, tasks
 from ipc.workflow_record import idle, summary
 
 if TYPE_CHECKING:
     from daemon.app import App
 
 PREFIX = "workflow-"
+START_VARIABLE = "FOUNDATION_WORKFLOW_START"  # (agents/workflow/process.py's: daemon/ does not import agents/)
 Reply = Callable[[Any], Any]
 
 
@@ -70,8 +74,21 @@ class WorkflowSide:
         except (StateError, ValueError) as exc:
             raise FoundationError(ErrorCode.INTERNAL, f"cannot read workflow {wf_id!r}: {exc}") from None
         if not isinstance(record, dict) or not record:
+            record = self._starting(name)
+        if record is None:
             raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no workflow {wf_id!r}")
         return record
+
+    def _starting(self, name: str) -> dict[str, Any] | None:
+        """A workflow whose process has not committed its record yet: what its durable attach says it will be."""
+        spec = self.durable.spec(name)
+        start = (spec or {}).get("env", {}).get(START_VARIABLE)
+        if not start:
+            return None
+        begun = orjson.loads(start)
+        steps = {t.id: {"state": "pending", "attempts": 0} for t in tasks(parse(begun["definition"]))}
+        return {"id": begun["id"], "definition": begun["definition"], "state": "running", "created": None,
+                "finished": None, "steps": steps}
 
     def summary(self, wf_id: str) -> dict[str, Any]:
         return summary(self.record(wf_id))
@@ -87,7 +104,7 @@ class WorkflowSide:
             except FoundationError:
                 continue
             out.append({k: record[k] for k in ("id", "state", "created", "finished")})
-        return sorted(out, key=lambda r: r["created"])
+        return sorted(out, key=lambda r: r["created"] or float("inf"))
 
     def wait(self, wf_id: str, reply: Reply, timeout: float) -> None:
         """Answer the summary once the workflow has finished or waits for an operator (or after ``timeout``)."""

@@ -3,8 +3,9 @@
 Wire: ``{"verb": "attach", "args": {"parent": SUP, "spec": {...config keys...}}}`` -> ``{"name", "state", "pid"}``
 once its first start has settled. Optional args: ``ephemeral`` (removed from the tree once it ends and is not
 restarted, as OTP's simple_one_for_one children), ``durable`` (attached again when the daemon restarts; the
-coordinator attaches workflow processes so). CLI: ``foundationctl attach NAME [--parent SUP] [--restart TYPE] [--json]
-(-- COMMAND... | --agent MODULE:CLASS)``.
+coordinator attaches workflow processes so), ``sync`` (default true; false: answered as soon as the child is added,
+and a failed first start counts as a crash in its supervisor instead of being reported here).
+CLI: ``foundationctl attach NAME [--parent SUP] [--restart TYPE] [--json] (-- COMMAND... | --agent MODULE:CLASS)``.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
         raise FoundationError(ErrorCode.INVALID_SPEC, str(exc)) from None
     limit = wait_limit(req)  # checked before anything changes
     ephemeral, durable = req.args.get("ephemeral", False), req.args.get("durable", False)
-    if not isinstance(ephemeral, bool) or not isinstance(durable, bool):
-        raise FoundationError(ErrorCode.BAD_REQUEST, "'ephemeral' and 'durable' must be true or false")
+    sync = req.args.get("sync", True)
+    if not all(isinstance(flag, bool) for flag in (ephemeral, durable, sync)):
+        raise FoundationError(ErrorCode.BAD_REQUEST, "'ephemeral', 'durable' and 'sync' must be true or false")
     ctx.check_spawnable(spec)
     if durable and ctx.tree.find_quiet(spec.name) is None:
         ctx.workflows.durable.remember(spec.name, parent, req.args["spec"], ephemeral)
     try:
-        ctx.apply(ctx.tree.attach(parent, spec, synchronous=True, ephemeral=ephemeral))
+        ctx.apply(ctx.tree.attach(parent, spec, synchronous=sync, ephemeral=ephemeral))
     except FoundationError:
         if durable:
             ctx.workflows.durable.removed((spec.name,))
@@ -51,7 +53,11 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     node = ctx.tree.find_quiet(spec.name)
     if node is None or node.rejected is not None:  # failed at once (e.g. a spawn error) and removed again
         raise _rejected(spec.name, node.rejected if node is not None else None, ctx)
-    ctx.attached[spec.name] = (parent, req.args["spec"])  # what `save` writes into the config
+    if not sync:  # answered now; its first start is supervised as any restart (a failure counts as a crash)
+        reply(describe(node))
+        return
+    if not ephemeral:
+        ctx.attached[spec.name] = (parent, req.args["spec"])  # what `save` writes into the config
 
     def answer() -> Any:
         if node.rejected is not None:

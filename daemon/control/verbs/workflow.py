@@ -6,11 +6,11 @@ Wire: ``{"verb": "workflow", "args": {"op": OP, ...}}`` with OP
   committed state by the daemon itself, so they answer while the coordinator is down;
   ``wait`` (``id``, ``timeout``) -> the summary once the workflow's process has left the tree (it has finished, or
   waits for an operator), or after ``timeout`` with ``"pending": true``;
-  ``list`` -> ``[{"id", "state", "created", "finished"}]``;
+  ``list`` (``state``?) -> ``[{"id", "state", "created", "finished"}]``, oldest first;
   ``cancel`` / ``pause`` / ``resume`` (``id``), ``resolve`` (``id``, ``step``, ``done`` | ``retry``): the coordinator
   hands them to the workflow's process (attaching it again if it had exited).
 CLI: ``foundationctl workflow run FILE [--id ID]``, ``status ID [--json]``, ``wait ID [--timeout S]`` (exit 0
-completed, 1 otherwise), ``results ID``, ``list [--json]``, ``cancel|pause|resume ID``,
+completed, 1 otherwise), ``results ID``, ``list [--state S] [--json]``, ``cancel|pause|resume ID``,
 ``resolve ID STEP (--done JSON | --retry)``. FILE is JSON or TOML (by its extension; ``-`` reads JSON on stdin).
 """
 
@@ -28,6 +28,7 @@ from daemon.control.verbs.base import Reply, Verb, str_arg
 from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
 from ipc.workflow_def import DefinitionError, parse
+from ipc.workflow_record import STATES
 
 COORDINATOR = "coordinator"
 OPS = ("run", "status", "wait", "results", "list", "cancel", "pause", "resume", "resolve")
@@ -45,7 +46,10 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
         raise FoundationError(ErrorCode.BAD_REQUEST, f"'op' must be one of {', '.join(OPS)}")
     side = ctx.workflows
     if op == "list":
-        reply(side.listing())
+        state = req.args.get("state")
+        if state is not None and state not in STATES:
+            raise FoundationError(ErrorCode.BAD_REQUEST, f"'state' must be one of {', '.join(STATES)}")
+        reply([w for w in side.listing() if state is None or w["state"] == state])
         return
     if op in ("run", "cancel", "pause", "resume", "resolve"):
         _ask_coordinator(ctx, op, req.args, reply)
@@ -99,6 +103,7 @@ def setup(parser: argparse.ArgumentParser) -> None:
     wait.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="seconds (3600)")
     add_json(wait)
     listing = ops.add_parser("list", help="every workflow with its state")
+    listing.add_argument("--state", choices=STATES, help="only the workflows in this state")
     add_json(listing)
     resolve = ops.add_parser("resolve", help="settle an ambiguous step: its result, or run it once more")
     resolve.add_argument("id", metavar="ID")
@@ -148,7 +153,7 @@ def run(client: ControlClient, args: argparse.Namespace) -> int:
         print(result["id"])
         return EXIT_OK
     if op == "list":
-        result = client.request("workflow", op="list")
+        result = client.request("workflow", op="list", **({"state": args.state} if args.state else {}))
         print_result(args, result, lambda: "\n".join(f"{w['id']}\t{w['state']}" for w in result) or "(none)")
         return EXIT_OK
     if op == "wait":
