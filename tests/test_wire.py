@@ -29,6 +29,9 @@ VALID: dict[str, dict[str, Any]] = {
     "cancel_timer": {"ref": 4},
     "tick": {"ref": 4},
     "error": {"error": {"code": "bad_request", "message": "no"}},
+    "svc": {"ref": 5, "op": "breaker.permit", "args": {"name": "payments"}},
+    "svc_cast": {"op": "report", "args": {"breakers": {"payments": [3, 1, 0]}}},
+    "breaker": {"name": "payments", "state": "open"},
 }
 
 

@@ -39,11 +39,11 @@ class SettingError(ValueError):
 @dataclass(frozen=True)
 class ResilienceConfig:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
-    breakers: dict[str, BreakerSettings] = field(default_factory=dict)
-    limits: dict[str, LimitSettings] = field(default_factory=dict)
+    breakers: dict[str, BreakerSettings] = field(default_factory=dict, hash=False)  # (compared, not hashed: a
+    limits: dict[str, LimitSettings] = field(default_factory=dict, hash=False)  # DaemonConfig stays hashable)
     retry_budget: BudgetSettings = field(default_factory=BudgetSettings)
     alert_window: float = 60.0
-    alerts: dict[str, int] = field(default_factory=dict)
+    alerts: dict[str, int] = field(default_factory=dict, hash=False)
 
     def breaker_for(self, name: str) -> BreakerSettings:
         return self.breakers.get(name, self.breaker)
