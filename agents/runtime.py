@@ -33,6 +33,7 @@ from agents.sdk import Agent, AgentLoadError, InvalidState, load_agent_class, va
 from agents.state import StateStore
 from ipc import wire
 from ipc.errors import ErrorCode, FoundationError, classify, error_context, from_exception
+from ipc.flags import FlagTable
 from ipc.state_store import open_agent_store
 
 log = logging.getLogger("agent")
@@ -68,6 +69,7 @@ class AgentRuntime:
         self.state: Any = None
         self.last_seq = 0
         self.resilience = ResilienceClient(self)  # breakers, limits, retries, discovery (agents/resilience.py)
+        self.flags = FlagTable()  # the daemon's flags: in the welcome, then each change as an info (ipc/flags.py)
         agent._runtime = self
 
     # ---- lifecycle ----
@@ -112,6 +114,7 @@ class AgentRuntime:
             detail = msg["error"] if msg else "no answer"
             raise SystemExit(f"agent {self.name}: the daemon refused hello: {detail}")
         self._heartbeat = float(msg["heartbeat"])
+        self.flags.replace(msg.get("flags"))
         self._next_beat = time.monotonic() + self._heartbeat
 
     # ---- receiving ----
@@ -236,6 +239,8 @@ class AgentRuntime:
             reply, state = self.agent.handle_call(body, self.state)
             return state, reply
         if msg["info"]:
+            if self.flags.take(body):  # a new flag table: the runtime's, not the agent's
+                return self.state, None
             return self.agent.handle_info(body, self.state), None
         return self.agent.handle_cast(body, self.state), None
 

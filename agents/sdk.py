@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ipc.errors import ErrorCode, FoundationError
+from ipc.flags import FlagTable
 
 if TYPE_CHECKING:
     from agents.resilience import Guard, ResilienceClient
@@ -39,6 +40,7 @@ class Runtime(Protocol):
     """What an agent may ask of whatever runs it: the real runtime, or the in-process test harness."""
 
     name: str
+    flags: FlagTable
 
     def send(self, to: str, body: Any) -> str: ...
     def call(self, to: str, body: Any, timeout: float) -> Any: ...
@@ -117,6 +119,11 @@ class Agent:
 
     def cancel_timer(self, ref: int) -> None:
         self._rt().cancel_timer(ref)
+
+    def enabled(self, flag: str, ident: object = "") -> bool:
+        """Whether feature flag ``flag`` is on for ``ident`` (a user, a tenant, a key), answered locally from the
+        daemon's table, which the daemon pushes on every change (DESIGN 3.8; an unknown flag is off)."""
+        return self._rt().flags.enabled(flag, str(ident))
 
     def persist(self, state: Any) -> None:
         """Commit ``state`` now, in the middle of a handler (the message itself still counts as unhandled until

@@ -10,8 +10,7 @@
     control verbs (daemon/control/verbs/*) ─┴─> tree requests, Waiters (answer when settled), PlanRunner (reload)
     broker (daemon/broker/) <── agent hello = Ready; agent exit -> broker.agent_exited; tree -> mailbox bounds
 
-Every event goes into the core, whose actions ``apply`` carries out, feeding their events straight back; then it
-checks waiters and tells systemd. Parts: daemon/shell, daemon/broker, daemon/control, daemon/services.
+Events go into the core; ``apply`` carries out its actions (their events straight back), checks waiters, tells systemd.
 """
 
 from __future__ import annotations
@@ -50,6 +49,7 @@ from daemon.core.protocol import (
 from daemon.core.spec import ChildSpec, WorkerSpec, worker_specs
 from daemon.core.states import State
 from daemon.core.tree import SupervisionTree, Worker
+from daemon.services.flags import FlagService
 from daemon.services.observability import Observability
 from daemon.services.plan_runner import PlanRunner
 from daemon.services.reload import Reloader
@@ -98,7 +98,7 @@ class App:
         self.systemd = SystemdStatus(self.notifier, self.tree, self.loop.clock, self.loop.call_later)
         self.queries = TreeQueries(self.tree, self.shell.signal)
         self.memory = MemoryWatch(self.loop.call_later, self.queries.memory_watched, self.queries.kill_for_memory)
-        self._log_ring = RingHandler(self.logs)
+        self._memory_poke, self._exit_code, self._log_ring = False, EXIT_OK, RingHandler(self.logs)
         self.states = StateReaders(state_dir)
         self.reports = ChildReports(self.tree, self.loop.call_later, self.shell.signal, self.feed)
         self.spawn_env = SpawnEnv(runtime_dir, state_dir, self.shell)
@@ -108,14 +108,13 @@ class App:
                                  notifier=self.notifier, config_path=config_path,
                                  is_ready=lambda: self.systemd.ready_sent, adopt=self.adopt_config)
         self.obs = Observability(self)  # events, restart history, metrics, doctor (daemon/services/observability.py)
-        self.workflows = WorkflowSide(self, state_dir)
+        self.workflows, self.flags = WorkflowSide(self, state_dir), FlagService(self, state_dir)  # (flags: migrations)
         self.resilience = Resilience(self)  # breakers, rate limits, retry budgets, discovery, errors (issue 14)
         self.control: ControlServer | None = None
         self.broker: Broker | None = None
         self.child_notify: ChildNotifySocket | None = None
         self._timers: dict[int, TimerHandle] = {}
         self._pending: deque[Event] = deque()
-        self._exit_code, self._memory_poke = EXIT_OK, False
 
     # ---- lifecycle ----
 
@@ -137,6 +136,7 @@ class App:
                              on_hello=self._on_agent_hello, services=self.resilience.frames)
         self.spawn_env.broker, self.spawn_env.notify = self.broker, self.child_notify
         self.obs.start()
+        self.flags.start()  # before the tree boots: an agent's welcome carries the flag table
         self.shell.start_guardian()  # before the first child: a SIGKILLed daemon leaves no process group behind
         if any(w.agent for w in worker_specs(self.config.root)):  # the zygote imports the SDK meanwhile
             self.shell.start_zygote()
@@ -158,7 +158,7 @@ class App:
 
     def _close(self) -> None:
         for part in (self.memory, self.control, self.shell, self.broker, self.child_notify, self.states,
-                     self.notifier, self.workflows, self.obs, self.resilience):
+                     self.notifier, self.workflows, self.flags, self.obs, self.resilience):
             if part is not None:
                 part.close()
         for sink in self._sinks:
@@ -184,6 +184,7 @@ class App:
         self.config = new
         self.shell.zygote.configure(new.fork_server)
         self.shell.clear_credentials()  # (users and groups looked up again at their next spawn)
+        self.flags.configure(new)
 
     def feed(self, event: Event) -> None:
         self.apply(self.tree.handle(event))
@@ -287,11 +288,10 @@ class App:
     def status(self) -> dict[str, Any]:
         return {
             "daemon": {
-                "pid": os.getpid(), "version": version(),
-                "uptime_s": round(time.monotonic() - self.started_at, 3),
-                "runtime_dir": str(self.runtime_dir), "state_dir": str(self.state_dir),
+                "pid": os.getpid(), "version": version(), "uptime_s": round(time.monotonic() - self.started_at, 3),
+                "runtime_dir": str(self.runtime_dir), "state_dir": str(self.state_dir), "spawn": self.shell.spawn_path,
                 "zygote": self.shell.zygote.describe(), "guardian": {"pid": self.shell.guardian.pid},
-                "spawn": self.shell.spawn_path, **self.obs.describe(),
+                **self.obs.describe(),
             },
             "tree": self.reports.with_reports(self.tree.snapshot()),
             "broker": self.broker.stats() if self.broker is not None else None,

@@ -36,6 +36,7 @@ from daemon.core.spec import (
     SupervisorSpec,
     WorkerSpec,
 )
+from daemon.services.migrations_core import MigrationSpec, SpecError, parse_flags, parse_migration
 
 ROOT_NAME = "root"
 EMBEDDED = "<embedded>"
@@ -46,7 +47,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 AGENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
-_TOP_KEYS = ("daemon", "metrics", "resilience", "supervisor", "workflows")
+_TOP_KEYS = ("daemon", "flags", "metrics", "migration", "resilience", "supervisor", "workflows")
 _WORKFLOWS_KEYS = ("task_agents", "monitor")
 MAX_TASK_AGENTS = 64
 _DAEMON_KEYS = ("control_group", "fork_server", "runtime_dir", "state_dir")
@@ -103,6 +104,8 @@ class DaemonConfig:
     control_group: str | None = None
     fork_server: bool = True  # SDK agents forked from a preloaded zygote (agents/zygote.py) instead of exec'd
     metrics_listen: str | None = None  # [metrics] listen: "HOST:PORT" serving /metrics (DESIGN 3.9); None: off
+    flags: tuple[tuple[str, Any], ...] = ()  # [flags] name = on | off | PERCENT (DESIGN 3.8)
+    migration: MigrationSpec | None = None  # [migration] and its [[migration.stages]]
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)  # [resilience]: breakers, limits, ...
     source: str = EMBEDDED
 
@@ -131,6 +134,7 @@ def parse_config(text: str, source: str) -> DaemonConfig:
     _Table(data, "", source).reject_unknown(_TOP_KEYS)
     settings = _daemon_settings(data.get("daemon"), source)
     settings.update(_metrics_settings(data.get("metrics"), source))
+    settings.update(_flag_settings(data, source))
     if "resilience" in data:
         try:
             settings["resilience"] = parse_resilience(data["resilience"])
@@ -215,6 +219,19 @@ def _metrics_settings(value: object, source: str) -> dict[str, Any]:
     except ValueError as exc:
         raise table.error("listen", str(exc)) from None
     return {"metrics_listen": listen}
+
+
+def _flag_settings(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``[flags]`` and ``[migration]`` (daemon/services/migrations_core.py validates them)."""
+    out: dict[str, Any] = {}
+    try:
+        if "flags" in data:
+            out["flags"] = parse_flags(data["flags"])
+        if "migration" in data:
+            out["migration"] = parse_migration(data["migration"])
+    except SpecError as exc:
+        raise ConfigError(source, exc.key, exc.message) from None
+    return out
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -56,6 +56,8 @@ class ErrorCode(StrEnum):
     INVALID_STATE = "invalid_state"  # a handler returned a state its schema rejects; the old state stays
     INVALID_CONFIG = "invalid_config"  # a reload whose config does not validate; the running tree is unchanged
     BUSY = "busy"  # another reload is still being applied
+    NO_SUCH_FLAG = "no_such_flag"  # a flag operation on a name that is not a flag
+    NOT_READY = "not_ready"  # migrate next before the stage held its hold time with its gates green
     INTERNAL = "internal"  # a bug in the daemon; the request failed, the daemon keeps running
     # resilience (issue 14)
     BREAKER_OPEN = "breaker_open"  # the dependency's circuit breaker is open (or isolated): the call was not made

@@ -158,7 +158,8 @@ ERRORS = [
     (_child(""), C0, "needs a command or an agent"),
     (_worker('agent = "m:C"'), C0, "not both"),
     ('[[supervisor.children]]\ncommand = ["x"]', f"{C0}.name", "missing"),
-    ("unknown = 1", "unknown", "unknown key (known: daemon, metrics, resilience, supervisor, workflows)"),
+    ("unknown = 1", "unknown", "unknown key (known: daemon, flags, metrics, migration, resilience, supervisor, "
+                               "workflows)"),
     ("[workflows]\ntask_agents = 0", "workflows.task_agents", "an integer from 1 to 64"),
     ("[workflows]\nmonitors = 1", "workflows.monitors", "unknown key"),
     ("[daemon]\nruntime = 1", "daemon.runtime", "known: control_group, fork_server, runtime_dir, state_dir"),

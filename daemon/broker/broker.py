@@ -101,7 +101,9 @@ class Broker:
         self.endpoint = self._peers.endpoint
         self._liveness = Liveness(loop, heartbeat, liveness, self._peers.connected, self._silent)
         # Totals since the daemon started (metrics), and who hears of a refused message (the event stream).
-        self.counters = dict.fromkeys(("accepted", "delivered", "redelivered", "done", "rejected"), 0)
+        self.counters = dict.fromkeys(("accepted", "delivered", "redelivered", "done", "rejected", "failed"), 0)
+        # (when, seconds from delivery to done) of finished messages, for the migration gates while they watch.
+        self.latencies: deque[tuple[float, float]] | None = None
         self.on_rejected: Callable[[str | None, str, FoundationError], None] = lambda sender, to, err: None
 
     # ---- lifecycle ----
@@ -169,6 +171,18 @@ class Broker:
         self._peers.send(session.identity, kind, **fields)
         return True
 
+    def push_info(self, body: Any) -> list[str]:
+        """A notice from the daemon to every connected agent (a new flag table); those not connected get the
+        news in their welcome. Returns their names."""
+        names = sorted(s.name for s in self._peers.connected() if s.name is not None)
+        for name in names:
+            self._stage_info(name, body)
+        return names
+
+    def on_welcome(self, fields: Callable[[str], dict[str, Any]]) -> None:
+        """More fields for each agent's welcome frame (the flag table)."""
+        self._peers.welcome_fields = fields
+
     def stats(self) -> dict[str, Any]:
         return {
             "monitors": len(self._monitors),
@@ -234,6 +248,11 @@ class Broker:
         if entry is None:
             return  # stale: an earlier incarnation's delivery, already requeued
         self.counters["done"] += 1
+        if "error" in msg:
+            self.counters["failed"] += 1
+        if self.latencies is not None and entry.sent:
+            now = self._loop.clock()
+            self.latencies.append((now, now - entry.sent))
         if self._admission.done(session.name, entry):
             self._schedule_flush()
         if entry.kind == "call":
@@ -352,7 +371,9 @@ class Broker:
             return
         entries = self._box(name).take(self.window)
         self.counters["delivered"] += len(entries)
+        now = self._loop.clock() if self.latencies is not None else 0.0
         for entry in entries:
+            entry.sent = now
             self._peers.send(session.identity, "deliver", id=entry.id, seq=entry.seq, sender=entry.sender,
                              body=entry.body, call=entry.kind == "call", info=entry.kind == "info")
 

@@ -24,6 +24,7 @@ class Entry:
     body: Any
     kind: str = "cast"  # cast | call | info
     caller: Any = None  # where a call's reply goes (opaque to the mailbox)
+    sent: float = 0.0  # monotonic time of its last delivery (handling latency, for the migration gates)
 
     @property
     def persisted(self) -> bool:
