@@ -47,7 +47,7 @@ AGENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 _TOP_KEYS = ("daemon", "flags", "metrics", "migration", "supervisor", "workflows")
-_WORKFLOWS_KEYS = ("task_agents", "monitor")
+_WORKFLOWS_KEYS = ("task_agents", "monitor", "pool")
 MAX_TASK_AGENTS = 64
 _DAEMON_KEYS = ("control_group", "fork_server", "log_dir", "log_keep", "log_max_size", "runtime_dir", "state_dir")
 _LOG_KEYS = {"log_dir": "directory", "log_max_size": "max_size", "log_keep": "keep"}  # [daemon] -> LogSettings
@@ -621,11 +621,15 @@ def _with_workflows(root: SupervisorSpec, value: object, source: str) -> Supervi
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_TASK_AGENTS:
         raise table.error("task_agents", f"an integer from 1 to {MAX_TASK_AGENTS}, not {_describe(count)}")
     monitor = _boolean(table.data.get("monitor", True), table.at("monitor"), source)
+    warm = table.data.get("pool", 2)
+    if isinstance(warm, bool) or not isinstance(warm, int) or not 0 <= warm <= MAX_TASK_AGENTS:
+        raise table.error("pool", f"an integer from 0 to {MAX_TASK_AGENTS}, not {_describe(warm)}")
     pool = (("FOUNDATION_TASK_AGENTS", str(count)),)
     added: list[ChildSpec] = [
         # A workflow process that keeps crashing is parked (attached so), never allowed to fail this supervisor.
         SupervisorSpec(name="workflows", intensity=100, period=10.0),
-        WorkerSpec(name="coordinator", agent="agents.builtin.coordinator:Coordinator", env=pool),
+        WorkerSpec(name="coordinator", agent="agents.builtin.coordinator:Coordinator",
+                   env=(*pool, ("FOUNDATION_WORKFLOW_POOL", str(warm)))),
         SupervisorSpec(name="tasks", intensity=10 * count, period=10.0, children=tuple(
             WorkerSpec(name=f"task-{i}", agent="agents.builtin.task:TaskAgent") for i in range(1, count + 1))),
     ]
