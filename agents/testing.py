@@ -34,7 +34,8 @@ T = TypeVar("T")
 
 TRACEBACK = "Traceback (most recent call last):"
 # At the start of a line: the daemon's own (log.exception, an uncaught error, a helper sharing its stderr), maybe
-# after a journal priority. A child's lines carry "name | " in front: its tracebacks are its own business.
+# after a journal priority. A child's lines carry "name | " (from its stderr "name ! ") in front: its tracebacks are
+# its own business.
 _OWN_TRACEBACK = re.compile(r"^(?:<\d>)?" + re.escape(TRACEBACK), re.MULTILINE)
 
 _trackers: list[list[DaemonProcess]] = []

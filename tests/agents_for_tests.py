@@ -281,3 +281,14 @@ class Guarded(Agent):
         if "discover" in msg:
             return self.discover(msg["discover"]), state
         return state, state
+
+
+class Loud(Agent):
+    """Says one line on stdout and one on stderr as it starts: the daemon keeps the two streams apart."""
+
+    def init(self) -> dict[str, Any]:
+        import sys  # noqa: PLC0415 - only this agent needs it
+
+        print("loud on stdout", flush=True)
+        print("loud on stderr", file=sys.stderr, flush=True)
+        return {}

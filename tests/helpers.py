@@ -134,4 +134,4 @@ class RealProcesses:
 
 def shell() -> ProcessShell:
     """A ProcessShell whose loop callbacks do nothing: for tests of how it would spawn, not of spawning."""
-    return ProcessShell(lambda fd, cb: None, lambda fd: None, lambda ev: None, lambda name, lines: None)
+    return ProcessShell(lambda fd, cb: None, lambda fd: None, lambda ev: None, lambda name, stream, lines: None)

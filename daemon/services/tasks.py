@@ -12,7 +12,8 @@ whoever asked has died since. If the daemon itself dies, the command dies with i
 the next boot a record still ``running`` from an earlier boot becomes a ``lost`` outcome, which the workflow turns
 into a retry (idempotent steps) or an ambiguous step.
 
-Result of a command: its output parsed as JSON, else its last line as a string; exit status 0 is success. A non-zero
+Result of a command: its stdout parsed as JSON, else its last stdout line as a string (what it says on stderr stays
+out of it; a failure is named by its last stderr line, else its last stdout line); exit status 0 is success. A non-zero
 status fails the step as a business error, except 75 (EX_TEMPFAIL), which is an infrastructure error (retried);
 killed by a signal it did not get from us: infrastructure; past its timeout: timeout.
 """
@@ -24,7 +25,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,7 +60,8 @@ class Broker(Protocol):
 
 
 class Tasks:
-    def __init__(self, state_dir: Path, ctx: Context, output: Callable[[str, int], list[tuple[float, str]]],
+    def __init__(self, state_dir: Path, ctx: Context, output: Callable[[str, int, Collection[str] | None],
+                                                                   list[tuple[float, str, str]]],
                  call_later: Callable[[float, Callable[[], None]], TimerHandle],
                  kill: Callable[[int, int], None]) -> None:
         path = state_dir / "tasks"
@@ -135,7 +137,7 @@ class Tasks:
         elif why == "cancelled":
             result = {"error": _error("cancelled", "business", "cancelled")}
         elif event.status == 0:
-            result = {"ok": parse_output(self._stdout(event.name))}
+            result = {"ok": parse_output(self._lines(event.name))}
         elif event.status == EX_TEMPFAIL:
             result = {"error": _error("exit_status", "infrastructure", self._failure(event), {"status": 75})}
         elif event.signal is not None:
@@ -205,12 +207,12 @@ class Tasks:
 
         self.broker.send(record["notify"], body, respond)
 
-    def _stdout(self, name: str) -> list[str]:
-        return [line for _, line in self._output(name, RESULT_LINES)
-                if not (line.startswith("-- started (pid ") or line.startswith("-- exited: "))]
+    def _lines(self, name: str, streams: tuple[str, ...] = ("stdout",)) -> list[str]:
+        """The command's own lines (not the daemon's start and exit markers) from ``streams``."""
+        return [line for _, _, line in self._output(name, RESULT_LINES, streams)]
 
     def _failure(self, event: Exited) -> str:
-        lines = self._stdout(event.name)
+        lines = self._lines(event.name, ("stderr",)) or self._lines(event.name)  # where it says why, if it does
         return f"{event.describe()}" + (f": {lines[-1]}" if lines else "")
 
     def _get(self, key: str) -> dict[str, Any] | None:
