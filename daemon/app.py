@@ -54,6 +54,7 @@ from daemon.services.flags import FlagService
 from daemon.services.observability import Observability
 from daemon.services.plan_runner import PlanRunner
 from daemon.services.reload import Reloader
+from daemon.services.resilience import Resilience
 from daemon.services.state_reader import StateReaders
 from daemon.services.systemd_status import SystemdStatus
 from daemon.services.tree_queries import TreeQueries
@@ -107,6 +108,7 @@ class App:
                                  is_ready=lambda: self.systemd.ready_sent, adopt=self.adopt_config)
         self.obs = Observability(self)  # events, restart history, metrics, doctor (daemon/services/observability.py)
         self.workflows, self.flags = WorkflowSide(self, state_dir), FlagService(self, state_dir)  # (flags: migrations)
+        self.resilience = Resilience(self)  # breakers, rate limits, retry budgets, discovery, errors (issue 14)
         self.control: ControlServer | None = None
         self.broker: Broker | None = None
         self.child_notify: ChildNotifySocket | None = None
@@ -131,7 +133,7 @@ class App:
         q = self.queries
         self.broker = Broker(self.runtime_dir, self.state_dir, self.loop, agent_alive=q.agent_alive,
                              kill=q.kill_agent, mailbox_bound=q.mailbox_bound, liveness=q.liveness,
-                             on_hello=self._on_agent_hello)
+                             on_hello=self._on_agent_hello, services=self.resilience.frames)
         self.spawn_env.broker, self.spawn_env.notify = self.broker, self.child_notify
         self.obs.start()
         self.flags.start()  # before the tree boots: an agent's welcome carries the flag table
@@ -156,7 +158,7 @@ class App:
 
     def _close(self) -> None:
         for part in (self.memory, self.control, self.shell, self.output, self.broker, self.child_notify, self.states,
-                     self.notifier, self.workflows, self.flags, self.obs):
+                     self.notifier, self.workflows, self.flags, self.obs, self.resilience):
             if part is not None:
                 part.close()
         for sink in self._sinks:

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.logfiles import MAX_KEEP, MIN_MAX_SIZE, LogSettings
+from daemon.core.resilience.settings import ResilienceConfig, SettingError
+from daemon.core.resilience.settings import parse as parse_resilience
 from daemon.core.spec import (
     BRUTAL_KILL,
     INFINITY,
@@ -46,8 +48,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 AGENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
-_TOP_KEYS = ("daemon", "dashboard", "flags", "metrics", "migration", "supervisor", "workflows")
-_WORKFLOWS_KEYS = ("task_agents", "monitor")
+_TOP_KEYS = ("daemon", "dashboard", "flags", "metrics", "migration", "resilience", "supervisor", "workflows")
+_WORKFLOWS_KEYS = ("task_agents", "monitor", "pool")
 MAX_TASK_AGENTS = 64
 _DAEMON_KEYS = ("control_group", "fork_server", "log_dir", "log_keep", "log_max_size", "runtime_dir", "state_dir")
 _LOG_KEYS = {"log_dir": "directory", "log_max_size": "max_size", "log_keep": "keep"}  # [daemon] -> LogSettings
@@ -108,6 +110,7 @@ class DaemonConfig:
     dashboard_listen: str | None = None  # [dashboard] listen: "HOST:PORT" serving the live page; None: off
     flags: tuple[tuple[str, Any], ...] = ()  # [flags] name = on | off | PERCENT (DESIGN 3.8)
     migration: MigrationSpec | None = None  # [migration] and its [[migration.stages]]
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)  # [resilience]: breakers, limits, ...
     source: str = EMBEDDED
 
 
@@ -141,6 +144,11 @@ def parse_config(text: str, source: str) -> DaemonConfig:
     settings.update(_listen_settings(data.get("metrics"), "metrics", "/metrics", 9464, source))
     settings.update(_listen_settings(data.get("dashboard"), "dashboard", "the dashboard", 9465, source))
     settings.update(_flag_settings(data, source))
+    if "resilience" in data:
+        try:
+            settings["resilience"] = parse_resilience(data["resilience"])
+        except SettingError as exc:
+            raise ConfigError(source, exc.key, exc.message) from None
     root = _root(data.get("supervisor"), source)
     _check_log_keys(data.get("supervisor"), "supervisor", source, logs.directory is not None)
     if "workflows" in data:
@@ -625,11 +633,15 @@ def _with_workflows(root: SupervisorSpec, value: object, source: str) -> Supervi
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_TASK_AGENTS:
         raise table.error("task_agents", f"an integer from 1 to {MAX_TASK_AGENTS}, not {_describe(count)}")
     monitor = _boolean(table.data.get("monitor", True), table.at("monitor"), source)
+    warm = table.data.get("pool", 2)
+    if isinstance(warm, bool) or not isinstance(warm, int) or not 0 <= warm <= MAX_TASK_AGENTS:
+        raise table.error("pool", f"an integer from 0 to {MAX_TASK_AGENTS}, not {_describe(warm)}")
     pool = (("FOUNDATION_TASK_AGENTS", str(count)),)
     added: list[ChildSpec] = [
         # A workflow process that keeps crashing is parked (attached so), never allowed to fail this supervisor.
         SupervisorSpec(name="workflows", intensity=100, period=10.0),
-        WorkerSpec(name="coordinator", agent="agents.builtin.coordinator:Coordinator", env=pool),
+        WorkerSpec(name="coordinator", agent="agents.builtin.coordinator:Coordinator",
+                   env=(*pool, ("FOUNDATION_WORKFLOW_POOL", str(warm)))),
         SupervisorSpec(name="tasks", intensity=10 * count, period=10.0, children=tuple(
             WorkerSpec(name=f"task-{i}", agent="agents.builtin.task:TaskAgent") for i in range(1, count + 1))),
     ]

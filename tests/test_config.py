@@ -159,8 +159,8 @@ ERRORS = [
     (_child(""), C0, "needs a command or an agent"),
     (_worker('agent = "m:C"'), C0, "not both"),
     ('[[supervisor.children]]\ncommand = ["x"]', f"{C0}.name", "missing"),
-    ("unknown = 1", "unknown",
-     "unknown key (known: daemon, dashboard, flags, metrics, migration, supervisor, workflows)"),
+    ("unknown = 1", "unknown", "unknown key (known: daemon, dashboard, flags, metrics, migration, resilience, "
+                               "supervisor, workflows)"),
     ("[workflows]\ntask_agents = 0", "workflows.task_agents", "an integer from 1 to 64"),
     ("[workflows]\nmonitors = 1", "workflows.monitors", "unknown key"),
     ("[daemon]\nruntime = 1", "daemon.runtime",

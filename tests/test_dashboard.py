@@ -129,7 +129,7 @@ def test_the_page_the_snapshot_and_the_stream_show_a_restart(start_daemon) -> No
     assert names[:2] == ["daemon", "tree"]
     assert {"messaging", "workflows", "flags", "stage", "breakers", "alerts"} <= set(names)
     assert section(snapshot["sections"], "flags")["data"] is None
-    assert "issue 14" in section(snapshot["sections"], "breakers")["placeholder"]
+    assert "no circuit breaker" in section(snapshot["sections"], "breakers")["placeholder"]
     assert find(section(snapshot["sections"], "tree")["data"], "ticker")["pid"] == first
     assert section(snapshot["sections"], "messaging")["data"]["counters"]["accepted"] == 0
 
@@ -188,7 +188,7 @@ def test_a_headless_chromium_shows_a_killed_childs_restart_without_a_reload(star
         wait_for(lambda: page.evaluate(cell.format("pid")) == str(first), timeout=20, what="the page showing ticker")
         assert page.evaluate(cell.format("state")) == "running"
         assert page.evaluate("document.getElementById('conn').textContent") == "live"
-        assert page.evaluate("document.querySelector('#s-breakers .placeholder').textContent").startswith("breakers")
+        assert page.evaluate("document.querySelector('#s-breakers .placeholder').textContent").startswith("no circuit")
         os.kill(first, signal.SIGKILL)
         second = daemon.wait_running("ticker", not_pid=first)
         wait_for(lambda: page.evaluate(cell.format("pid")) == str(second), timeout=20, what="the new pid shown")

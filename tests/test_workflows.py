@@ -91,7 +91,8 @@ def test_a_workflow_survives_sigkill_of_task_agent_workflow_process_and_coordina
     lines = out.read_text().split()
     assert sorted(lines) == ["a", "b", "c", "d", "e"], lines
     assert all(s["attempts"] == 1 and s["state"] == "done" for s in steps(daemon, wf).values())
-    wait_for(lambda: daemon.node("workflows")["children"] == [], what="the finished workflow leaving the tree")
+    wait_for(lambda: "workflow-chaos" not in [c["name"] for c in daemon.node("workflows")["children"]],
+             what="the finished workflow leaving the tree")
 
 
 def test_a_non_idempotent_step_killed_with_the_daemon_becomes_ambiguous_and_resolve_retry_runs_it_once_more(
@@ -273,6 +274,9 @@ def test_a_workflow_written_in_python_runs_with_the_same_checkpoints(start_daemo
         assert summary["state"] == "completed"
         assert workflows.results(wf) == {"a": 2, "b": 3, "c": "ok on call 2"}
         assert [w["id"] for w in workflows.list()] == ["py"]
+        pooled = workflows.run(parallel(command("d", ["true"])))  # no id: a process of the warm pool
+        assert workflows.wait(pooled, timeout=60)["state"] == "completed"
+        assert sorted(w["id"] for w in workflows.list()) == sorted(["py", pooled])
         with pytest.raises(FoundationError, match="already_exists"):
             workflows.run(flow, "py")
 

@@ -72,6 +72,7 @@ class Broker:
         liveness: Callable[[str], float] = lambda name: 10.0,
         on_hello: Callable[[str], None] = lambda name: None,
         window: int = 64,
+        services: dict[str, Handler] | None = None,
     ) -> None:
         """``agent_alive(name)``: None if no agent of that name is in the tree, else whether it runs."""
         self._loop = loop
@@ -95,6 +96,7 @@ class Broker:
             "cast": self._on_cast, "call": self._on_call, "done": self._on_done, "heartbeat": self._on_heartbeat,
             "monitor": self._on_monitor, "demonitor": self._on_demonitor, "timer": self._on_timer,
             "cancel_timer": self._on_cancel_timer,
+            **(services or {}),  # frame kinds of daemon services (resilience: svc, svc_cast)
         }
         self._peers = Peers(runtime_dir, loop, heartbeat=heartbeat, handlers=handlers, on_hello=self._hello)
         self.endpoint = self._peers.endpoint
@@ -163,6 +165,18 @@ class Broker:
         """When the oldest message still queued or in flight was admitted (monotonic), for metrics."""
         heads = [at for box in self._boxes.values() if (at := box.oldest()) is not None]
         return min(heads) if heads else None
+
+    def answer(self, session: Session, kind: str, **fields: Any) -> None:
+        """For services: a frame back to the session a frame of theirs came from."""
+        self._peers.send(session.identity, kind, **fields)
+
+    def push(self, to: str, kind: str, **fields: Any) -> bool:
+        """For services: a frame to agent ``to``'s live session; False when it has none."""
+        session = self._peers.session(to)
+        if session is None:
+            return False
+        self._peers.send(session.identity, kind, **fields)
+        return True
 
     def push_info(self, body: Any) -> list[str]:
         """A notice from the daemon to every connected agent (a new flag table); those not connected get the
@@ -332,7 +346,8 @@ class Broker:
                 self._outbox.commit(turn.batch)
             except lmdb.Error as exc:
                 log.exception("outbox commit failed")
-                err = FoundationError(ErrorCode.INTERNAL, f"could not persist the message: {exc}")
+                err = FoundationError(ErrorCode.INTERNAL, f"could not persist the message: {exc}",
+                                      category="infrastructure", context={"exception": type(exc).__name__})
                 staged, tell = self._admission.undo(turn, err)
                 self.counters["rejected"] += len(tell)
                 for respond, error in tell:

@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         with ControlClient(str(path)) as client:
             return verb.run(client, args)
     except FoundationError as exc:
+        if getattr(args, "json", False):  # the one error shape (DESIGN 3.7), for scripts, on standard output
+            print(orjson.dumps({"error": exc.to_wire()}).decode())
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_DAEMON_ERROR
     except ControlUnreachable as exc:

@@ -61,7 +61,7 @@ class Section:
 
 
 def sections(obs: Observability) -> list[Section]:
-    """The page, top to bottom. Breakers are a placeholder until their service exists (issue 14)."""
+    """The page, top to bottom."""
     app = obs.app
 
     def daemon() -> dict[str, Any]:
@@ -98,6 +98,11 @@ def sections(obs: Observability) -> list[Section]:
     def stage() -> dict[str, Any] | None:
         return app.flags.migrations.brief() if getattr(app, "flags", None) is not None else None
 
+    def breakers() -> list[dict[str, Any]] | None:
+        service = getattr(app, "resilience", None)
+        rows = service.describe_breakers() if service is not None else []
+        return [{"name": r["name"], "state": r["state"], "open_for_s": r.get("open_for_s")} for r in rows] or None
+
     def alerts() -> list[Event] | None:
         return obs.stream.tail(ALERTS_SHOWN, lambda e: e.get("type") in ("alert", "rollback"))[::-1] or None
 
@@ -110,7 +115,8 @@ def sections(obs: Observability) -> list[Section]:
         Section("workflows", "Workflows", workflows, refresh=_workflow_news),
         Section("flags", "Flags", flags, "no feature flag ([flags] in the config, or foundationctl flags)"),
         Section("stage", "Migration stage", stage, "no staged migration ([migration] in the config)"),
-        Section("breakers", "Circuit breakers", lambda: None, "breakers arrive with issue 14"),
+        Section("breakers", "Circuit breakers", breakers, "no circuit breaker yet (made at an agent's first call "
+                "through one)"),
         Section("alerts", "Alerts", alerts, "no alert, no rollback"),
     ]
 

@@ -71,6 +71,8 @@ class FoundationCollector:
             yield from self._broker(app.broker, app.loop.clock())
         yield from self._workflows(obs.steps)
         yield self._loop_lag(app)
+        if getattr(app, "resilience", None) is not None:  # breakers and rate limits (daemon/services/resilience.py)
+            yield from app.resilience.metrics()
 
     @staticmethod
     def _workflows(steps: dict[tuple[str, str], int]) -> Iterator[Metric]:

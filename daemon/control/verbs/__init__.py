@@ -7,13 +7,17 @@ from __future__ import annotations
 
 from daemon.control.verbs import (
     attach,
+    breaker,
+    breakers,
     call,
     detach,
     doctor,
+    errors,
     events,
     flag,
     flags,
     history,
+    limits,
     logs,
     metrics,
     migrate,
@@ -22,6 +26,7 @@ from daemon.control.verbs import (
     restart,
     save,
     send,
+    services,
     shutdown,
     signal,
     start,
@@ -36,7 +41,8 @@ from daemon.control.verbs.base import Verb
 VERBS: dict[str, Verb] = {
     module.VERB.name: module.VERB
     for module in (status, start, stop, restart, signal, pid, attach, detach, save, shutdown, send, call, state,
-                   reload, logs, events, history, metrics, doctor, workflow, task, flags, flag, migrate)
+                   reload, logs, events, history, metrics, doctor, workflow, task, flags, flag, migrate,
+                   breakers, breaker, limits, services, errors)  # resilience (issue 14)
 }
 
 # Verbs later issues will add that a control_group member may already use (they answer unknown_verb until then).
