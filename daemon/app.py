@@ -58,6 +58,7 @@ from daemon.services.resilience import Resilience
 from daemon.services.state_reader import StateReaders
 from daemon.services.systemd_status import SystemdStatus
 from daemon.services.tree_queries import TreeQueries
+from daemon.services.upgrade import Upgrader
 from daemon.services.workflows import WorkflowSide
 from daemon.shell import forkserver
 from daemon.shell.child_notify import ChildNotifySocket
@@ -108,7 +109,7 @@ class App:
                                  is_ready=lambda: self.systemd.ready_sent, adopt=self.adopt_config)
         self.obs = Observability(self)  # events, restart history, metrics, doctor (daemon/services/observability.py)
         self.workflows, self.flags = WorkflowSide(self, state_dir), FlagService(self, state_dir)  # (flags: migrations)
-        self.resilience = Resilience(self)  # breakers, rate limits, retry budgets, discovery, errors (issue 14)
+        self.resilience, self.upgrader = Resilience(self), Upgrader(self)  # issue 14; in-place upgrade (issue 19)
         self.control: ControlServer | None = None
         self.broker: Broker | None = None
         self.child_notify: ChildNotifySocket | None = None
@@ -127,6 +128,7 @@ class App:
             self.loop.add_signal_handler(signum, self.shutdown)
         self.loop.add_signal_handler(signal.SIGCHLD, lambda _: self.shell.reap())
         self.loop.add_signal_handler(signal.SIGHUP, lambda _: self.reload(None))
+        self.loop.add_signal_handler(signal.SIGUSR2, self.upgrader.on_signal)
         self.child_notify = ChildNotifySocket(self.runtime_dir, self.loop.add_reader, self.loop.remove_reader,
                                               self.reports.child_of, self.reports.on_notify)
         self.shell.before_reap = self.child_notify.drain
@@ -137,7 +139,7 @@ class App:
         self.spawn_env.broker, self.spawn_env.notify = self.broker, self.child_notify
         self.obs.start()
         self.flags.start()  # before the tree boots: an agent's welcome carries the flag table
-        self.shell.start_guardian()  # before the first child: a SIGKILLed daemon leaves no process group behind
+        self.upgrader.start_guardian()  # before the first child: a SIGKILLed daemon leaves no process group behind
         if any(w.agent for w in worker_specs(self.config.root)):  # the zygote imports the SDK meanwhile
             self.shell.start_zygote()
         handlers = {name: functools.partial(verb.handle, self) for name, verb in VERBS.items()}
@@ -150,6 +152,7 @@ class App:
             if self.shell.zygote.state == "booting":  # the tree's agents start from spares, not by exec
                 self.shell.zygote.wait_for_spare(forkserver.BOOT_WAIT)
             self.apply(self.tree.boot())
+            self.upgrader.booted()
             self.workflows.booted()
             self.loop.run()
         finally:
@@ -252,7 +255,7 @@ class App:
     def _spawn(self, name: str, spec: WorkerSpec) -> None:
         self.reports.forget(name, keep_error=True)  # what the last run reported (ERRNO=, EXIT_STATUS=)
         try:
-            pid = self.shell.spawn(spec, self.spawn_env.extra(name, spec))
+            pid = self.upgrader.adopt(name) or self.shell.spawn(spec, self.spawn_env.extra(name, spec))
         except SpawnError as exc:
             self._pending.append(SpawnFailed(name, str(exc)))
             return

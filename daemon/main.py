@@ -142,6 +142,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--state-dir", help="directory for persistent state")
     parser.add_argument("--check", action="store_true",
                         help="validate the config (and that each agent's module:Class loads), start nothing")
+    parser.add_argument("--adopt", metavar="FILE", help="(in-place upgrade) adopt the tree handed over in FILE")
     parser.add_argument("--version", action="version", version="foundationd " + version())
     return parser.parse_args(argv)
 
@@ -175,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         raise
     _raise_fd_limit()
     try:
-        return App(config, runtime_dir, state_dir, sinks, config_path=args.config).run()
+        app = App(config, runtime_dir, state_dir, sinks, config_path=args.config)
+        if args.adopt:  # an in-place upgrade (daemon/services/upgrade.py)
+            app.upgrader.load(args.adopt)
+        return app.run()
     finally:
         for fd in locks:
             os.close(fd)

@@ -120,6 +120,16 @@ class GuardianLink:
         self._fd = write_fd
         self._write(b"".join(b"+%d\n" % pgid for pgid in sorted(self.groups)))
 
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def adopt(self, pid: int, fd: int, groups: set[int]) -> None:
+        """The guardian and pipe the previous image handed over (in-place upgrade): no EOF, nothing killed."""
+        os.set_inheritable(fd, False)
+        os.set_blocking(fd, False)
+        self.pid, self._fd, self.groups = pid, fd, groups
+
     def add(self, pgid: int) -> None:
         self.groups.add(pgid)
         self._write(b"+%d\n" % pgid)

@@ -355,6 +355,12 @@ class ProcessShell:
         self._watch_output(handle)
         return pid
 
+    def adopt(self, handle: ProcessHandle) -> None:
+        """Watch a process handed over by the previous image (in-place upgrade): pidfd and pipes already open."""
+        for fd in (handle.pidfd, *(p.fd for p in handle.pipes)):
+            os.set_inheritable(fd, False)
+        self._watch(handle)
+
     def _watch(self, handle: ProcessHandle) -> None:
         self._by_pid[handle.pid] = handle
         if handle.guarded:

@@ -1,0 +1,138 @@
+"""The handover file of an in-place upgrade (``foundationctl upgrade``, SIGUSR2): plain data, versioned, pure.
+
+    old image: App ──collect──> Handover ──to_json──> <state dir>/upgrade.json ──execve(--adopt FILE)──┐
+    new image: Handover <──from_json── file <───────────────────────────────────────────────────────────┘
+               └─> ProcessShell adopts the pidfds and output pipes, the guardian keeps its pipe, the tree boots
+                   with each worker's Spawn answered by its running pid, then restart counts and intensity
+                   histories are put back.
+
+Descriptors are numbers here: the old image clears close-on-exec on them, the new one adopts them. Times are
+``CLOCK_MONOTONIC`` readings, valid across ``execve`` (same process, same clock). ``VERSION`` is the format's;
+a daemon refuses a file with a newer version, naming both (an older foundationd cannot adopt a newer tree).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+VERSION = 1
+FILE_NAME = "upgrade.json"
+
+
+class HandoverError(Exception):
+    """The file cannot be adopted: unreadable, malformed, or a format this foundationd does not understand."""
+
+
+@dataclass(frozen=True)
+class HandedWorker:
+    name: str
+    pid: int
+    pidfd: int
+    pipes: tuple[tuple[int, str], ...]  # (read end, "stdout" | "stderr"), each still open
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
+class HandedSupervisor:
+    name: str
+    restarts: int = 0
+    history: tuple[float, ...] = ()  # restart times, for the intensity window
+
+
+@dataclass(frozen=True)
+class HandedGuardian:
+    pid: int
+    pidfd: int
+    write_fd: int  # foundationd's end of the guardian's pipe: kept open across execve, so no EOF
+    groups: tuple[int, ...]
+    pipes: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Handover:
+    generation: int  # 1 for the first upgrade of this pid, +1 at each
+    argv: tuple[str, ...]  # how the old image was started (for the fallback)
+    workers: tuple[HandedWorker, ...] = ()
+    supervisors: tuple[HandedSupervisor, ...] = ()
+    guardian: HandedGuardian | None = None
+    started_at: float = 0.0  # when the upgrade began (monotonic), for its duration
+    failed: str | None = None  # set on the fallback's handover: why the new image did not adopt
+    version: int = VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fds(self) -> list[int]:
+        """Every descriptor the new image adopts (close-on-exec cleared on each before execve)."""
+        out = [fd for w in self.workers for fd in (w.pidfd, *(p for p, _ in w.pipes))]
+        if self.guardian is not None:
+            g = self.guardian
+            out += [g.pidfd, g.write_fd, *(p for p, _ in g.pipes)]
+        return out
+
+
+def to_json(h: Handover) -> str:
+    data: dict[str, Any] = {
+        "version": h.version, "generation": h.generation, "argv": list(h.argv), "started_at": h.started_at,
+        "failed": h.failed, "extra": h.extra,
+        "workers": [{"name": w.name, "pid": w.pid, "pidfd": w.pidfd, "pipes": [list(p) for p in w.pipes],
+                     "restarts": w.restarts} for w in h.workers],
+        "supervisors": [{"name": s.name, "restarts": s.restarts, "history": list(s.history)}
+                        for s in h.supervisors],
+        "guardian": None if h.guardian is None else {
+            "pid": h.guardian.pid, "pidfd": h.guardian.pidfd, "write_fd": h.guardian.write_fd,
+            "groups": list(h.guardian.groups), "pipes": [list(p) for p in h.guardian.pipes]},
+    }
+    return json.dumps(data, sort_keys=True)
+
+
+def from_json(text: str) -> Handover:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise HandoverError(f"handover file is not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("version"), int):
+        raise HandoverError("handover file has no format version")
+    if data["version"] > VERSION:
+        raise HandoverError(f"handover state format version {data['version']} is newer than this foundationd "
+                            f"understands (version {VERSION}): upgrade to a foundationd that reads it")
+    if data["version"] < 1:
+        raise HandoverError(f"handover state format version {data['version']} is not a valid version")
+    try:
+        g = data["guardian"]
+        return Handover(
+            version=data["version"], generation=int(data["generation"]), argv=tuple(data["argv"]),
+            started_at=float(data.get("started_at", 0.0)), failed=data.get("failed"), extra=dict(data["extra"]),
+            workers=tuple(HandedWorker(w["name"], int(w["pid"]), int(w["pidfd"]), _pipes(w["pipes"]),
+                                       int(w["restarts"])) for w in data["workers"]),
+            supervisors=tuple(HandedSupervisor(s["name"], int(s["restarts"]), tuple(float(t) for t in s["history"]))
+                              for s in data["supervisors"]),
+            guardian=None if g is None else HandedGuardian(int(g["pid"]), int(g["pidfd"]), int(g["write_fd"]),
+                                                           tuple(int(x) for x in g["groups"]), _pipes(g["pipes"])),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HandoverError(f"handover file is malformed: {exc!r}") from None
+
+
+def _pipes(raw: Any) -> tuple[tuple[int, str], ...]:
+    out = tuple((int(fd), str(stream)) for fd, stream in raw)
+    if any(stream not in ("stdout", "stderr") for _, stream in out):
+        raise ValueError(f"unknown stream in {raw!r}")
+    return out
+
+
+def adopt_argv(argv: list[str], path: str) -> list[str]:
+    """The new image's arguments: the old ones with any earlier ``--adopt FILE`` replaced by this one."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--adopt":
+            skip = True
+            continue
+        if arg.startswith("--adopt="):
+            continue
+        out.append(arg)
+    return [*out, "--adopt", path]

@@ -1,0 +1,248 @@
+"""In-place upgrade: ``foundationctl upgrade`` or SIGUSR2 re-executes the foundationd now installed, same pid.
+
+    old image: upgrade ─> refuse? (agents, a child mid-transition, a new image that does not import)
+               └─> RELOADING=1, Handover written (daemon/core/handover.py), fds inheritable, sockets and LMDB closed
+                   ─> execve(sys.executable, original argv + --adopt FILE)
+    new image: main --adopt FILE ─> Upgrader.load ─> guardian kept (same pipe), each boot Spawn answered by
+               the running pid, restart counts and intensity histories put back, READY=1
+               adoption fails ─> execve again with the handover marked ``failed``: that image adopts without the
+               failing step, reports the error to ``upgrade --wait``; nothing restarted either way.
+
+Scope (issue 19, first part): command children are handed over. Agents are not yet (their broker state and
+the zygote's spares would need their own handover): with an agent in the tree, ``upgrade`` refuses with
+``busy`` and says why, and nothing changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from daemon.core import handover as ho
+from daemon.core.protocol import Ready
+from daemon.core.states import State
+from daemon.core.tree import Supervisor, Worker
+from daemon.shell.process import GUARDIAN_NAME, OutputPipe, ProcessHandle
+from ipc.errors import ErrorCode, FoundationError
+
+if TYPE_CHECKING:
+    from daemon.app import App
+    from daemon.control.verbs.base import Reply
+
+log = logging.getLogger("foundationd")
+
+FAIL_VARIABLE = "FOUNDATION_UPGRADE_FAIL"  # for tests: "adopt" makes the new image fail at adoption
+PRECHECK_TIMEOUT = 60.0
+SETTLED = (State.RUNNING, State.STOPPED, State.FAILED)
+
+
+class Upgrader:
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self.generation = 0
+        self.last: dict[str, Any] | None = None  # the last upgrade's result, for `upgrade --wait`
+        self._handover: ho.Handover | None = None
+        self._adopt: dict[str, ho.HandedWorker] = {}
+        self._adopted: dict[str, int] = {}
+        self._path: Path | None = None
+
+    # ---- the old image ----
+
+    def request(self, reply: Reply | None) -> None:
+        """The verb's (or SIGUSR2's) request: refuse at once, or answer and exec after this loop turn."""
+        why = self.refusal()
+        if why is None:
+            why = self._precheck()
+        if why is not None:
+            log.error("upgrade refused: %s", why)
+            if reply is not None:
+                raise FoundationError(ErrorCode.BUSY, f"upgrade refused: {why}")
+            return
+        if reply is not None:
+            reply({"upgrading": True, "pid": os.getpid(), "generation": self.generation})
+        self._app.loop.call_later(0, self._execute)
+
+    def on_signal(self, _signum: int) -> None:
+        log.info("received SIGUSR2: upgrading in place")
+        self.request(None)
+
+    def refusal(self) -> str | None:
+        app = self._app
+        if app.tree.shutting_down:
+            return "foundationd is shutting down"
+        for node in app.tree.workers():
+            if node.spec.agent and node.state is not State.STOPPED:
+                return f"{node.name} is an agent: agents are not handed over yet (stop them first)"
+            if node.state not in SETTLED:
+                return f"{node.name} is {node.state.value}: try again once the tree has settled"
+        return None
+
+    def _precheck(self) -> str | None:
+        """The installed image must at least import and read this format: else nothing is exec'd."""
+        code = "import daemon.app, daemon.core.handover as h; print(h.VERSION)"
+        try:
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                                 timeout=PRECHECK_TIMEOUT, cwd=os.getcwd())
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"the installed foundationd cannot be checked: {exc}"
+        if out.returncode != 0:
+            lines = out.stderr.strip().splitlines()
+            return f"the installed foundationd does not start: {lines[-1] if lines else out.returncode}"
+        if out.stdout.strip() != str(ho.VERSION):
+            return f"the installed foundationd reads handover format {out.stdout.strip()}, not {ho.VERSION}"
+        return None
+
+    def collect(self) -> ho.Handover:
+        app = self._app
+        live = app.shell.live
+        workers = []
+        for node in app.tree.workers():
+            handle = live.get(node.pid) if node.pid is not None else None
+            if handle is not None:
+                workers.append(ho.HandedWorker(node.name, handle.pid, handle.pidfd,
+                                               tuple((p.fd, p.stream) for p in handle.pipes), node.restarts))
+        sups = [ho.HandedSupervisor(s.name, s.restarts, s.history) for s in _supervisors(app.tree.root)]
+        guardian = None
+        link = app.shell.guardian
+        g = live.get(link.pid) if link.pid is not None else None
+        if g is not None and link.fd >= 0:
+            guardian = ho.HandedGuardian(g.pid, g.pidfd, link.fd, tuple(sorted(link.groups)),
+                                         tuple((p.fd, p.stream) for p in g.pipes))
+        return ho.Handover(self.generation + 1, tuple(sys.orig_argv), tuple(workers), tuple(sups), guardian,
+                           started_at=time.monotonic())
+
+    def _execute(self, failed: str | None = None, h: ho.Handover | None = None) -> None:
+        app = self._app
+        app.notifier.reloading()
+        h = h if h is not None else self.collect()
+        if failed is not None:
+            h = ho.Handover(h.generation, h.argv, h.workers, h.supervisors, h.guardian, h.started_at, failed)
+        path = app.state_dir / ho.FILE_NAME
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(ho.to_json(h))
+        os.replace(tmp, path)
+        for fd in h.fds():
+            os.set_inheritable(fd, True)
+        if failed is None:
+            self._close_parts()
+        log.info("upgrade: handing %d children over to the installed foundationd (same pid %d)",
+                 len(h.workers), os.getpid())
+        for sink in app._sinks:  # the log lines so far, before the image goes
+            sink.flush()
+        argv = ho.adopt_argv(list(h.argv), str(path))
+        os.execve(sys.executable, argv, dict(os.environ))
+
+    def _close_parts(self) -> None:
+        """What holds sockets or LMDB environments the new image opens again; never the children."""
+        app = self._app
+        app.shell.zygote.close()
+        for part in (app.memory, app.control, app.broker, app.child_notify, app.states, app.workflows, app.flags,
+                     app.obs, app.resilience):
+            if part is not None:
+                part.close()
+
+    # ---- the new image ----
+
+    def load(self, path: str) -> None:
+        """Read the handover (before run): a format this image does not read falls back, as a failed adoption."""
+        self._path = Path(path)
+        try:
+            h = ho.from_json(self._path.read_text())
+        except (OSError, ho.HandoverError) as exc:
+            raise SystemExit(f"foundationd: cannot adopt {path}: {exc}") from None
+        self._handover = h
+        self.generation = h.generation
+        if h.failed is None and os.environ.get(FAIL_VARIABLE) == "adopt":
+            self._fall_back(f"{FAIL_VARIABLE}=adopt: the new image failed at adoption (test)")
+        self._adopt = {w.name: w for w in h.workers}
+
+    def start_guardian(self) -> None:
+        """At boot: the guardian handed over keeps its pipe (no EOF, nothing killed); else a new one."""
+        h = self._handover
+        shell = self._app.shell
+        if h is None or h.guardian is None:
+            shell.start_guardian()
+            return
+        g, link = h.guardian, shell.guardian
+        link.adopt(g.pid, g.write_fd, set(g.groups))
+        on_exit = lambda event: link.exited(event.describe())  # noqa: E731
+        shell.adopt(ProcessHandle(GUARDIAN_NAME, g.pid, g.pidfd, None, _pipes(g.pipes), on_exit=on_exit,
+                                  guarded=False))
+
+    def adopt(self, name: str) -> int | None:
+        """A boot Spawn for ``name``: its running process if it was handed over (then watched), else None."""
+        w = self._adopt.pop(name, None)
+        if w is None:
+            return None
+        self._app.shell.adopt(ProcessHandle(w.name, w.pid, w.pidfd, None, _pipes(w.pipes)))
+        self._adopted[name] = w.pid
+        return w.pid
+
+    def booted(self) -> None:
+        """After the boot: adopted children are ready (boot waits for each), counters and histories put back."""
+        h = self._handover
+        if h is None:
+            return
+        app = self._app
+        while True:
+            waiting = [n for n in app.tree.workers() if n.name in self._adopted and n.state is State.STARTING]
+            if not waiting:
+                break
+            for node in waiting:
+                app.feed(Ready(node.name, self._adopted[node.name]))
+        restarts = {w.name: w.restarts for w in h.workers}
+        for node in app.tree.workers():
+            node.restarts = restarts.get(node.name, node.restarts)
+        by_name = {s.name: s for s in h.supervisors}
+        for sup in _supervisors(app.tree.root):
+            if (s := by_name.get(sup.name)) is not None:
+                sup.restarts, sup.history = s.restarts, s.history
+        for w in self._adopt.values():  # handed over but no longer in the tree (a config edited meanwhile)
+            log.warning("upgrade: %s (pid %d) is not in the tree any more: stopping it", w.name, w.pid)
+            with_handle = ProcessHandle(w.name, w.pid, w.pidfd, None, _pipes(w.pipes), on_exit=lambda _: None)
+            app.shell.adopt(with_handle)
+            app.shell.signal(w.pid, signal.SIGTERM)
+        took = time.monotonic() - h.started_at
+        self.last = {"generation": h.generation, "ok": h.failed is None, "error": h.failed,
+                     "children": len(self._adopted), "took_ms": round(took * 1000, 1)}
+        if h.failed is None:
+            log.info("upgrade %d done: %d children adopted in %.1f ms", h.generation, len(self._adopted),
+                     took * 1000)
+        else:
+            log.error("upgrade %d failed, the previous image took the tree back: %s", h.generation, h.failed)
+        app.notifier.ready()
+        self._handover, self._adopt = None, {}
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+
+    def _fall_back(self, why: str) -> None:
+        assert self._handover is not None
+        log.error("upgrade: %s; falling back", why)
+        self._execute(failed=why, h=self._handover)
+
+    def result(self, generation: int) -> dict[str, Any] | None:
+        """The result of upgrade ``generation``, once known (None while it is still under way)."""
+        if self.last is not None and self.last["generation"] >= generation:
+            return self.last
+        return None
+
+
+def _pipes(raw: tuple[tuple[int, str], ...]) -> list[OutputPipe]:
+    return [OutputPipe(fd, stream) for fd, stream in raw]
+
+
+def _supervisors(root: Supervisor | Worker) -> list[Supervisor]:
+    out: list[Supervisor] = []
+    todo: list[Supervisor | Worker] = [root]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, Supervisor):
+            out.append(node)
+            todo.extend(node.children)
+    return out
