@@ -1,0 +1,62 @@
+"""The in-place upgrade's handover file (daemon/core/handover.py): pure, versioned, round-trips plain data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from daemon.core import handover as ho
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def sample() -> ho.Handover:
+    return ho.Handover(
+        generation=3, argv=("python", "-m", "daemon.main", "--config", "x.toml"),
+        workers=(ho.HandedWorker("a", 101, 7, ((8, "stdout"), (9, "stderr")), restarts=2),
+                 ho.HandedWorker("b", 102, 10, (), restarts=0)),
+        supervisors=(ho.HandedSupervisor("root", 2, (10.5, 11.25)),),
+        guardian=ho.HandedGuardian(99, 11, 12, (101, 102), ((13, "stdout"),)),
+        started_at=12.5,
+    )
+
+
+def test_round_trip() -> None:
+    h = sample()
+    assert ho.from_json(ho.to_json(h)) == h
+
+
+def test_fds_lists_every_descriptor_handed_over() -> None:
+    assert sorted(sample().fds()) == [7, 8, 9, 10, 11, 12, 13]
+
+
+def test_a_newer_format_is_refused_naming_both_versions() -> None:
+    data = json.loads(ho.to_json(sample()))
+    data["version"] = ho.VERSION + 1
+    with pytest.raises(ho.HandoverError, match=rf"version {ho.VERSION + 1} is newer .*version {ho.VERSION}\)"):
+        ho.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize("text", ["not json", "[]", "{}", '{"version": 0}', '{"version": 1}',
+                                  '{"version": 1, "generation": 1, "argv": [], "extra": {}, "guardian": null, '
+                                  '"supervisors": [], "workers": [{"name": "a", "pid": 1, "pidfd": 3, '
+                                  '"pipes": [[4, "stdin"]], "restarts": 0}]}'])
+def test_malformed_files_are_refused(text: str) -> None:
+    with pytest.raises(ho.HandoverError):
+        ho.from_json(text)
+
+
+def test_a_failed_adoption_is_recorded() -> None:
+    h = ho.Handover(1, ("x",), failed="boom")
+    assert ho.from_json(ho.to_json(h)).failed == "boom"
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["py", "-m", "daemon.main"], ["py", "-m", "daemon.main", "--adopt", "F"]),
+    (["py", "-m", "daemon.main", "--adopt", "old", "--config", "c"], ["py", "-m", "daemon.main", "--config", "c",
+                                                                      "--adopt", "F"]),
+    (["py", "--adopt=old"], ["py", "--adopt", "F"]),
+])
+def test_adopt_argv_replaces_an_earlier_adopt(argv: list[str], expected: list[str]) -> None:
+    assert ho.adopt_argv(argv, "F") == expected

@@ -1,0 +1,119 @@
+"""In-place upgrade with real daemons: same daemon pid, every child keeps its pid and restart count, output and
+status carry on; a new image that fails at adoption falls back with the tree untouched; agents are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from typing import Any
+
+import pytest
+from helpers import SLEEP, ctl
+
+from agents.testing import DaemonProcess, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+TICKER = json.dumps(["sh", "-c", "while :; do echo tick; sleep 0.05; done"])
+
+
+def fleet(n: int) -> str:
+    children = "".join(f"""
+        [[supervisor.children]]
+        name = "c{i}"
+        command = {SLEEP}
+    """ for i in range(n))
+    return f"""
+        [supervisor]
+        intensity = 10
+        period = 60
+        [[supervisor.children]]
+        name = "ticker"
+        command = {TICKER}
+        {children}
+    """
+
+
+def workers(daemon: DaemonProcess) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    todo = [daemon.status()["tree"]]
+    while todo:
+        node = todo.pop()
+        if "children" in node:
+            todo.extend(node["children"])
+        else:
+            out[node["name"]] = {"pid": node.get("pid"), "state": node["state"], "restarts": node["restarts"]}
+    return out
+
+
+def crash_once(daemon: DaemonProcess, name: str) -> None:
+    pid = daemon.pid(name)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    daemon.wait_running(name, not_pid=pid)
+
+
+def ticks(daemon: DaemonProcess) -> int:
+    return len(daemon.request("logs", name="ticker", lines=10_000)["lines"])
+
+
+def test_upgrade_keeps_every_child_and_its_restart_count(start_daemon) -> None:
+    daemon = start_daemon(fleet(20))
+    crash_once(daemon, "c3")
+    before = workers(daemon)
+    assert before["c3"]["restarts"] == 1
+    pid = daemon.proc.pid
+    done = ctl(daemon, "upgrade", "--wait", "--json", timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr + daemon.log()
+    result = json.loads(done.stdout)
+    assert result["ok"] is True and result["children"] == 21 and result["pid"] == pid
+    assert workers(daemon) == before
+    assert daemon.status()["daemon"]["pid"] == pid
+    seen = ticks(daemon)
+    wait_for(lambda: ticks(daemon) > seen + 3, timeout=10, what="the ticker's output after the upgrade")
+    crash_once(daemon, "c3")  # supervision carries on, counting from where it was
+    assert workers(daemon)["c3"]["restarts"] == 2
+    # a second upgrade of the same pid
+    again = ctl(daemon, "upgrade", "--wait", "--json", timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)["ok"] is True
+    assert workers(daemon)["c0"]["pid"] == before["c0"]["pid"]
+
+
+def test_sigusr2_upgrades_in_place(start_daemon) -> None:
+    daemon = start_daemon(fleet(3))
+    before = workers(daemon)
+    os.kill(daemon.proc.pid, signal.SIGUSR2)
+    daemon.wait_log("upgrade 1 done: 4 children adopted", timeout=30)
+    wait_for(lambda: workers(daemon) == before, timeout=10, what="the same tree after SIGUSR2")
+
+
+def test_a_new_image_that_fails_to_adopt_falls_back(start_daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FOUNDATION_UPGRADE_FAIL", "adopt")
+    daemon = start_daemon(fleet(5))
+    crash_once(daemon, "c1")
+    before = workers(daemon)
+    done = ctl(daemon, "upgrade", "--wait", "--json", timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["ok"] is False and "failed at adoption" in result["error"]
+    assert workers(daemon) == before
+    assert "previous image took the tree back" in daemon.log()
+
+
+def test_a_tree_with_an_agent_is_refused_and_untouched(start_daemon) -> None:
+    daemon = start_daemon(f"""
+        [[supervisor.children]]
+        name = "counter"
+        agent = "agents.examples.counter:Counter"
+        [[supervisor.children]]
+        name = "s"
+        command = {SLEEP}
+    """)
+    daemon.wait_running("counter")
+    before = workers(daemon)
+    done = ctl(daemon, "upgrade")
+    assert done.returncode == 1
+    assert "counter is an agent" in done.stderr
+    assert workers(daemon) == before
