@@ -67,7 +67,9 @@ def test_upgrade_keeps_every_child_and_its_restart_count(start_daemon) -> None:
     done = ctl(daemon, "upgrade", "--wait", "--json", timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr + daemon.log()
     result = json.loads(done.stdout)
-    assert result["ok"] is True and result["children"] == 21 and result["pid"] == pid
+    assert result["ok"] is True
+    assert result["children"] == 21
+    assert result["pid"] == pid
     assert workers(daemon) == before
     assert daemon.status()["daemon"]["pid"] == pid
     seen = ticks(daemon)
@@ -97,7 +99,8 @@ def test_a_new_image_that_fails_to_adopt_falls_back(start_daemon, monkeypatch: p
     done = ctl(daemon, "upgrade", "--wait", "--json", timeout=60)
     assert done.returncode == 1, done.stdout + done.stderr
     result = json.loads(done.stdout)
-    assert result["ok"] is False and "failed at adoption" in result["error"]
+    assert result["ok"] is False
+    assert "failed at adoption" in result["error"]
     assert workers(daemon) == before
     assert "previous image took the tree back" in daemon.log()
 
