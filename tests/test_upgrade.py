@@ -59,7 +59,7 @@ def ticks(daemon: DaemonProcess) -> int:
 
 
 def test_upgrade_keeps_every_child_and_its_restart_count(start_daemon) -> None:
-    daemon = start_daemon(fleet(20))
+    daemon = start_daemon(fleet(100))
     crash_once(daemon, "c3")
     before = workers(daemon)
     assert before["c3"]["restarts"] == 1
@@ -68,7 +68,7 @@ def test_upgrade_keeps_every_child_and_its_restart_count(start_daemon) -> None:
     assert done.returncode == 0, done.stdout + done.stderr + daemon.log()
     result = json.loads(done.stdout)
     assert result["ok"] is True
-    assert result["children"] == 21
+    assert result["children"] == 101
     assert result["pid"] == pid
     assert workers(daemon) == before
     assert daemon.status()["daemon"]["pid"] == pid
@@ -120,3 +120,20 @@ def test_a_tree_with_an_agent_is_refused_and_untouched(start_daemon) -> None:
     assert done.returncode == 1
     assert "counter is an agent" in done.stderr
     assert workers(daemon) == before
+
+
+def test_a_tree_that_differs_from_the_config_is_refused_and_untouched(start_daemon) -> None:
+    daemon = start_daemon(fleet(3))
+    assert ctl(daemon, "stop", "c1").returncode == 0
+    before = workers(daemon)
+    done = ctl(daemon, "upgrade")
+    assert done.returncode == 1
+    assert "c1 is stopped: every child must be running" in done.stderr
+    assert ctl(daemon, "start", "c1").returncode == 0
+    daemon.wait_running("c1")
+    assert daemon.config_path is not None
+    daemon.config_path.write_text(daemon.config_path.read_text().replace('name = "c2"', 'name = "c9"'))
+    done = ctl(daemon, "upgrade")
+    assert done.returncode == 1
+    assert "the config on disk differs from the running tree: reload first" in done.stderr
+    assert workers(daemon)["c0"] == before["c0"]

@@ -1,6 +1,7 @@
 """In-place upgrade: ``foundationctl upgrade`` or SIGUSR2 re-executes the foundationd now installed, same pid.
 
-    old image: upgrade ─> refuse? (agents, a child mid-transition, a new image that does not import)
+    old image: upgrade ─> refuse? (agents, a child not running, run-time attaches, a config edited on disk,
+               a new image that does not import)
                └─> RELOADING=1, Handover written (daemon/core/handover.py), fds inheritable, sockets and LMDB closed
                    ─> execve(sys.executable, original argv + --adopt FILE)
     new image: main --adopt FILE ─> Upgrader.load ─> guardian kept (same pipe), each boot Spawn answered by
@@ -24,8 +25,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.config import ConfigError, load_config
 from daemon.core import handover as ho
 from daemon.core.protocol import Ready
+from daemon.core.reload import diff as reload_diff
 from daemon.core.states import State
 from daemon.core.tree import Supervisor, Worker
 from daemon.shell.process import GUARDIAN_NAME, OutputPipe, ProcessHandle
@@ -39,7 +42,6 @@ log = logging.getLogger("foundationd")
 
 FAIL_VARIABLE = "FOUNDATION_UPGRADE_FAIL"  # for tests: "adopt" makes the new image fail at adoption
 PRECHECK_TIMEOUT = 60.0
-SETTLED = (State.RUNNING, State.STOPPED, State.FAILED)
 
 
 class Upgrader:
@@ -51,6 +53,7 @@ class Upgrader:
         self._adopt: dict[str, ho.HandedWorker] = {}
         self._adopted: dict[str, int] = {}
         self._path: Path | None = None
+        self._under_way = False
 
     # ---- the old image ----
 
@@ -66,21 +69,48 @@ class Upgrader:
             return
         if reply is not None:
             reply({"upgrading": True, "pid": os.getpid(), "generation": self.generation})
-        self._app.loop.call_later(0, self._execute)
+        self._under_way = True
+        self._app.loop.call_later(0, self._go)
+
+    def _go(self) -> None:
+        """After the loop turn: the tree may have moved since the request (a child exited); check again."""
+        self._under_way = False
+        why = self.refusal()
+        if why is not None:
+            self.generation += 1
+            self.last = {"generation": self.generation, "ok": False, "error": f"upgrade refused: {why}",
+                         "children": 0, "took_ms": 0.0}
+            log.error("upgrade %d refused: %s", self.generation, why)
+            return
+        self._execute()
 
     def on_signal(self, _signum: int) -> None:
         log.info("received SIGUSR2: upgrading in place")
         self.request(None)
 
     def refusal(self) -> str | None:
+        """Why the tree cannot be handed over as it is, or None. The new image boots the config's tree and answers
+        each start with the running process: anything else in the tree would come back different."""
         app = self._app
+        if self._under_way:
+            return "an upgrade is already under way"
         if app.tree.shutting_down:
             return "foundationd is shutting down"
+        if app.attached:
+            return (f"{', '.join(sorted(app.attached))} attached at run time: only the config's tree is handed over "
+                    "(detach, or save into the config and reload, first)")
         for node in app.tree.workers():
-            if node.spec.agent and node.state is not State.STOPPED:
-                return f"{node.name} is an agent: agents are not handed over yet (stop them first)"
-            if node.state not in SETTLED:
-                return f"{node.name} is {node.state.value}: try again once the tree has settled"
+            if node.spec.agent:
+                return f"{node.name} is an agent: agents are not handed over yet (docs/upgrade.md)"
+            if node.state is not State.RUNNING:
+                return (f"{node.name} is {node.state.value}: every child must be running (start it, detach it, "
+                        "or wait until the tree has settled)")
+        try:
+            on_disk = load_config(app.config_path)
+        except ConfigError as exc:
+            return f"the config no longer loads: {exc}"
+        if not reload_diff(app.config.root, on_disk.root).empty:
+            return "the config on disk differs from the running tree: reload first (or restore the file)"
         return None
 
     def _precheck(self) -> str | None:

@@ -1,7 +1,8 @@
 """``upgrade``: re-execute the foundationd now installed in place (same pid, no child restarted); also SIGUSR2.
 
 Wire: ``{"verb": "upgrade"}`` -> ``{"upgrading": true, "pid": P, "generation": G}`` at once, or ``busy`` with the
-reason it is refused (an agent in the tree, a child mid-transition, an installed image that does not import).
+reason it is refused (an agent in the tree, a child not running, a run-time attach, a config edited on disk, an
+installed image that does not import).
 ``{"verb": "upgrade", "result": G}`` -> ``{"done": false}`` while upgrade G is under way, then
 ``{"done": true, "ok": bool, "error": str | null, "children": N, "took_ms": T, "pid": P}``.
 CLI: ``foundationctl upgrade [--wait] [--json]``; with ``--wait`` it returns once the new image has adopted the
@@ -48,7 +49,7 @@ def run(client: ControlClient, args: argparse.Namespace) -> int:
         print_result(args, result, lambda: f"foundationd (pid {result['pid']}) is upgrading in place")
         return EXIT_OK
     path = str(client._sock.getpeername())  # the same path, answered by the new image
-    client.wait_closed()  # the old image's sockets close at execve
+    client.close()
     done = _wait_result(path, int(result["generation"]) + 1)
     print_result(args, done, lambda: _describe(done))
     return EXIT_OK if done.get("ok") else EXIT_DAEMON_ERROR
@@ -62,8 +63,8 @@ def _wait_result(path: str, generation: int) -> dict[str, Any]:
                 answer = again.request("upgrade", result=generation)
             if answer.get("done"):
                 return dict(answer)
-        except ControlUnreachable:
-            pass  # the new image has not bound the socket yet
+        except (ControlUnreachable, OSError):
+            pass  # the old image is exec'ing, or the new one has not bound the socket yet
         if time.monotonic() > deadline:
             return {"done": True, "ok": False, "error": f"no answer after {WAIT_TIMEOUT:g}s"}
         time.sleep(0.05)  # polling a daemon that is starting up, not synchronising a test
