@@ -91,8 +91,10 @@ def test_sigusr2_upgrades_in_place(start_daemon) -> None:
     wait_for(lambda: workers(daemon) == before, timeout=10, what="the same tree after SIGUSR2")
 
 
-def test_a_new_image_that_fails_to_adopt_falls_back(start_daemon, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FOUNDATION_UPGRADE_FAIL", "adopt")
+@pytest.mark.parametrize("where", ["adopt", "booted"])
+def test_a_new_image_that_fails_to_adopt_falls_back(start_daemon, monkeypatch: pytest.MonkeyPatch,
+                                                     where: str) -> None:
+    monkeypatch.setenv("FOUNDATION_UPGRADE_FAIL", where)
     daemon = start_daemon(fleet(5))
     crash_once(daemon, "c1")
     before = workers(daemon)
@@ -100,7 +102,7 @@ def test_a_new_image_that_fails_to_adopt_falls_back(start_daemon, monkeypatch: p
     assert done.returncode == 1, done.stdout + done.stderr
     result = json.loads(done.stdout)
     assert result["ok"] is False
-    assert "failed at adoption" in result["error"]
+    assert "failed at adoption" in result["error"] or f"FOUNDATION_UPGRADE_FAIL={where}" in result["error"]
     assert workers(daemon) == before
     assert "previous image took the tree back" in daemon.log()
 

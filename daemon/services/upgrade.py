@@ -22,8 +22,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from daemon.config import ConfigError, load_config
 from daemon.core import handover as ho
@@ -40,8 +41,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("foundationd")
 
-FAIL_VARIABLE = "FOUNDATION_UPGRADE_FAIL"  # for tests: "adopt" makes the new image fail at adoption
+# For tests: "adopt" makes the new image fail as it reads the handover, "booted" raise once the tree is adopted.
+FAIL_VARIABLE = "FOUNDATION_UPGRADE_FAIL"
 PRECHECK_TIMEOUT = 60.0
+T = TypeVar("T")
 
 
 class Upgrader:
@@ -194,6 +197,9 @@ class Upgrader:
 
     def start_guardian(self) -> None:
         """At boot: the guardian handed over keeps its pipe (no EOF, nothing killed); else a new one."""
+        self._guarded(self._start_guardian)
+
+    def _start_guardian(self) -> None:
         h = self._handover
         shell = self._app.shell
         if h is None or h.guardian is None:
@@ -207,6 +213,9 @@ class Upgrader:
 
     def adopt(self, name: str) -> int | None:
         """A boot Spawn for ``name``: its running process if it was handed over (then watched), else None."""
+        return self._guarded(lambda: self._adopt_one(name))
+
+    def _adopt_one(self, name: str) -> int | None:
         w = self._adopt.pop(name, None)
         if w is None:
             return None
@@ -216,9 +225,14 @@ class Upgrader:
 
     def booted(self) -> None:
         """After the boot: adopted children are ready (boot waits for each), counters and histories put back."""
+        self._guarded(self._booted)
+
+    def _booted(self) -> None:
         h = self._handover
         if h is None:
             return
+        if h.failed is None and os.environ.get(FAIL_VARIABLE) == "booted":
+            raise RuntimeError(f"{FAIL_VARIABLE}=booted (test)")
         app = self._app
         while True:
             waiting = [n for n in app.tree.workers() if n.name in self._adopted and n.state is State.STARTING]
@@ -251,9 +265,21 @@ class Upgrader:
         if self._path is not None:
             self._path.unlink(missing_ok=True)
 
+    def _guarded(self, step: Callable[[], T]) -> T:
+        """An adoption step that raises makes this image fall back (once: a fallback that raises again exits)."""
+        if self._handover is None or self._handover.failed is not None:
+            return step()
+        try:
+            return step()
+        except Exception as exc:  # any bug of the new image: the children must not die with it
+            self._fall_back(f"the new image failed at adoption: {exc!r}")
+            raise  # (not reached: execve)
+
     def _fall_back(self, why: str) -> None:
         assert self._handover is not None
         log.error("upgrade: %s; falling back", why)
+        if self._app.control is not None:  # the new image got as far as run(): its sockets and stores are open
+            self._close_parts()
         self._execute(failed=why, h=self._handover)
 
     def result(self, generation: int) -> dict[str, Any] | None:
