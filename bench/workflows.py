@@ -67,7 +67,7 @@ def run_once(client: Any, definition: dict[str, Any], wf_id: str | None) -> tupl
     return took, [s["duration_s"] for s in summary["steps"]]
 
 
-def measure(daemon: Any, name: str, definition: dict[str, Any], runs: int, warmup: int = 10,
+def measure(daemon: Any, name: str, definition: dict[str, Any], runs: int, *, warmup: int = 10,
             own_process: bool = False) -> dict[str, Any]:
     totals, steps = [], []
     with daemon.client(timeout=120) as client:
