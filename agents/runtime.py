@@ -302,6 +302,9 @@ class AgentRuntime:
     def cancel_timer(self, ref: int) -> None:
         self._send("cancel_timer", ref=ref)
 
+    def busy(self, seconds: float) -> None:
+        self._send("heartbeat", busy=seconds)
+
     def persist(self, state: Any) -> None:
         validate_state(self.agent, state)
         self._store.commit(state, self.last_seq)
