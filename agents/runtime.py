@@ -210,7 +210,8 @@ class AgentRuntime:
             changed = changed or seq is not None or self.state != before
             last_seq = seq if seq is not None else last_seq
             handled.append((msg, fields, accepted))
-        persisted = self._persisted is not None and last_seq == self.last_seq and orjson.dumps(self.state) == self._persisted
+        persisted = (self._persisted is not None and last_seq == self.last_seq
+                     and orjson.dumps(self.state) == self._persisted)
         if changed and not persisted:
             self._store.commit(self.state, last_seq)  # a failing store crashes us: we come back to the last commit
         self._persisted = None
