@@ -203,5 +203,5 @@ def test_dispatch_takes_only_the_steps_select_wants_and_inline_is_a_python_optio
     assert [d.task.id for d in engine.dispatch(root, rec, 2.0, select=inline)] == ["a"]
     assert rec["steps"]["b"]["state"] == "pending"
     assert [d.task.id for d in engine.dispatch(root, rec, 2.0)] == ["b"]
-    with pytest.raises(DefinitionError, match="args.inline"):
+    with pytest.raises(DefinitionError, match=r"args\.inline"):
         parse(task("x", args={"function": "m:f", "inline": "yes"}))
