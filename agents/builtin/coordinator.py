@@ -127,8 +127,9 @@ class Coordinator(Agent):
             wf_id = pool.pop(0)
             # Taken for good before the cast, so that no later run can be given the same process.
             self.persist({**state, "pool": pool})
-            try:  # answered once its record is committed (its inline steps run after, in a message of their own)
-                self._ask(wf_id, {"start": {"id": wf_id, "definition": body["definition"]}})
+            try:  # once accepted, the cast is on disk: the run is (until the process has handled it, the daemon
+                # answers status and wait from the accepted message)
+                self.send(PREFIX + wf_id, {"start": {"id": wf_id, "definition": body["definition"]}})
             except FoundationError:
                 continue  # that process is gone: the next one
             self._refill_soon()

@@ -190,6 +190,11 @@ class Broker:
         """More fields for each agent's welcome frame (the flag table)."""
         self._peers.welcome_fields = fields
 
+    def undone(self, name: str) -> list[Any]:
+        """The bodies of the messages to ``name`` accepted and not yet done (in flight first, then queued)."""
+        box = self._boxes.get(name)
+        return [e.body for e in [*box.inflight.values(), *box.queue]] if box is not None else []
+
     def stats(self) -> dict[str, Any]:
         return {
             "monitors": len(self._monitors),
