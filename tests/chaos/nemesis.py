@@ -42,7 +42,7 @@ WEIGHTS = {"kill-daemon": 3, "kill-agent": 2, "stop-agent": 2}
 
 
 class Nemesis:
-    def __init__(self, daemon: DaemonProcess, history: History, rng: random.Random, enabled: tuple[str, ...],
+    def __init__(self, daemon: DaemonProcess, history: History, rng: random.Random, enabled: tuple[str, ...], *,
                  sinks: list[str], gap: tuple[float, float] = (0.3, 1.0)) -> None:
         unknown = set(enabled) - set(ALL) - set(OPT_IN)
         if unknown:
@@ -115,7 +115,8 @@ class Nemesis:
             node = todo.pop()
             todo.extend(node.get("children", []))
             name = node["name"]
-            if node.get("agent") and node.get("pid") and not name.startswith("workflow-") and node["state"] == "running":
+            running = node.get("pid") and node["state"] == "running"
+            if node.get("agent") and running and not name.startswith("workflow-"):
                 found.append((name, node["pid"]))
         return sorted(found)
 

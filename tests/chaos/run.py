@@ -55,7 +55,7 @@ class Round:
     seconds: float = 0.0
 
 
-def run_round(number: int, base: Path, seed: int, nemeses: tuple[str, ...], duration: float, sinks: int = 2,
+def run_round(number: int, base: Path, seed: int, nemeses: tuple[str, ...], duration: float, *, sinks: int = 2,
               rate: float = 40.0, workflows: bool = True) -> Round:
     started = time.monotonic()
     rng = random.Random(f"{seed}/{number}")
@@ -69,9 +69,9 @@ def run_round(number: int, base: Path, seed: int, nemeses: tuple[str, ...], dura
     try:
         for name in names:
             daemon.wait_running(name, timeout=20)
-        workload = Workload(daemon, history, random.Random(rng.random()), names, f"r{number}",
-                            base / "effects", rate=rate, workflows=with_workflows)
-        nemesis = Nemesis(daemon, history, random.Random(rng.random()), nemeses, names)
+        workload = Workload(daemon, history, random.Random(rng.random()), names, tag=f"r{number}",
+                            effects=base / "effects", rate=rate, workflows=with_workflows)
+        nemesis = Nemesis(daemon, history, random.Random(rng.random()), nemeses, sinks=names)
         stop = threading.Event()
         chaos = threading.Thread(target=nemesis.run, args=(stop,), name="nemesis", daemon=True)
         workload.start()
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     total = Result()
     rounds: list[Round] = []
     for number in range(1, args.rounds + 1):
-        r = run_round(number, base / f"round-{number}", seed, nemeses, args.duration, args.sinks, args.rate,
-                      not args.no_workflows)
+        r = run_round(number, base / f"round-{number}", seed, nemeses, args.duration, sinks=args.sinks,
+                      rate=args.rate, workflows=not args.no_workflows)
         rounds.append(r)
         total.merge(r.result)
         print(row(r), flush=True)

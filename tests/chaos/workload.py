@@ -59,7 +59,7 @@ class Client:
 
 
 class Workload:
-    def __init__(self, daemon: DaemonProcess, history: History, rng: random.Random, sinks: list[str], tag: str,
+    def __init__(self, daemon: DaemonProcess, history: History, rng: random.Random, sinks: list[str], *, tag: str,
                  effects: Path, rate: float = 40.0, workflows: bool = True) -> None:
         self.daemon = daemon
         self.history = history
