@@ -80,7 +80,8 @@ def exchange(d: DaemonProcess, payload: bytes, timeout: float = 5.0, close_write
 
 
 def alive(d: DaemonProcess) -> None:
-    assert d.proc is not None and d.proc.poll() is None, f"foundationd died: {d.log()[-3000:]}"
+    assert d.proc is not None
+    assert d.proc.poll() is None, f"foundationd died: {d.log()[-3000:]}"
     with ControlClient(d.socket_path, timeout=10) as client:
         assert client.request("pid") is not None
 
@@ -126,7 +127,8 @@ def test_requests_of_every_verb_with_wrong_types(daemon: DaemonProcess, request:
     verb = request.get("verb")
     if lines:
         reply = orjson.loads(lines[0])
-        assert isinstance(reply, dict) and isinstance(reply.get("ok"), bool), reply
+        assert isinstance(reply, dict), reply
+        assert isinstance(reply.get("ok"), bool), reply
     elif not (isinstance(verb, str) and verb in MAY_WAIT):
         pytest.fail(f"no reply to {line[:300]!r}")
     alive(daemon)

@@ -22,7 +22,8 @@ def fuzz_settings(ci_examples: int) -> settings:
     """Hypothesis settings: ``ci_examples`` (derandomized) in make test, FOUNDATION_FUZZ_EXAMPLES in a long run."""
     return settings(max_examples=LONG or ci_examples, deadline=None, derandomize=not LONG, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture], print_blob=True)
+                                           HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
+                    print_blob=True)
 
 
 SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
