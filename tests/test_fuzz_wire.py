@@ -59,7 +59,7 @@ def encode(frame: dict[str, Any]) -> bytes:
 frames = st.one_of(
     st.binary(max_size=200),
     st.fixed_dictionaries({"kind": st.sampled_from(KINDS) | json_values(2)},
-                          optional={k: v for k, v in FIELDS.items()}).map(encode),
+                          optional=FIELDS).map(encode),
     json_values(5).map(encode),
 )
 
