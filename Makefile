@@ -46,7 +46,7 @@ typecheck: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The bench extra (circus, supervisor) goes into the same venv, once, behind its own stamp.
+# The bench extra (circus, supervisor, the workflow peers' packages) goes into the same venv, once, behind its own stamp.
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
@@ -54,6 +54,12 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 # Side by side with circusd and supervisord; e.g. make bench BENCH_ARGS='--only restart,idle'
 bench: $(BENCH_STAMP) $(HELPER)
 	$(BIN)/python bench/compare.py $(BENCH_ARGS)
+
+# The durable-workflow peers (DBOS Transact on a throwaway PostgreSQL, Restate from npm), e.g.
+# make bench-workflow-peers BENCH_ARGS='--only restate --runs 200'. Installs what is missing (bench/workflow_peers.py).
+.PHONY: bench-workflow-peers
+bench-workflow-peers: $(BENCH_STAMP)
+	$(BIN)/python bench/workflow_peers.py $(BENCH_ARGS)
 
 # foundationctl and foundationd on PATH: symbolic links into the virtualenv (which stays where it is), e.g.
 # make install PREFIX=$$HOME/.local. The completion script: foundationctl completion bash|zsh.

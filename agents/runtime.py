@@ -28,10 +28,12 @@ from typing import Any
 import orjson
 import zmq
 
+from agents.resilience import ResilienceClient
 from agents.sdk import Agent, AgentLoadError, InvalidState, load_agent_class, validate_state
 from agents.state import StateStore
 from ipc import wire
-from ipc.errors import ErrorCode, FoundationError
+from ipc.errors import ErrorCode, FoundationError, classify, error_context, from_exception
+from ipc.flags import FlagTable
 from ipc.state_store import open_agent_store
 
 log = logging.getLogger("agent")
@@ -66,6 +68,8 @@ class AgentRuntime:
         self._waiting = False
         self.state: Any = None
         self.last_seq = 0
+        self.resilience = ResilienceClient(self)  # breakers, limits, retries, discovery (agents/resilience.py)
+        self.flags = FlagTable()  # the daemon's flags: in the welcome, then each change as an info (ipc/flags.py)
         agent._runtime = self
 
     # ---- lifecycle ----
@@ -110,6 +114,7 @@ class AgentRuntime:
             detail = msg["error"] if msg else "no answer"
             raise SystemExit(f"agent {self.name}: the daemon refused hello: {detail}")
         self._heartbeat = float(msg["heartbeat"])
+        self.flags.replace(msg.get("flags"))
         self._next_beat = time.monotonic() + self._heartbeat
 
     # ---- receiving ----
@@ -155,11 +160,15 @@ class AgentRuntime:
         if now >= self._next_beat:
             self._send("heartbeat")
             self._next_beat = now + self._heartbeat
+            if self.resilience.pending:
+                self.resilience.flush()
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg["kind"]
         if kind == "deliver":
             self._inbox.append(msg)
+        elif kind == "breaker":
+            self.resilience.on_push(msg)
         elif kind == "error":
             log.error("agent %s: daemon says: %s", self.name, msg["error"])
 
@@ -176,8 +185,8 @@ class AgentRuntime:
                 continue
             if match(msg):
                 return msg
-            if msg["kind"] == "deliver":
-                self._inbox.append(msg)
+            if msg["kind"] in ("deliver", "breaker"):
+                self._dispatch(msg)
 
     # ---- handling ----
 
@@ -207,13 +216,16 @@ class AgentRuntime:
             if accepted is not None:
                 self.agent.on_after_validate_state(accepted)
             self._send("done", id=msg["id"], **fields)
+        if self.resilience.pending:
+            self.resilience.flush()
 
     def _apply(self, msg: dict[str, Any], seq: int | None) -> tuple[dict[str, Any], Any]:
         """Run the handler; on success the new state becomes current. Returns (done fields, accepted state)."""
         self._cause, self._sends_in_cause = seq, 0
         try:
-            new_state, reply = self._run_handler(msg)
-            check_outcome(self.agent, new_state, reply, call=msg["call"])
+            with error_context(agent=self.name, message=msg["id"]):
+                new_state, reply = self._run_handler(msg)
+                check_outcome(self.agent, new_state, reply, call=msg["call"])
         except Exception as exc:
             return {"error": self._failed(msg, exc)}, None
         finally:
@@ -227,17 +239,27 @@ class AgentRuntime:
             reply, state = self.agent.handle_call(body, self.state)
             return state, reply
         if msg["info"]:
+            if self.flags.take(body):  # a new flag table: the runtime's, not the agent's
+                return self.state, None
             return self.agent.handle_info(body, self.state), None
         return self.agent.handle_cast(body, self.state), None
 
-    def _failed(self, msg: dict[str, Any], exc: Exception) -> dict[str, str]:
+    def _failed(self, msg: dict[str, Any], exc: Exception) -> dict[str, Any]:
         """The message failed; the old state stays, and the message still counts as handled (a redelivery would
-        only fail again). Returns the structured error for its ``done``."""
+        only fail again). Returns the structured error for its ``done``: the one error shape, with the handler's
+        traceback (the caller's FoundationError gets it as ``traceback``) and the category of what it raised."""
         kind = "invalid state" if isinstance(exc, InvalidState) else "handler error"
-        print(f"agent {self.name}: {kind} on {msg['id']}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        trace = traceback.format_exc()
+        print(f"agent {self.name}: {kind} on {msg['id']}:\n{trace}", file=sys.stderr, flush=True)
         if isinstance(exc, FoundationError):
-            return exc.to_wire()
-        return wire.error_body(ErrorCode.HANDLER_ERROR, f"{type(exc).__name__}: {exc}")
+            err = exc
+        else:
+            shape = classify(exc)
+            err = FoundationError(ErrorCode.HANDLER_ERROR, f"{type(exc).__name__}: {exc}", category=shape["category"],
+                                  context={**shape["context"], "agent": self.name, "message": msg["id"],
+                                           "exception": shape["code"]})
+        err.traceback = err.traceback or trace[-4000:]
+        return err.to_wire()
 
     # ---- the Runtime protocol (what Agent.send & co. call) ----
 
@@ -298,7 +320,36 @@ class AgentRuntime:
         return self._ref
 
     def _send(self, kind: str, **fields: Any) -> None:
-        self._sock.send(wire.encode(kind, **fields))
+        try:
+            self._sock.send(wire.encode(kind, **fields))
+        except zmq.ZMQError as exc:  # mapped at the boundary: the SDK raises the one error shape
+            raise from_exception(exc, f"sending {kind} to foundationd") from exc
+
+    # ---- the resilience services' channel (agents/resilience.py) ----
+
+    def service(self, op: str, args: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> Any:
+        ref = self._next_ref()
+        self._send("svc", ref=ref, op=op, args=args)
+        answer = self._await_ref(ref, ("reply",), timeout)
+        if "error" in answer:
+            raise FoundationError.from_wire(answer["error"])
+        return answer.get("body")
+
+    def service_cast(self, op: str, args: dict[str, Any]) -> None:
+        self._send("svc_cast", op=op, args=args)
+
+    def pause(self, seconds: float) -> None:
+        """Wait without missing heartbeats; deliveries that arrive meanwhile are kept for later."""
+        self._receive_until(lambda m: False, timeout=seconds)
+
+    def look(self) -> None:
+        """Take in the frames that have arrived (pushed breaker changes, deliveries for later), without waiting."""
+        if not self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return
+        frame = self._receive_now()
+        while frame is not None:
+            self._dispatch(frame)
+            frame = self._receive_now()
 
 
 def check_outcome(agent: Agent, state: Any, reply: Any, call: bool) -> None:

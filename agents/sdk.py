@@ -14,7 +14,9 @@ a structured error, the old state stays and the agent carries on.
 Hooks, as in OTP's gen_server plus the state-persistence plan this project grew from:
 ``init``, ``mount``, ``handle_cast``, ``handle_call``, ``handle_info`` (ticks and down notices),
 ``on_after_validate_state``, ``shutdown``. From a handler, ``self.send``, ``self.call``,
-``self.monitor`` and ``self.set_timer`` reach other agents and the daemon.
+``self.monitor`` and ``self.set_timer`` reach other agents and the daemon; ``self.breaker``, ``self.guarded``,
+``self.retry``, ``self.acquire``, ``self.register`` and ``self.discover`` use the host-wide resilience services
+(agents/resilience.py).
 """
 
 from __future__ import annotations
@@ -22,15 +24,23 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ipc.errors import ErrorCode, FoundationError
+from ipc.flags import FlagTable
+
+if TYPE_CHECKING:
+    from agents.resilience import Guard, ResilienceClient
+    from ipc.workflow_def import RetryPolicy
+
+T = TypeVar("T")
 
 
 class Runtime(Protocol):
     """What an agent may ask of whatever runs it: the real runtime, or the in-process test harness."""
 
     name: str
+    flags: FlagTable
 
     def send(self, to: str, body: Any) -> str: ...
     def call(self, to: str, body: Any, timeout: float) -> Any: ...
@@ -110,6 +120,11 @@ class Agent:
     def cancel_timer(self, ref: int) -> None:
         self._rt().cancel_timer(ref)
 
+    def enabled(self, flag: str, ident: object = "") -> bool:
+        """Whether feature flag ``flag`` is on for ``ident`` (a user, a tenant, a key), answered locally from the
+        daemon's table, which the daemon pushes on every change (DESIGN 3.8; an unknown flag is off)."""
+        return self._rt().flags.enabled(flag, str(ident))
+
     def persist(self, state: Any) -> None:
         """Commit ``state`` now, in the middle of a handler (the message itself still counts as unhandled until
         the handler returns): an intent written before an effect that must not be repeated blindly after a crash."""
@@ -119,6 +134,49 @@ class Agent:
         """Exit normally (status 0) once the current batch is committed and answered: a transient agent that
         has finished its work."""
         self._rt().stop()
+
+    # ---- the host-wide resilience services (agents/resilience.py) ----
+
+    def breaker(self, name: str) -> Guard:
+        """``with self.breaker("payments"): ...``: the block is a call guarded by the host-wide breaker ``name``;
+        raises BreakerOpen (code ``breaker_open``) without running it while the breaker is open."""
+        return self._resilience().breaker(name)
+
+    def guarded(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` guarded by breaker ``name``."""
+        return self._resilience().guarded(name, fn, *args, **kwargs)
+
+    def retry(self, name: str, fn: Callable[..., T], *args: Any, policy: RetryPolicy | None = None,
+              **kwargs: Any) -> T:
+        """``fn`` through breaker ``name``, retried as ``policy`` (Temporal's fields) and the retry budget allow."""
+        return self._resilience().retry(name, fn, *args, policy=policy, **kwargs)
+
+    def acquire(self, name: str, tokens: float = 1, wait: float = 10.0) -> None:
+        """Take tokens from the host-wide rate limit ``name`` (``[resilience.limits.NAME]``), waiting up to
+        ``wait`` seconds; raises ``rate_limited`` otherwise."""
+        self._resilience().acquire(name, tokens, wait)
+
+    def register(self, capability: str, breaker: str | None = None, **meta: Any) -> None:
+        """Offer ``capability`` in service discovery (``foundationctl services``) while this process runs."""
+        self._resilience().register(capability, breaker, **meta)
+
+    def discover(self, capability: str) -> list[dict[str, Any]]:
+        """The healthy agents offering ``capability``: ``[{"name", "pid", "meta"}]``."""
+        return self._resilience().discover(capability)
+
+    def report_error(self, exc: BaseException, dependency: str = "") -> None:
+        """Count ``exc`` in the daemon's error tracker (``foundationctl errors``)."""
+        self._resilience().report_error(exc, dependency)
+
+    def _resilience(self) -> ResilienceClient:
+        runtime = self._rt()
+        client = getattr(runtime, "resilience", None)
+        if client is None:
+            from agents.resilience import LocalChannel, ResilienceClient  # noqa: PLC0415 (a harness without one)
+
+            client = ResilienceClient(LocalChannel(runtime.name))
+            runtime.resilience = client  # type: ignore[attr-defined]
+        return client
 
     def _rt(self) -> Runtime:
         if self._runtime is None:

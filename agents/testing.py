@@ -28,12 +28,14 @@ import psutil
 from agents.runtime import check_outcome
 from agents.sdk import validate_state
 from ipc.control import SOCKET_NAME, ControlClient, ControlUnreachable
+from ipc.flags import FlagTable, parse_value
 
 T = TypeVar("T")
 
 TRACEBACK = "Traceback (most recent call last):"
 # At the start of a line: the daemon's own (log.exception, an uncaught error, a helper sharing its stderr), maybe
-# after a journal priority. A child's lines carry "name | " in front: its tracebacks are its own business.
+# after a journal priority. A child's lines carry "name | " (from its stderr "name ! ") in front: its tracebacks are
+# its own business.
 _OWN_TRACEBACK = re.compile(r"^(?:<\d>)?" + re.escape(TRACEBACK), re.MULTILINE)
 
 _trackers: list[list[DaemonProcess]] = []
@@ -314,6 +316,7 @@ class AgentHarness:
                  call_replies: Callable[[str, Any], Any] | None = None) -> None:
         self.name = name
         self.agent = agent_class()
+        self.flags = FlagTable()  # what ``self.enabled`` answers from: set it with ``set_flag``
         self.agent._runtime = _HarnessRuntime(self)
         self.sent: list[tuple[str, Any]] = []
         self.calls: list[tuple[str, Any]] = []
@@ -346,6 +349,12 @@ class AgentHarness:
     def stop(self) -> None:
         self.agent.shutdown(self.state)
 
+    def set_flag(self, name: str, value: object, killed: bool = False) -> None:
+        """Feature flag ``name`` as the daemon would push it: ``on``, ``off`` or a percentage."""
+        kind, percent = parse_value(value)
+        self.flags.version += 1
+        self.flags.flags[name] = {"kind": kind, "percent": percent, "killed": killed}
+
     def _apply(self, run: Callable[[], tuple[Any, Any]], call: bool) -> tuple[Any, Any]:
         new_state, reply = run()
         check_outcome(self.agent, new_state, reply, call=call)
@@ -360,6 +369,7 @@ class _HarnessRuntime:
     def __init__(self, harness: AgentHarness) -> None:
         self.h = harness
         self.name = harness.name
+        self.flags = harness.flags
 
     def send(self, to: str, body: Any) -> str:
         self.h.sent.append((to, body))

@@ -3,7 +3,7 @@
     foundationd ──{"spares": N}──> zygote (SDK, zmq, lmdb imported; no context, no environment, no thread)
     zygote ──fork──> intermediate ──fork──> spare ; the intermediate exits, foundationd adopts the spare
     zygote ──{"spare": pid} + the spare's socket (SCM_RIGHTS)──> foundationd, which keeps a pool of them
-    foundationd ──request (agent, env, cwd, umask) + output fd──> a spare, which becomes that agent
+    foundationd ──request (agent, env, cwd, umask) + stdout and stderr fds──> a spare, which becomes that agent
 
 Why: an agent started by exec pays ~50-60 ms for the interpreter and the imports of zmq, lmdb and the SDK.
 A spare is an agent-to-be forked ahead of time (Android's unspecialised app processes): starting an agent is
@@ -173,16 +173,16 @@ def spare(zygote_sock: socket.socket, channel: socket.socket) -> NoReturn:
         _wait_for_adoption(int(os.environ["FOUNDATION_DAEMON_PID"]))
         runtime.die_with_daemon()
         setproctitle.setproctitle(f"{sys.executable} -m agents.zygote (spare)")
-        data, fds, _, _ = socket.recv_fds(channel, MAX_REQUEST, 1)
+        data, fds, _, _ = socket.recv_fds(channel, MAX_REQUEST, 2)
         channel.close()
-        if not data or not fds:
+        if not data or len(fds) != 2:
             return 0
-        return become_agent(orjson.loads(data), fds[0])
+        return become_agent(orjson.loads(data), fds[0], fds[1])
 
     _exit_after(wait)
 
 
-def become_agent(request: dict[str, Any], output_fd: int) -> Any:
+def become_agent(request: dict[str, Any], stdout_fd: int, stderr_fd: int) -> Any:
     """In a spare: become what an exec of ``python -m agents.runtime AGENT`` would give; the runtime's status."""
     agent = request["agent"]
     if not isinstance(agent, str) or ":" not in agent:
@@ -192,7 +192,7 @@ def become_agent(request: dict[str, Any], output_fd: int) -> Any:
     title = f"{sys.executable} -m agents.runtime {agent}"
     setproctitle.setproctitle(title)
     setproctitle.setthreadtitle(os.path.basename(sys.executable))  # comm, which setproctitle also changed
-    _redirect(output_fd)
+    _redirect(stdout_fd, stderr_fd)
     if request.get("umask") is not None:
         os.umask(int(request["umask"]))
     cwd = request.get("cwd")
@@ -222,12 +222,12 @@ def _exit_after(work: Callable[[], Any]) -> NoReturn:
         os._exit(_exit_status(code))
 
 
-def _redirect(output_fd: int) -> None:
-    """stdin from /dev/null, stdout and stderr into foundationd's pipe, every other fd of the zygote closed."""
+def _redirect(stdout_fd: int, stderr_fd: int) -> None:
+    """stdin from /dev/null, stdout and stderr into foundationd's two pipes, every other fd of the zygote closed."""
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    os.dup2(output_fd, 1)
-    os.dup2(output_fd, 2)
+    os.dup2(stdout_fd, 1)
+    os.dup2(stderr_fd, 2)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
 
 

@@ -44,7 +44,7 @@ from bench.common import (
     write_results,
 )
 from daemon.core.spec import WorkerSpec
-from daemon.shell.process import ProcessShell, find_exec_helper, start_process
+from daemon.shell.process import ProcessShell, find_exec_helper, output_pipes, start_process
 
 SLEEP = "/usr/bin/sleep"
 TRUE = "/bin/true"
@@ -64,27 +64,27 @@ def floor(argv: list[str], runs: int, warmup: int = 3) -> list[float]:
 
 def daemon_argv(command: list[str]) -> list[str]:
     """The argv ProcessShell.spawn would exec for ``command`` (its wrappers: setpriv, any guard), from here."""
-    shell = ProcessShell(lambda fd, cb: None, lambda fd: None, lambda event: None, lambda name, lines: None)
+    shell = ProcessShell(lambda fd, cb: None, lambda fd: None, lambda event: None, lambda name, stream, lines: None)
     return shell._argv(WorkerSpec("floor", tuple(command)))  # private on purpose: mirror the daemon exactly
 
 
 def floor_like_daemon(argv: list[str], runs: int, warmup: int = 3) -> list[float]:
-    """ProcessShell.spawn's own start (daemon/shell/process.py start_process: pipe, own group), plus the wait."""
+    """ProcessShell.spawn's own start (daemon/shell/process.py start_process: two pipes, own group), plus the wait."""
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
     helper = find_exec_helper()
     times = []
     for i in range(warmup + runs):
         t0 = time.perf_counter()
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        pid, popen = start_process(argv, env, write_fd, helper=helper)
-        os.close(write_fd)
+        with output_pipes() as (reads, writes):  # stdout's and stderr's, as the daemon makes them
+            pid, popen = start_process(argv, env, writes, helper=helper)
         if popen is not None:
             popen.wait()
         else:
             os.waitpid(pid, 0)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-        os.close(read_fd)
+        for fd in reads:
+            os.close(fd)
     return times
 
 

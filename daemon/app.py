@@ -50,9 +50,11 @@ from daemon.core.protocol import (
 from daemon.core.spec import ChildSpec, WorkerSpec, worker_specs
 from daemon.core.states import State
 from daemon.core.tree import SupervisionTree, Worker
+from daemon.services.flags import FlagService
 from daemon.services.observability import Observability
 from daemon.services.plan_runner import PlanRunner
 from daemon.services.reload import Reloader
+from daemon.services.resilience import Resilience
 from daemon.services.state_reader import StateReaders
 from daemon.services.systemd_status import SystemdStatus
 from daemon.services.tree_queries import TreeQueries
@@ -61,7 +63,6 @@ from daemon.shell import forkserver
 from daemon.shell.child_notify import ChildNotifySocket
 from daemon.shell.child_output import ChildOutput
 from daemon.shell.child_watchdog import ChildReports
-from daemon.shell.logs import LogRings, RingHandler
 from daemon.shell.loop import EventLoop, TimerHandle
 from daemon.shell.memory import MemoryWatch
 from daemon.shell.notify import Notifier
@@ -83,12 +84,11 @@ class App:
         self.config, self.runtime_dir, self.state_dir, self._sinks = config, runtime_dir, state_dir, sinks
         self.config_path = config_path
         self.attached: dict[str, tuple[str, dict[str, Any]]] = {}  # run-time attaches, for `save`
-        self.start_causes: dict[str, str] = {}  # an agent's last failed start, for attach's error
         self.started_at = time.monotonic()
         self.loop = EventLoop()
         self.tree = SupervisionTree(config.root, self.loop.clock)
-        self.logs = LogRings()
-        self.output = ChildOutput(self.logs, sinks[0] if sinks else None)
+        self.output = ChildOutput(sinks[0] if sinks else None, config.logs)  # to stdout, the rings, the files
+        self.logs, self.start_causes = self.output.rings, self.output.start_causes  # (for the logs and attach verbs)
         self.shell = ProcessShell(self.loop.add_reader, self.loop.remove_reader, self._on_exit, self.output.lines,
                                   base_env={"FOUNDATION_RUNTIME_DIR": str(runtime_dir),
                                             "FOUNDATION_STATE_DIR": str(state_dir)},
@@ -98,7 +98,6 @@ class App:
         self.queries = TreeQueries(self.tree, self.shell.signal)
         self.memory = MemoryWatch(self.loop.call_later, self.queries.memory_watched, self.queries.kill_for_memory)
         self._memory_poke = False
-        self._log_ring = RingHandler(self.logs)
         self.states = StateReaders(state_dir)
         self.reports = ChildReports(self.tree, self.loop.call_later, self.shell.signal, self.feed)
         self.spawn_env = SpawnEnv(runtime_dir, state_dir, self.shell)
@@ -108,7 +107,8 @@ class App:
                                  notifier=self.notifier, config_path=config_path,
                                  is_ready=lambda: self.systemd.ready_sent, adopt=self.adopt_config)
         self.obs = Observability(self)  # events, restart history, metrics, doctor (daemon/services/observability.py)
-        self.workflows = WorkflowSide(self, state_dir)
+        self.workflows, self.flags = WorkflowSide(self, state_dir), FlagService(self, state_dir)  # (flags: migrations)
+        self.resilience = Resilience(self)  # breakers, rate limits, retry budgets, discovery, errors (issue 14)
         self.control: ControlServer | None = None
         self.broker: Broker | None = None
         self.child_notify: ChildNotifySocket | None = None
@@ -120,7 +120,7 @@ class App:
 
     def run(self) -> int:
         become_subreaper()
-        logging.getLogger().addHandler(self._log_ring)
+        logging.getLogger().addHandler(self.output.daemon_log)
         for sink in self._sinks:
             sink.attach(self.loop.add_writer, self.loop.remove_writer)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -133,9 +133,10 @@ class App:
         q = self.queries
         self.broker = Broker(self.runtime_dir, self.state_dir, self.loop, agent_alive=q.agent_alive,
                              kill=q.kill_agent, mailbox_bound=q.mailbox_bound, liveness=q.liveness,
-                             on_hello=self._on_agent_hello)
+                             on_hello=self._on_agent_hello, services=self.resilience.frames)
         self.spawn_env.broker, self.spawn_env.notify = self.broker, self.child_notify
         self.obs.start()
+        self.flags.start()  # before the tree boots: an agent's welcome carries the flag table
         self.shell.start_guardian()  # before the first child: a SIGKILLed daemon leaves no process group behind
         if any(w.agent for w in worker_specs(self.config.root)):  # the zygote imports the SDK meanwhile
             self.shell.start_zygote()
@@ -156,15 +157,15 @@ class App:
         return self._exit_code
 
     def _close(self) -> None:
-        for part in (self.memory, self.control, self.shell, self.broker, self.child_notify, self.states,
-                     self.notifier, self.workflows, self.obs):
+        for part in (self.memory, self.control, self.shell, self.output, self.broker, self.child_notify, self.states,
+                     self.notifier, self.workflows, self.flags, self.obs, self.resilience):
             if part is not None:
                 part.close()
         for sink in self._sinks:
             sink.flush()
             sink.detach()
         self.loop.close()
-        logging.getLogger().removeHandler(self._log_ring)
+        logging.getLogger().removeHandler(self.output.daemon_log)
 
     def shutdown(self, signum: int | None = None) -> None:
         if signum is not None:  # SIGTERM, SIGINT
@@ -182,7 +183,9 @@ class App:
     def adopt_config(self, new: DaemonConfig) -> None:
         self.config = new
         self.shell.zygote.configure(new.fork_server)
+        self.output.configure(new.logs)
         self.shell.clear_credentials()  # (users and groups looked up again at their next spawn)
+        self.flags.configure(new)
 
     def feed(self, event: Event) -> None:
         self.apply(self.tree.handle(event))
@@ -197,12 +200,8 @@ class App:
     def _on_exit(self, event: Exited) -> None:
         node = self.tree.find_quiet(event.name)
         if isinstance(node, Worker) and node.pid == event.pid:
-            cause = self.output.exited(event.name, event.describe())
-            self.reports.exited(event.name)
-            if cause is not None and node.state is State.STARTING:
-                log.error("%s failed to start: %s", event.name, cause)
-                self.start_causes[event.name] = cause
-                self.reports.reported.setdefault(event.name, {})["last_error"] = cause
+            self.reports.exited(event.name, self.output.exited(event.name, event.describe(),
+                                                               starting=node.state is State.STARTING))
             if self.broker is not None and node.spec.agent:
                 self.broker.agent_exited(event.name, event.describe())
             self.workflows.exited(event)
@@ -257,13 +256,13 @@ class App:
         except SpawnError as exc:
             self._pending.append(SpawnFailed(name, str(exc)))
             return
-        self.output.started(name, pid)
+        self.output.started(spec, pid)
         self._memory_poke = self._memory_poke or spec.max_memory is not None
         two_step = bool(spec.agent) or spec.ready == "notify"
         self._pending.append(Spawned(name, pid, ready=not two_step))
 
     def _forget(self, name: str) -> None:
-        self.logs.forget(name)
+        self.output.forget(name)
         self.attached.pop(name, None)
         self.reports.forget(name)
         self.spawn_env.forget(name)
@@ -286,12 +285,10 @@ class App:
     def status(self) -> dict[str, Any]:
         return {
             "daemon": {
-                "pid": os.getpid(), "version": version(),
-                "uptime_s": round(time.monotonic() - self.started_at, 3),
+                "pid": os.getpid(), "version": version(), "uptime_s": round(time.monotonic() - self.started_at, 3),
                 "runtime_dir": str(self.runtime_dir), "state_dir": str(self.state_dir),
                 "zygote": self.shell.zygote.describe(), "guardian": {"pid": self.shell.guardian.pid},
-                "spawn": self.shell.spawn_path,
-                **self.obs.describe(),
+                "spawn": self.shell.spawn_path, **self.obs.describe(),
             },
             "tree": self.reports.with_reports(self.tree.snapshot()),
             "broker": self.broker.stats() if self.broker is not None else None,

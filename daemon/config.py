@@ -17,12 +17,15 @@ import socket
 import sys
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from daemon.core.logfiles import MAX_KEEP, MIN_MAX_SIZE, LogSettings
+from daemon.core.resilience.settings import ResilienceConfig, SettingError
+from daemon.core.resilience.settings import parse as parse_resilience
 from daemon.core.spec import (
     BRUTAL_KILL,
     INFINITY,
@@ -34,6 +37,7 @@ from daemon.core.spec import (
     SupervisorSpec,
     WorkerSpec,
 )
+from daemon.services.migrations_core import MigrationSpec, SpecError, parse_flags, parse_migration
 
 ROOT_NAME = "root"
 EMBEDDED = "<embedded>"
@@ -44,16 +48,17 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 AGENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
-_TOP_KEYS = ("daemon", "metrics", "supervisor", "workflows")
-_WORKFLOWS_KEYS = ("task_agents", "monitor")
+_TOP_KEYS = ("daemon", "dashboard", "flags", "metrics", "migration", "resilience", "supervisor", "workflows")
+_WORKFLOWS_KEYS = ("task_agents", "monitor", "pool")
 MAX_TASK_AGENTS = 64
-_DAEMON_KEYS = ("control_group", "fork_server", "runtime_dir", "state_dir")
+_DAEMON_KEYS = ("control_group", "fork_server", "log_dir", "log_keep", "log_max_size", "runtime_dir", "state_dir")
+_LOG_KEYS = {"log_dir": "directory", "log_max_size": "max_size", "log_keep": "keep"}  # [daemon] -> LogSettings
 # Any of these keys makes a child table a supervisor rather than a worker.
 _SUPERVISOR_MARKERS = ("children", "strategy", "intensity", "period")
 _SUPERVISOR_KEYS = ("name", "restart", *_SUPERVISOR_MARKERS)
 _WORKER_KEYS = (
-    "agent", "backoff", "command", "env", "group", "limits", "liveness", "mailbox", "max_memory", "name",
-    "on_intensity", "ready",
+    "agent", "backoff", "command", "env", "group", "limits", "liveness", "log_file", "log_keep", "log_max_size",
+    "mailbox", "max_memory", "name", "on_intensity", "ready",
     "restart", "shutdown", "start_timeout", "umask", "user", "watchdog", "working_dir",
 )
 # Resource limits a worker may set (applied with util-linux prlimit, whose option names these are). Sizes are
@@ -100,7 +105,12 @@ class DaemonConfig:
     state_dir: str | None = None
     control_group: str | None = None
     fork_server: bool = True  # SDK agents forked from a preloaded zygote (agents/zygote.py) instead of exec'd
+    logs: LogSettings = field(default_factory=LogSettings)  # children's output files: log_dir, log_max_size, log_keep
     metrics_listen: str | None = None  # [metrics] listen: "HOST:PORT" serving /metrics (DESIGN 3.9); None: off
+    dashboard_listen: str | None = None  # [dashboard] listen: "HOST:PORT" serving the live page; None: off
+    flags: tuple[tuple[str, Any], ...] = ()  # [flags] name = on | off | PERCENT (DESIGN 3.8)
+    migration: MigrationSpec | None = None  # [migration] and its [[migration.stages]]
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)  # [resilience]: breakers, limits, ...
     source: str = EMBEDDED
 
 
@@ -116,7 +126,10 @@ def load_config(path: str | None) -> DaemonConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(source, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     config = parse_config(text, source)
-    return replace(config, root=_relative_to(config.root, Path(path).resolve().parent))
+    base = Path(path).resolve().parent
+    directory = config.logs.directory
+    logs = replace(config.logs, base=str(base), directory=None if directory is None else str(base / directory))
+    return replace(config, root=_relative_to(config.root, base), logs=logs)
 
 
 def parse_config(text: str, source: str) -> DaemonConfig:
@@ -127,11 +140,20 @@ def parse_config(text: str, source: str) -> DaemonConfig:
         raise ConfigError(source, "", f"invalid TOML: {exc}") from exc
     _Table(data, "", source).reject_unknown(_TOP_KEYS)
     settings = _daemon_settings(data.get("daemon"), source)
-    settings.update(_metrics_settings(data.get("metrics"), source))
+    logs = LogSettings(**{attr: settings.pop(name) for name, attr in _LOG_KEYS.items() if name in settings})
+    settings.update(_listen_settings(data.get("metrics"), "metrics", "/metrics", 9464, source))
+    settings.update(_listen_settings(data.get("dashboard"), "dashboard", "the dashboard", 9465, source))
+    settings.update(_flag_settings(data, source))
+    if "resilience" in data:
+        try:
+            settings["resilience"] = parse_resilience(data["resilience"])
+        except SettingError as exc:
+            raise ConfigError(source, exc.key, exc.message) from None
     root = _root(data.get("supervisor"), source)
+    _check_log_keys(data.get("supervisor"), "supervisor", source, logs.directory is not None)
     if "workflows" in data:
         root = _with_workflows(root, data["workflows"], source)
-    return DaemonConfig(root=root, source=source, **settings)
+    return DaemonConfig(root=root, source=source, logs=logs, **settings)
 
 
 def child_spec_from_dict(data: object, key: str = "spec", source: str = REQUEST) -> ChildSpec:
@@ -188,25 +210,56 @@ def _daemon_settings(value: object, source: str) -> dict[str, Any]:
         return {}
     table = _Table.of(value, "daemon", source, _DAEMON_KEYS, "a table")
     out: dict[str, Any] = {}
+    checks: dict[str, _Check] = {"fork_server": _boolean, "log_max_size": _log_max_size, "log_keep": _log_keep}
     for name in _DAEMON_KEYS:
-        table.take(out, name, _boolean if name == "fork_server" else _string)
+        table.take(out, name, checks.get(name, _string))
     return out
 
 
-def _metrics_settings(value: object, source: str) -> dict[str, Any]:
-    """``[metrics] listen = "127.0.0.1:9464"``: an IP address (not a name, which would need a lookup) and a port (0:
-    any free one, shown in ``status --json``)."""
+def _check_log_keys(value: object, key: str, source: str, has_log_dir: bool) -> None:
+    """A child's log_max_size or log_keep with no file to rotate (no log_file, and no [daemon] log_dir) would do
+    nothing: say so, rather than let someone believe their logs rotate. (The tables are valid by now.)"""
+    if not isinstance(value, dict):
+        return
+    for i, child in enumerate(value.get("children", [])):
+        at = f"{key}.children[{i}]"
+        if not isinstance(child, dict):
+            continue
+        _check_log_keys(child, at, source, has_log_dir)
+        has_file = isinstance(child.get("log_file"), str) or ("log_file" not in child and has_log_dir)
+        for name in ("log_max_size", "log_keep"):
+            if name in child and not has_file:
+                why = "log_file = false" if child.get("log_file") is False else "no log_file, and no [daemon] log_dir"
+                raise ConfigError(source, f"{at}.{name}", f"this child has no log file to rotate ({why})")
+
+
+def _listen_settings(value: object, name: str, what: str, port: int, source: str) -> dict[str, Any]:
+    """``[metrics] listen = "127.0.0.1:9464"``, ``[dashboard] listen = "127.0.0.1:9465"``: an IP address (not a name,
+    which would need a lookup) and a port (0: any free one, shown in ``status --json``)."""
     if value is None:
         return {}
-    table = _Table.of(value, "metrics", source, ("listen",), "a table")
+    table = _Table.of(value, name, source, ("listen",), "a table")
     if "listen" not in table.data:
-        raise table.error("listen", "missing: the address to serve /metrics on, e.g. \"127.0.0.1:9464\"")
+        raise table.error("listen", f"missing: the address to serve {what} on, e.g. \"127.0.0.1:{port}\"")
     listen = _string(table.data["listen"], table.at("listen"), source)
     try:
         parse_listen(listen)
     except ValueError as exc:
         raise table.error("listen", str(exc)) from None
-    return {"metrics_listen": listen}
+    return {f"{name}_listen": listen}
+
+
+def _flag_settings(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``[flags]`` and ``[migration]`` (daemon/services/migrations_core.py validates them)."""
+    out: dict[str, Any] = {}
+    try:
+        if "flags" in data:
+            out["flags"] = parse_flags(data["flags"])
+        if "migration" in data:
+            out["migration"] = parse_migration(data["migration"])
+    except SpecError as exc:
+        raise ConfigError(source, exc.key, exc.message) from None
+    return out
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -316,6 +369,9 @@ def _worker(table: _Table, name: str) -> WorkerSpec:
     table.take(out, "umask", _umask)
     table.take(out, "limits", _limits)
     table.take(out, "max_memory", _max_memory)
+    table.take(out, "log_file", _log_file)
+    table.take(out, "log_max_size", _log_max_size)
+    table.take(out, "log_keep", _log_keep)
     return WorkerSpec(name=name, **out)
 
 
@@ -499,6 +555,31 @@ def _max_memory(value: object, key: str, source: str) -> int:
     return number
 
 
+def _log_file(value: object, key: str, source: str) -> str | bool:
+    """A path (relative: under [daemon] log_dir, else the config file's directory), or false for none."""
+    if value is False:
+        return False
+    if value is True:
+        raise ConfigError(source, key, "expected a path, or false for no file (true: leave the key out, and set "
+                          "[daemon] log_dir)")
+    _expect(value, (str,), "a path (a string) or false", key, source)
+    return _string(value, key, source)
+
+
+def _log_max_size(value: object, key: str, source: str) -> int:
+    number = _size(value, key, source, 'bytes (an integer, or a size like "10M")')
+    if number < MIN_MAX_SIZE:
+        raise ConfigError(source, key, f"must be at least {MIN_MAX_SIZE} bytes (1K), got {number}")
+    return number
+
+
+def _log_keep(value: object, key: str, source: str) -> int:
+    number = _expect(value, (int,), "an integer (how many rotated files to keep)", key, source)
+    if not 0 <= number <= MAX_KEEP:
+        raise ConfigError(source, key, f"must be between 0 and {MAX_KEEP}, got {number}")
+    return number
+
+
 def _shutdown(value: object, key: str, source: str) -> Shutdown:
     if isinstance(value, str) and value in (BRUTAL_KILL, INFINITY):
         return value
@@ -552,11 +633,15 @@ def _with_workflows(root: SupervisorSpec, value: object, source: str) -> Supervi
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_TASK_AGENTS:
         raise table.error("task_agents", f"an integer from 1 to {MAX_TASK_AGENTS}, not {_describe(count)}")
     monitor = _boolean(table.data.get("monitor", True), table.at("monitor"), source)
+    warm = table.data.get("pool", 2)
+    if isinstance(warm, bool) or not isinstance(warm, int) or not 0 <= warm <= MAX_TASK_AGENTS:
+        raise table.error("pool", f"an integer from 0 to {MAX_TASK_AGENTS}, not {_describe(warm)}")
     pool = (("FOUNDATION_TASK_AGENTS", str(count)),)
     added: list[ChildSpec] = [
         # A workflow process that keeps crashing is parked (attached so), never allowed to fail this supervisor.
         SupervisorSpec(name="workflows", intensity=100, period=10.0),
-        WorkerSpec(name="coordinator", agent="agents.builtin.coordinator:Coordinator", env=pool),
+        WorkerSpec(name="coordinator", agent="agents.builtin.coordinator:Coordinator",
+                   env=(*pool, ("FOUNDATION_WORKFLOW_POOL", str(warm)))),
         SupervisorSpec(name="tasks", intensity=10 * count, period=10.0, children=tuple(
             WorkerSpec(name=f"task-{i}", agent="agents.builtin.task:TaskAgent") for i in range(1, count + 1))),
     ]
@@ -581,7 +666,8 @@ def _embedded() -> DaemonConfig:
     """The demo tree shipped in the package; its children run on the daemon's own interpreter."""
     text = resources.files("daemon").joinpath("default.toml").read_text(encoding="utf-8")
     config = parse_config(text, EMBEDDED)
-    return replace(config, root=_with_python(config.root))
+    # No file to be relative to: an attached child's relative log_file is taken from foundationd's directory.
+    return replace(config, root=_with_python(config.root), logs=replace(config.logs, base=str(Path.cwd())))
 
 
 def _with_python(spec: SupervisorSpec) -> SupervisorSpec:

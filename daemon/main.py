@@ -20,6 +20,7 @@ from pathlib import Path
 from daemon import paths, version
 from daemon.app import App
 from daemon.config import ConfigError, DaemonConfig, load_config
+from daemon.core.logfiles import target_of
 from daemon.core.spec import WorkerSpec, worker_specs
 from daemon.shell.output import OutputSink, SinkHandler, stderr_is_journal
 from daemon.shell.process import SpawnError, resolve_program
@@ -55,7 +56,8 @@ def _lock(directory: Path, what: str) -> int:
 
 
 def _raise_fd_limit() -> None:
-    # Each worker holds a pidfd and an output pipe; the default soft limit of 1024 caps a fleet at ~500.
+    # Each worker holds a pidfd, two output pipes and maybe a log file; the default soft limit of 1024 caps a fleet
+    # at ~250.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         with contextlib.suppress(ValueError, OSError):
@@ -90,13 +92,28 @@ def check(config: DaemonConfig) -> int:
     directory and program found, each agent's ``module:Class`` loaded in a child interpreter (user code never runs
     in the daemon); every problem printed, one line each, naming the child."""
     workers = worker_specs(config.root)
-    problems = [f"{w.name}: {why}" for w in workers if (why := _startable(w)) is not None]
+    problems = [f"{w.name}: {why}" for w in workers if (why := _startable(w) or _loggable(w, config)) is not None]
     for line in problems:
         print(f"foundationd: {config.source}: {line}", file=sys.stderr)
     if problems:
         return EXIT_CONFIG
     print(f"config ok: {config.source}: {len(workers)} children")
     return EXIT_OK
+
+
+def _loggable(spec: WorkerSpec, config: DaemonConfig) -> str | None:
+    """Why foundationd could not write ``spec``'s log file (it creates missing directories), or None."""
+    target = target_of(spec, config.logs)
+    if target is None:
+        return None
+    path = Path(target.path)
+    if path.exists():
+        ok = path.is_file() and os.access(path, os.W_OK)
+        return None if ok else f"log file {path}: not a regular file foundationd can write"
+    parent = next(p for p in path.parents if p.exists())
+    if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        return f"log file {path}: cannot be created in {parent}"
+    return None
 
 
 def _startable(spec: WorkerSpec) -> str | None:

@@ -79,12 +79,17 @@ class StateError(Exception):
     * ``"corrupt"`` — the stored keys are missing, malformed or not JSON;
     * ``"format"`` — the store was written by a newer format;
     * ``"lmdb"`` — any other LMDB failure (open, I/O, lock).
+
+    ``category`` and ``context`` place it in the one error shape (ipc/errors.py ``classify``).
     """
 
     def __init__(self, message: str, *, code: str, path: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.path = path
+        self.category = ("validation" if code in ("invalid", "not_serialisable") else
+                         "internal" if code in ("closed", "wrong_process", "format") else "infrastructure")
+        self.context = {"path": path} if path is not None else {}
 
 
 def agent_state_path(state_dir: str | os.PathLike[str], name: str) -> Path:

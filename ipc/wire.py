@@ -17,6 +17,10 @@ kind for people who write an agent in another language.
       heartbeat {}             ──────>     liveness
       monitor {ref, target}    ──────>     later: down {ref, target, reason}
       timer {ref, after, every}──────>     later: tick {ref} as a delivery of kind info
+      svc {ref, op, args}      ──────>     breakers, limits, retry budget, discovery
+                               <──────     reply {ref, body} | reply {ref, error}
+      svc_cast {op, args}      ──────>     outcomes of guarded calls, errors (batched, no answer)
+                               <──────     breaker {name, state, open_until, slow_call_duration} (pushed)
 """
 
 from __future__ import annotations
@@ -56,6 +60,11 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "cancel_timer": {"ref": int},
     "tick": {"ref": int},
     "error": {"error": dict},
+    # the resilience services (agents/resilience.py, daemon/services/resilience.py): a request answered by reply,
+    # a one-way report, and a breaker's new state pushed to the agents that use it
+    "svc": {"ref": int, "op": str, "args": dict},
+    "svc_cast": {"op": str, "args": dict},
+    "breaker": {"name": str, "state": str},
 }
 
 
@@ -93,5 +102,6 @@ def decode(frame: bytes) -> dict[str, Any]:
     return msg
 
 
-def error_body(code: ErrorCode | str, message: str) -> dict[str, str]:
-    return {"code": str(code), "message": message}
+def error_body(code: ErrorCode, message: str) -> dict[str, Any]:
+    """The one error shape (ipc/errors.py): ``{"code", "message", "category", "context", "retryable"}``."""
+    return FoundationError(code, message).to_wire()

@@ -208,3 +208,87 @@ def _fd_kind(fd: int) -> str:
     except OSError:
         return "gone"  # the listdir's own fd
     return target.split(":")[0] if ":" in target else ("file" if target.startswith("/") else target)
+
+
+class Guarded(Agent):
+    """Calls a pretend dependency through the host-wide breaker ``msg["breaker"]`` (default ``dep``):
+    ``{"call": "ok"|"fail"|"business"|"slow"}`` -> ``"ok"``, or the error's code (``breaker_open`` when refused)
+    and category. ``{"acquire": LIMIT, "n": N}`` takes N tokens one at a time and answers their grant times
+    (CLOCK_MONOTONIC, one clock for the whole host). ``{"retry": DEP, "fail": K}`` fails K times with an
+    infrastructure error, then succeeds, through ``self.retry``; answers the attempts. ``{"register": CAP}``."""
+
+    def init(self) -> dict[str, Any]:
+        return {}
+
+    def mount(self, state: dict[str, Any]) -> None:
+        capability = os.environ.get("CAPABILITY")
+        if capability:
+            self.register(capability, version=1)
+
+    def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        from agents.workflow.errors import BusinessError, InfrastructureError  # noqa: PLC0415
+        from ipc.errors import FoundationError  # noqa: PLC0415
+        from ipc.workflow_def import RetryPolicy  # noqa: PLC0415
+
+        if "call" in msg:
+            def dependency() -> str:
+                if msg["call"] == "fail":
+                    raise InfrastructureError("the dependency is down", code="down")
+                if msg["call"] == "business":
+                    raise BusinessError("card declined", code="declined")
+                if msg["call"] == "slow":
+                    time.sleep(float(msg.get("took", 0.2)))
+                return "ok"
+            try:
+                return self.guarded(msg.get("breaker", "dep"), dependency), state
+            except FoundationError as exc:
+                return {"code": str(exc.code), "category": exc.category}, state
+            except Exception as exc:
+                return {"code": getattr(exc, "code", type(exc).__name__),
+                        "category": getattr(exc, "category", "")}, state
+        if "acquire" in msg:
+            times = []
+            for _ in range(int(msg.get("n", 1))):
+                self.acquire(msg["acquire"], wait=float(msg.get("wait", 30)))
+                times.append(time.clock_gettime(time.CLOCK_MONOTONIC))
+            return times, state
+        if "retry" in msg:
+            attempts = []
+
+            def flaky() -> int:
+                attempts.append(1)
+                if len(attempts) <= int(msg["fail"]):
+                    raise InfrastructureError("try again", code="flaky")
+                return len(attempts)
+            policy = RetryPolicy(initial_interval=0.01, maximum_attempts=int(msg.get("max", 5)))
+            try:
+                return {"attempts": self.retry(msg["retry"], flaky, policy=policy)}, state
+            except Exception as exc:
+                return {"attempts": len(attempts), "code": str(getattr(exc, "code", type(exc).__name__))}, state
+        if "business_retry" in msg:
+            attempts = []
+
+            def refuse() -> None:
+                attempts.append(1)
+                raise BusinessError("no such order", code="no_order")
+            try:
+                self.retry(msg["business_retry"], refuse)
+            except BusinessError:
+                return {"attempts": len(attempts)}, state
+        if "register" in msg:
+            self.register(msg["register"])
+            return "registered", state
+        if "discover" in msg:
+            return self.discover(msg["discover"]), state
+        return state, state
+
+
+class Loud(Agent):
+    """Says one line on stdout and one on stderr as it starts: the daemon keeps the two streams apart."""
+
+    def init(self) -> dict[str, Any]:
+        import sys  # noqa: PLC0415 - only this agent needs it
+
+        print("loud on stdout", flush=True)
+        print("loud on stderr", file=sys.stderr, flush=True)
+        return {}

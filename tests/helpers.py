@@ -134,4 +134,35 @@ class RealProcesses:
 
 def shell() -> ProcessShell:
     """A ProcessShell whose loop callbacks do nothing: for tests of how it would spawn, not of spawning."""
-    return ProcessShell(lambda fd, cb: None, lambda fd: None, lambda ev: None, lambda name, lines: None)
+    return ProcessShell(lambda fd, cb: None, lambda fd: None, lambda ev: None, lambda name, stream, lines: None)
+
+
+
+# ---- idle cost ----
+
+
+def context_switches(pid: int) -> int:
+    """Every context switch of every thread of ``pid`` so far (a sleeping process makes none)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
+    return total
+
+
+def wake_ups_in_a_second(pid: int) -> int:
+    """Context switches of ``pid`` in one second, counted once it has gone to sleep: on a loaded machine a daemon
+    may still be finishing its last turn (and be preempted) when the caller's last request returns."""
+    last, still = [context_switches(pid)], [0]
+
+    def asleep() -> bool:  # the same count twice in a row, the second time after an interval
+        now = context_switches(pid)
+        still[0] = still[0] + 1 if now == last[0] else 0
+        last[0] = now
+        return still[0] >= 2
+
+    wait_for(asleep, interval=0.05, what=f"pid {pid} asleep")
+    start = context_switches(pid)
+    time.sleep(1.0)  # the window measured, not a wait for anything: an idle daemon must not run in it
+    return context_switches(pid) - start

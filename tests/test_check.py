@@ -59,3 +59,20 @@ def test_loadcheck_runs_the_import_in_a_child_process(tmp_path: Path) -> None:
         "sideeffect:B: module 'sideeffect' has no attribute 'B'")
     (tmp_path / "raises.py").write_text("raise ValueError('no config here')\n")
     assert check_agent_importable("raises:A", tmp_path) == "raises:A: importing it raised ValueError: no config here"
+
+
+def test_a_log_file_foundationd_could_not_write_is_named(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("a file where a directory should be\n")
+    (tmp_path / "adir.log").mkdir()
+    config = tmp_path / "logs.toml"
+    config.write_text('[daemon]\nlog_dir = "logs/new"\n'  # missing directories are created: fine
+                      '[[supervisor.children]]\nname = "ok"\ncommand = ["true"]\n'
+                      '[[supervisor.children]]\nname = "under"\ncommand = ["true"]\nlog_file = "../../plain/x.log"\n'
+                      '[[supervisor.children]]\nname = "dir"\ncommand = ["true"]\nlog_file = "../../adir.log"\n')
+    out = check(config)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        f"foundationd: {config}: under: log file {tmp_path}/plain/x.log: cannot be created in {tmp_path}/plain",
+        f"foundationd: {config}: dir: log file {tmp_path}/adir.log: not a regular file foundationd can write",
+    ]
+    assert not (tmp_path / "logs").exists(), "--check creates nothing"

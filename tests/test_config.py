@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import ConfigError, DaemonConfig, child_spec_from_dict, load_config, parse_config
+from daemon.core.logfiles import LogSettings
 from daemon.core.spec import (
     BRUTAL_KILL,
     INFINITY,
@@ -158,10 +159,12 @@ ERRORS = [
     (_child(""), C0, "needs a command or an agent"),
     (_worker('agent = "m:C"'), C0, "not both"),
     ('[[supervisor.children]]\ncommand = ["x"]', f"{C0}.name", "missing"),
-    ("unknown = 1", "unknown", "unknown key (known: daemon, metrics, supervisor, workflows)"),
+    ("unknown = 1", "unknown", "unknown key (known: daemon, dashboard, flags, metrics, migration, resilience, "
+                               "supervisor, workflows)"),
     ("[workflows]\ntask_agents = 0", "workflows.task_agents", "an integer from 1 to 64"),
     ("[workflows]\nmonitors = 1", "workflows.monitors", "unknown key"),
-    ("[daemon]\nruntime = 1", "daemon.runtime", "known: control_group, fork_server, runtime_dir, state_dir"),
+    ("[daemon]\nruntime = 1", "daemon.runtime",
+     "known: control_group, fork_server, log_dir, log_keep, log_max_size, runtime_dir, state_dir"),
     ("[daemon]\nstate_dir = 1", "daemon.state_dir", "expected a string, got integer 1"),
     (_child('comand = ["x"]'), f"{C0}.comand", "unknown key (known: agent, backoff, command,"),
     (_worker("backoff = { initial = 1, step = 2 }"), f"{C0}.backoff.step", "unknown key"),
@@ -192,6 +195,21 @@ ERRORS = [
     ("[supervisor]\nchildren = [1]", C0, "expected a table, got integer"),
     ('supervisor = "root"', "supervisor", "expected a table"),
     ('"odd\\nkey" = 1', '"odd\\nkey"', "unknown key"),
+    ("[daemon]\nlog_dir = 1", "daemon.log_dir", "expected a string, got integer 1"),
+    ('[daemon]\nlog_max_size = "10 MB"', "daemon.log_max_size", 'a size like "10M"'),
+    ("[daemon]\nlog_max_size = 100", "daemon.log_max_size", "at least 1024 bytes"),
+    ("[daemon]\nlog_keep = 101", "daemon.log_keep", "between 0 and 100"),
+    ('[daemon]\nlog_keep = "5"', "daemon.log_keep", "expected an integer"),
+    (_worker("log_file = true"), f"{C0}.log_file", "expected a path, or false"),
+    (_worker("log_file = 3"), f"{C0}.log_file", "expected a path (a string) or false, got integer 3"),
+    (_worker('log_file = ""'), f"{C0}.log_file", "must not be empty"),
+    (_worker("log_keep = -1"), f"{C0}.log_keep", "between 0 and 100"),
+    (_worker('log_max_size = "1G"'), f"{C0}.log_max_size",
+     "no log file to rotate (no log_file, and no [daemon] log_dir)"),
+    ('[daemon]\nlog_dir = "/l"\n' + _worker("log_file = false\nlog_keep = 2"), f"{C0}.log_keep",
+     "no log file to rotate (log_file = false)"),
+    (_child('strategy = "one_for_one"\n[[supervisor.children.children]]\nname = "x"\ncommand = ["x"]\nlog_keep = 1'),
+     f"{C0}.children[0].log_keep", "no log file to rotate"),
     ("[supervisor\nstrategy = 1", "", "invalid TOML"),
     ('a = "unterminated\nb = 1', "", "line 1"),
 ]
@@ -222,7 +240,9 @@ def test_str_is_one_line_even_for_a_multiline_message() -> None:
 def test_load_config_reads_a_file(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(FULL)
-    assert load_config(str(path)) == DaemonConfig(**{**EXPECTED.__dict__, "source": str(path)})
+    # A relative log_file is taken from the file's directory (without a log_dir): the loader records it.
+    logs = LogSettings(base=str(tmp_path))
+    assert load_config(str(path)) == DaemonConfig(**{**EXPECTED.__dict__, "source": str(path), "logs": logs})
 
 
 def test_unreadable_file_names_the_file(tmp_path: Path) -> None:
@@ -305,3 +325,33 @@ def test_child_spec_from_dict_rejects_bad_requests(data: object, key: str, fragm
         child_spec_from_dict(data)
     assert (caught.value.source, caught.value.key) == ("<request>", key)
     assert fragment in caught.value.message
+
+
+def test_log_settings_and_a_childs_log_keys() -> None:
+    text = """
+        [daemon]
+        log_dir = "/var/log/foundation"
+        log_max_size = "2M"
+        log_keep = 3
+        [[supervisor.children]]
+        name = "web"
+        command = ["x"]
+        log_file = "web/access.log"
+        log_max_size = 4096
+        log_keep = 0
+        [[supervisor.children]]
+        name = "quiet"
+        command = ["x"]
+        log_file = false
+    """
+    config = parse_config(text, "logs.toml")
+    assert config.logs == LogSettings(directory="/var/log/foundation", max_size=2 << 20, keep=3)
+    web, quiet = config.root.children
+    assert (web.log_file, web.log_max_size, web.log_keep) == ("web/access.log", 4096, 0)
+    assert (quiet.log_file, quiet.log_max_size, quiet.log_keep) == (False, None, None)
+
+
+def test_a_relative_log_dir_is_taken_from_the_config_files_directory(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[daemon]\nlog_dir = "logs"\n')
+    assert load_config(str(path)).logs == LogSettings(directory=str(tmp_path / "logs"), base=str(tmp_path))

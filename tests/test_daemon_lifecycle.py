@@ -326,9 +326,10 @@ def test_restarts_leak_no_file_descriptors(start_daemon) -> None:
         wait_for(lambda: len(fd_targets(dpid)) == baseline, timeout=5,
                  what=f"fd count back to {baseline}: {fd_targets(dpid)}")
         targets = fd_targets(dpid)
-        # w's pidfd and output pipe, and the guardian's pidfd, output pipe and record pipe: nothing else.
+        # w's pidfd and its stdout and stderr pipes, and the guardian's pidfd, two output pipes and record pipe:
+        # nothing else.
         assert sum(t == "anon_inode:[pidfd]" for t in targets) == 2, targets
-        assert sum(t.startswith("pipe:") for t in targets) == 3, targets
+        assert sum(t.startswith("pipe:") for t in targets) == 5, targets
 
 
 # ---- child output ----

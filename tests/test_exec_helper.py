@@ -79,7 +79,7 @@ def test_both_ways_of_starting_give_the_program_default_signals(cwd: str | None)
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
         pid, popen = start_process([HELPER, str(os.getpid()), "/bin/grep", "^Sig[IB]", "/proc/self/status"],
-                                   {}, write_fd, cwd=cwd, helper=HELPER)
+                                   {}, (write_fd, write_fd), cwd=cwd, helper=HELPER)
     finally:
         os.close(write_fd)
     assert (popen is None) == (cwd is None)

@@ -41,6 +41,7 @@ IO_MODULES = frozenset({
 ALLOWED = frozenset({
     "__future__", "abc", "bisect", "collections", "collections.abc", "dataclasses", "enum", "functools", "heapq",
     "itertools", "math", "operator", "re", "typing", "signal", "random",
+    "contextlib", "contextvars", "errno",  # ipc.errors: error_context's scope, errno's names (no IO in any)
     "daemon.core", "ipc.errors",  # daemon.core.* and the error codes (an enum and an exception)
 })
 NARROW = {  # module -> the attribute names the core may use on it (see the docstring)

@@ -71,7 +71,7 @@ def test_traceback_of_the_daemon(foundation_daemon):
 
 def test_traceback_of_a_child(foundation_daemon):
     daemon = foundation_daemon(CRASHING_CHILD)
-    daemon.wait_log("crasher | ValueError: a child of its own")
+    daemon.wait_log("crasher ! ValueError: a child of its own")  # (from its stderr: "!" after the name)
 
 
 def test_direct_daemon_left_running(tmp_path):
@@ -123,3 +123,4 @@ def test_only_the_daemons_own_tracebacks_count() -> None:
         '<3>Traceback (most recent call last):\n  File "daemon/main.py", line 3, in run\nSystemError: journal',
     ]
     assert tracebacks("a | Traceback (most recent call last):\n") == []
+    assert tracebacks("a ! Traceback (most recent call last):\n") == []  # a child's stderr line

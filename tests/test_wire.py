@@ -29,6 +29,9 @@ VALID: dict[str, dict[str, Any]] = {
     "cancel_timer": {"ref": 4},
     "tick": {"ref": 4},
     "error": {"error": {"code": "bad_request", "message": "no"}},
+    "svc": {"ref": 5, "op": "breaker.permit", "args": {"name": "payments"}},
+    "svc_cast": {"op": "report", "args": {"breakers": {"payments": [3, 1, 0]}}},
+    "breaker": {"name": "payments", "state": "open"},
 }
 
 
@@ -171,11 +174,14 @@ def test_encode_refuses_a_frame_over_the_limit() -> None:
     assert "cast frame" in info.value.message
 
 
-def test_wire_errors_cross_the_wire_as_code_and_message() -> None:
+def test_wire_errors_cross_the_wire_in_the_one_error_shape() -> None:
     with pytest.raises(wire.WireError) as info:
         wire.decode(b"{")
     body = info.value.to_wire()
     assert body["code"] == "bad_request"
-    assert set(body) == {"code", "message"}
+    assert set(body) == {"code", "message", "category", "context", "retryable"}  # (DESIGN 3.7; code and message
+    assert (body["category"], body["retryable"]) == ("validation", False)        # are what older peers read)
     assert wire.decode(wire.encode("error", error=body))["error"] == body
-    assert wire.error_body(ErrorCode.UNAUTHORIZED, "no") == {"code": "unauthorized", "message": "no"}
+    assert wire.error_body(ErrorCode.UNAUTHORIZED, "no") == {"code": "unauthorized", "message": "no",
+                                                             "category": "validation", "context": {},
+                                                             "retryable": False}

@@ -91,7 +91,8 @@ def test_a_workflow_survives_sigkill_of_task_agent_workflow_process_and_coordina
     lines = out.read_text().split()
     assert sorted(lines) == ["a", "b", "c", "d", "e"], lines
     assert all(s["attempts"] == 1 and s["state"] == "done" for s in steps(daemon, wf).values())
-    wait_for(lambda: daemon.node("workflows")["children"] == [], what="the finished workflow leaving the tree")
+    wait_for(lambda: "workflow-chaos" not in [c["name"] for c in daemon.node("workflows")["children"]],
+             what="the finished workflow leaving the tree")
 
 
 def test_a_non_idempotent_step_killed_with_the_daemon_becomes_ambiguous_and_resolve_retry_runs_it_once_more(
@@ -242,6 +243,21 @@ def test_invalid_definitions_are_refused_naming_the_step(start_daemon, tmp_path)
     assert "root.parallel" in reply["error"]["message"]
 
 
+def test_a_commands_result_is_its_stdout_and_its_stderr_names_a_failure(start_daemon, tmp_path):
+    daemon = start_daemon(WORKFLOWS)
+    ok = 'echo "warming up" >&2; echo \'{"n": 1}\'; echo "done, really" >&2'
+    wf = run(daemon, {"task": {"id": "talk", "action": "command", "args": {"command": ["sh", "-c", ok]}}},
+             tmp_path, "streams")
+    assert ctl(daemon, "workflow", "wait", wf, "--timeout", "60").returncode == 0
+    assert json.loads(ctl(daemon, "workflow", "results", wf).stdout) == {"talk": {"n": 1}}
+    bad = 'echo "partial" ; echo "no such table: users" >&2; exit 3'
+    wf = run(daemon, {"task": {"id": "fail", "action": "command", "args": {"command": ["sh", "-c", bad]}}},
+             tmp_path, "streams2")
+    assert ctl(daemon, "workflow", "wait", wf, "--timeout", "60").returncode == 1
+    error = steps(daemon, wf)["fail"]["error"]
+    assert "no such table: users" in json.dumps(error), error
+
+
 def test_a_workflow_written_in_python_runs_with_the_same_checkpoints(start_daemon, tmp_path):
     daemon = start_daemon(WORKFLOWS)
     flow = sequential(
@@ -258,6 +274,9 @@ def test_a_workflow_written_in_python_runs_with_the_same_checkpoints(start_daemo
         assert summary["state"] == "completed"
         assert workflows.results(wf) == {"a": 2, "b": 3, "c": "ok on call 2"}
         assert [w["id"] for w in workflows.list()] == ["py"]
+        pooled = workflows.run(parallel(command("d", ["true"])))  # no id: a process of the warm pool
+        assert workflows.wait(pooled, timeout=60)["state"] == "completed"
+        assert sorted(w["id"] for w in workflows.list()) == sorted(["py", pooled])
         with pytest.raises(FoundationError, match="already_exists"):
             workflows.run(flow, "py")
 

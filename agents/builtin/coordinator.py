@@ -40,11 +40,38 @@ class Coordinator(Agent):
         self._state_dir = Path(os.environ.get("FOUNDATION_STATE_DIR", "."))
         self._pool = os.environ.get("FOUNDATION_TASK_AGENTS", "1")
         self._records: SharedStateStore | None = None  # the workflows' shared environment, opened once it exists
+        self._warm = int(os.environ.get("FOUNDATION_WORKFLOW_POOL", "0"))
+        self._refilling = False
+
+    def init(self) -> dict[str, Any]:
+        return {"pool": []}
+
+    def mount(self, state: dict[str, Any]) -> None:
+        """The warm pool: workflow processes started ahead, under ids of their own, each waiting for its
+        ``start``. A run without ``--id`` takes one, so it does not wait for a process to start. They are durable
+        children: after a restart of the daemon they come back, and are still ours (their ids are in our state)."""
+        pool = [i for i in state.get("pool", []) if self._read(i) is None]
+        for wf_id in pool:
+            self._attach(wf_id, again=True, sync=False)
+        pool = self._refill(pool)
+        if pool != state.get("pool"):
+            self.persist({**state, "pool": pool})
+            state["pool"] = pool
+
+    def _refill(self, pool: list[str]) -> list[str]:
+        pool = list(pool)
+        while len(pool) < self._warm:
+            wf_id = secrets.token_hex(5)
+            self._attach(wf_id, sync=False)
+            pool.append(wf_id)
+        return pool
 
     def handle_call(self, msg: Any, state: Any) -> tuple[Any, Any]:
         if not isinstance(msg, dict) or len(msg) != 1:
             raise FoundationError(ErrorCode.BAD_REQUEST, f"not a coordinator request: {msg!r}")
         ((kind, body),) = msg.items()
+        if kind == "run" and not body.get("id") and state.get("pool"):
+            return self._run_warm(body, state)
         if kind == "run":
             return self._run(body), state
         if kind == "list":
@@ -73,6 +100,43 @@ class Coordinator(Agent):
         else:
             self._ask(wf_id, {"start": start})
         return {"id": wf_id}
+
+    def _run_warm(self, body: dict[str, Any], state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """A run on a process of the warm pool: its ``start`` call is answered once the record is committed."""
+        try:
+            parse(body.get("definition"))
+        except DefinitionError as exc:
+            raise FoundationError(ErrorCode.BAD_REQUEST, f"invalid workflow: {exc}") from None
+        pool = list(state["pool"])
+        while pool:
+            wf_id = pool.pop(0)
+            try:
+                answer = self._ask(wf_id, {"start": {"id": wf_id, "definition": body["definition"]}})
+            except FoundationError:
+                continue  # that process is gone: the next one
+            if isinstance(answer, dict) and answer.get("id") == wf_id and self._is_ours(answer, body):
+                self._refill_soon()
+                return {"id": wf_id}, {**state, "pool": pool}
+        reply = self._run(body)  # the pool was used up: start one now
+        self._refill_soon()
+        return reply, {**state, "pool": pool}
+
+    def _refill_soon(self) -> None:
+        """After the answer: starting a process for the pool is not the caller's wait."""
+        if not self._refilling:
+            self._refilling = True
+            self.set_timer(0.001)
+
+    def handle_info(self, info: Any, state: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(info, dict) and "tick" in info and self._refilling:
+            self._refilling = False
+            return {**state, "pool": self._refill(state.get("pool", []))}
+        return state
+
+    def _is_ours(self, answer: dict[str, Any], body: dict[str, Any]) -> bool:
+        """A pooled process started by a run whose answer we lost (we crashed before our commit) is not ours."""
+        record = self._read(answer["id"])
+        return record is not None and record.get("definition") == body["definition"]
 
     def _operate(self, kind: str, body: dict[str, Any]) -> Any:
         wf_id = body.get("id")

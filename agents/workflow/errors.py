@@ -2,24 +2,19 @@
 
 Retried: ``infrastructure``, ``timeout``, ``unavailable``. Never: ``business``, ``validation``. An exception of
 another type is classified by ``classify``: OSError and ConnectionError are infrastructure, TimeoutError is a
-timeout, anything else a business error (a bug is not cured by running it again).
+timeout, anything else a business error (a bug is not cured by running it again). The categories, the codes' table
+and the classifier are ipc/errors.py's, shared with the resilience SDK (agents/resilience.py); the names here stay.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ipc.errors import FoundationError
+from ipc.errors import CATEGORIES, CODE_CATEGORIES, RETRIED, shape
+from ipc.errors import classify as _classify
 
-CATEGORIES = ("business", "validation", "infrastructure", "timeout", "unavailable", "internal")
-RETRIED = frozenset({"infrastructure", "timeout", "unavailable"})
-# The daemon's error codes, by the category a workflow step treats them as.
-CODE_CATEGORIES = {
-    "timeout": "timeout", "agent_down": "unavailable", "no_such_agent": "unavailable", "mailbox_full": "unavailable",
-    "shutting_down": "unavailable", "handler_error": "business", "invalid_state": "business",
-    "bad_request": "validation", "too_large": "validation", "spawn_failed": "infrastructure",
-    "internal": "internal",
-}
+__all__ = ["CATEGORIES", "CODE_CATEGORIES", "RETRIED", "BusinessError", "InfrastructureError", "StepError",
+           "ValidationError", "classify", "error"]
 
 
 class StepError(Exception):
@@ -51,18 +46,10 @@ class InfrastructureError(StepError):
 
 
 def error(code: str, category: str, message: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"code": code, "category": category, "message": message, "context": context or {},
-            "retryable": category in RETRIED}
+    return shape(code, category, message, context, retryable=category in RETRIED)
 
 
 def classify(exc: BaseException) -> dict[str, Any]:
-    """The error shape of an exception raised by a step (or by the call it made)."""
-    if isinstance(exc, StepError):
-        return error(exc.code, exc.category, str(exc), exc.context)
-    if isinstance(exc, FoundationError):
-        return error(str(exc.code), CODE_CATEGORIES.get(str(exc.code), "internal"), exc.message)
-    if isinstance(exc, TimeoutError):
-        return error("timeout", "timeout", str(exc) or "timed out")
-    if isinstance(exc, OSError):
-        return error(type(exc).__name__, "infrastructure", str(exc))
-    return error(type(exc).__name__, "business", str(exc))
+    """The error shape of an exception raised by a step (or by the call it made): ipc.errors.classify, with an
+    exception of no known kind a business error."""
+    return _classify(exc, unknown="business")

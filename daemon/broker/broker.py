@@ -41,6 +41,7 @@ import lmdb
 
 from daemon.broker.admission import Accepted, Admission, Receipt, Recipient, Refused, Respond
 from daemon.broker.calls import PendingCalls
+from daemon.broker.latency import Latency
 from daemon.broker.liveness import Liveness
 from daemon.broker.mailbox import Entry, Mailbox
 from daemon.broker.monitors import Monitors
@@ -71,6 +72,7 @@ class Broker:
         liveness: Callable[[str], float] = lambda name: 10.0,
         on_hello: Callable[[str], None] = lambda name: None,
         window: int = 64,
+        services: dict[str, Handler] | None = None,
     ) -> None:
         """``agent_alive(name)``: None if no agent of that name is in the tree, else whether it runs."""
         self._loop = loop
@@ -94,12 +96,16 @@ class Broker:
             "cast": self._on_cast, "call": self._on_call, "done": self._on_done, "heartbeat": self._on_heartbeat,
             "monitor": self._on_monitor, "demonitor": self._on_demonitor, "timer": self._on_timer,
             "cancel_timer": self._on_cancel_timer,
+            **(services or {}),  # frame kinds of daemon services (resilience: svc, svc_cast)
         }
         self._peers = Peers(runtime_dir, loop, heartbeat=heartbeat, handlers=handlers, on_hello=self._hello)
         self.endpoint = self._peers.endpoint
         self._liveness = Liveness(loop, heartbeat, liveness, self._peers.connected, self._silent)
         # Totals since the daemon started (metrics), and who hears of a refused message (the event stream).
-        self.counters = dict.fromkeys(("accepted", "delivered", "redelivered", "done", "rejected"), 0)
+        self.counters = dict.fromkeys(("accepted", "delivered", "redelivered", "done", "rejected", "failed"), 0)
+        self.accept_latency, self.handle_latency = Latency(), Latency()
+        # (when, seconds from delivery to done) of finished messages, for the migration gates while they watch.
+        self.latencies: deque[tuple[float, float]] | None = None
         self.on_rejected: Callable[[str | None, str, FoundationError], None] = lambda sender, to, err: None
 
     # ---- lifecycle ----
@@ -154,6 +160,35 @@ class Broker:
         dropped = self._outbox.drop_recipient(name)
         if dropped:
             log.warning("dropped %d undelivered message(s) to detached agent %s", dropped, name)
+
+    def oldest(self) -> float | None:
+        """When the oldest message still queued or in flight was admitted (monotonic), for metrics."""
+        heads = [at for box in self._boxes.values() if (at := box.oldest()) is not None]
+        return min(heads) if heads else None
+
+    def answer(self, session: Session, kind: str, **fields: Any) -> None:
+        """For services: a frame back to the session a frame of theirs came from."""
+        self._peers.send(session.identity, kind, **fields)
+
+    def push(self, to: str, kind: str, **fields: Any) -> bool:
+        """For services: a frame to agent ``to``'s live session; False when it has none."""
+        session = self._peers.session(to)
+        if session is None:
+            return False
+        self._peers.send(session.identity, kind, **fields)
+        return True
+
+    def push_info(self, body: Any) -> list[str]:
+        """A notice from the daemon to every connected agent (a new flag table); those not connected get the
+        news in their welcome. Returns their names."""
+        names = sorted(s.name for s in self._peers.connected() if s.name is not None)
+        for name in names:
+            self._stage_info(name, body)
+        return names
+
+    def on_welcome(self, fields: Callable[[str], dict[str, Any]]) -> None:
+        """More fields for each agent's welcome frame (the flag table)."""
+        self._peers.welcome_fields = fields
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -220,6 +255,12 @@ class Broker:
         if entry is None:
             return  # stale: an earlier incarnation's delivery, already requeued
         self.counters["done"] += 1
+        if "error" in msg:
+            self.counters["failed"] += 1
+        now = self._loop.clock()
+        self.handle_latency.observe(now - entry.sent)
+        if self.latencies is not None and entry.sent:
+            self.latencies.append((now, now - entry.sent))
         if self._admission.done(session.name, entry):
             self._schedule_flush()
         if entry.kind == "call":
@@ -305,14 +346,17 @@ class Broker:
                 self._outbox.commit(turn.batch)
             except lmdb.Error as exc:
                 log.exception("outbox commit failed")
-                err = FoundationError(ErrorCode.INTERNAL, f"could not persist the message: {exc}")
+                err = FoundationError(ErrorCode.INTERNAL, f"could not persist the message: {exc}",
+                                      category="infrastructure", context={"exception": type(exc).__name__})
                 staged, tell = self._admission.undo(turn, err)
                 self.counters["rejected"] += len(tell)
                 for respond, error in tell:
                     respond(None, error)
         touched, gone = set(), set()
         self.counters["accepted"] += len(staged)
+        now = self._loop.clock()
         for item in staged:
+            self.accept_latency.observe(now - item.entry.at)
             if item.respond is not None:
                 item.respond(Receipt(item.entry.id), None)
             if self._agent_alive(item.recipient) is None:  # detached since it was admitted, earlier in this turn
@@ -337,7 +381,9 @@ class Broker:
             return
         entries = self._box(name).take(self.window)
         self.counters["delivered"] += len(entries)
+        now = self._loop.clock()
         for entry in entries:
+            entry.sent = now
             self._peers.send(session.identity, "deliver", id=entry.id, seq=entry.seq, sender=entry.sender,
                              body=entry.body, call=entry.kind == "call", info=entry.kind == "info")
 

@@ -11,8 +11,9 @@ and a recipient that restarts sees its unfinished messages again, oldest first.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -24,6 +25,8 @@ class Entry:
     body: Any
     kind: str = "cast"  # cast | call | info
     caller: Any = None  # where a call's reply goes (opaque to the mailbox)
+    at: float = field(default_factory=time.monotonic)  # admitted (or loaded at the daemon's start): metrics' ages
+    sent: float = 0.0  # last delivered (monotonic), for the handling latency
 
     @property
     def persisted(self) -> bool:
@@ -65,6 +68,13 @@ class Mailbox:
         self.inflight.clear()
         self.queue.extendleft(reversed(again))
         return lost
+
+    def oldest(self) -> float | None:
+        """When the oldest entry still queued or in flight was admitted."""
+        heads = [self.queue[0].at] if self.queue else []
+        if self.inflight:
+            heads.append(next(iter(self.inflight.values())).at)
+        return min(heads) if heads else None
 
     def drain(self) -> list[Entry]:
         """Everything, for a recipient that is gone for good."""

@@ -62,6 +62,7 @@ class Peers:
         self.heartbeat = heartbeat
         self._handlers = handlers
         self._on_hello = on_hello
+        self.welcome_fields: Callable[[str], dict[str, Any]] = lambda name: {}  # more for an agent's welcome (flags)
         self._socket_path = runtime_dir / wire.BROKER_SOCKET
         self.endpoint = f"ipc://{self._socket_path}"
         self._ctx = zmq.Context(io_threads=1)
@@ -231,5 +232,5 @@ class Peers:
         session = Session(identity, name, self._loop.clock())
         self._sessions[identity] = session
         agent.session = session
-        self.send(identity, "welcome", name=name, heartbeat=self.heartbeat)
+        self.send(identity, "welcome", name=name, heartbeat=self.heartbeat, **self.welcome_fields(name))
         self._on_hello(name)

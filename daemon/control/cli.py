@@ -106,11 +106,21 @@ def main(argv: list[str] | None = None) -> int:
         verb, args = parse_args(argv)
     except ParserExit as exc:
         return exc.status
+    if verb.local is not None:  # e.g. migrate emergency-rollback --offline: works on the state directory
+        try:
+            done = verb.local(args)
+        except FoundationError as exc:
+            print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+            return EXIT_DAEMON_ERROR
+        if done is not None:
+            return done
     path = _socket_path(args)
     try:
         with ControlClient(str(path)) as client:
             return verb.run(client, args)
     except FoundationError as exc:
+        if getattr(args, "json", False):  # the one error shape (DESIGN 3.7), for scripts, on standard output
+            print(orjson.dumps({"error": exc.to_wire()}).decode())
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_DAEMON_ERROR
     except ControlUnreachable as exc:

@@ -71,6 +71,11 @@ class WorkerSpec:
     umask: int | None = None
     limits: tuple[tuple[str, int, int], ...] = ()  # (name, soft, hard): nofile, as, cpu, nproc, ...
     max_memory: int | None = None  # bytes of RSS; past it the child is restarted
+    # Output also to a file (daemon/core/logfiles.py): None takes [daemon] log_dir's <name>.log if there is a log_dir,
+    # False none, a string that path; rotated past log_max_size bytes, log_keep rotated files kept (None: [daemon]'s).
+    log_file: str | bool | None = None
+    log_max_size: int | None = None
+    log_keep: int | None = None
 
     @property
     def is_supervisor(self) -> bool:

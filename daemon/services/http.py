@@ -1,12 +1,15 @@
-"""A very small HTTP/1.1 server on the daemon's own loop, for ``/metrics`` (and the dashboard later).
+"""A very small HTTP/1.1 server on the daemon's own loop, for ``/metrics`` and the dashboard.
 
     listen socket ──accept──> Connection (non-blocking) ──request head──> route(path) -> (status, type, body)
-                                   │ no complete head within TIMEOUT, or over HEAD_MAX: dropped  │
+                                   │ no complete head within TIMEOUT, or over HEAD_MAX: dropped  │    or Stream
                                    └──────────────── response written as the socket takes it <───┘, then closed
+    Stream (server-sent events): head now, then Channel.send(...) whenever the service has news, until either
+    side closes; a client that reads slower than STREAM_BUFFER is dropped (its EventSource reconnects)
 
 No thread and no timer while nobody connects: the listening socket sits in the loop's epoll set, so an idle daemon
-with metrics on still wakes up 0 times a second. One request per connection (``Connection: close``), GET and HEAD
-only; a handler runs on the loop and must be quick (it reads /proc, never waits).
+with metrics on still wakes up 0 times a second; an open stream has no timer either (no keep-alive: loopback has no
+proxy to time it out). One request per connection (``Connection: close``), GET and HEAD only; a handler runs on the
+loop and must be quick (it reads /proc, never waits).
 """
 
 from __future__ import annotations
@@ -25,11 +28,52 @@ log = logging.getLogger("foundationd")
 HEAD_MAX = 8192  # bytes of request line and headers
 TIMEOUT = 10.0  # seconds a client has to send its request and read the answer
 MAX_CONNECTIONS = 64
+STREAM_BUFFER = 1 << 20  # bytes a stream's client may fall behind before it is dropped
 
 Response = tuple[int, str, bytes]  # (status, content type, body)
-Route = Callable[[str, dict[str, str]], Response | None]  # (path without query, headers lowercased) -> None: 404
 
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
+
+class Channel:
+    """The open end of a Stream: ``send`` bytes as they come; ``on_close`` is called once when it ends."""
+
+    def __init__(self, conn: _Conn, server: HttpServer) -> None:
+        self._conn, self._server = conn, server
+        self.on_close: Callable[[], None] = lambda: None
+        self.closed = False
+
+    def send(self, data: bytes) -> bool:
+        """Queue ``data``; False once the client has gone (or fell too far behind and was dropped)."""
+        if self.closed:
+            return False
+        conn = self._conn
+        if len(conn.outbuf) + len(data) > STREAM_BUFFER:
+            log.info("http %s: a stream's client fell %d bytes behind: dropped", self._server.address,
+                     len(conn.outbuf))
+            self._server.drop(conn)
+            return False
+        pending = bool(conn.outbuf)
+        conn.outbuf += data
+        if not pending:
+            self._server.flush(conn)
+        return not self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self._server.drop(self._conn)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A response that stays open (``text/event-stream``): ``opened(channel)`` once its head is written."""
+
+    content_type: str
+    opened: Callable[[Channel], None]
+
+
+Route = Callable[[str, dict[str, str]], Response | Stream | None]  # (path, headers lowercased) -> None: 404
+
+REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           500: "Internal Server Error"}
 
 
 @dataclass
@@ -38,6 +82,7 @@ class _Conn:
     timer: TimerHandle
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytes = b""
+    channel: Channel | None = None  # a Stream's, once open: the connection stays after its buffer is written
 
 
 class HttpServer:
@@ -60,7 +105,7 @@ class HttpServer:
 
     def close(self) -> None:
         for conn in list(self._conns.values()):
-            self._drop(conn)
+            self.drop(conn)
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
 
@@ -84,7 +129,7 @@ class HttpServer:
     def _expire(self, sock: socket.socket) -> None:
         conn = self._conns.get(sock.fileno()) if sock.fileno() >= 0 else None
         if conn is not None and conn.sock is sock:
-            self._drop(conn)
+            self.drop(conn)
 
     def _on_readable(self, conn: _Conn) -> None:
         try:
@@ -94,7 +139,9 @@ class HttpServer:
         except OSError:
             data = b""
         if not data:
-            self._drop(conn)
+            self.drop(conn)
+            return
+        if conn.channel is not None:  # a stream's client says nothing more; its reader only tells us it left
             return
         conn.inbuf += data
         end = conn.inbuf.find(b"\r\n\r\n")
@@ -106,7 +153,7 @@ class HttpServer:
         self._loop.remove_reader(conn.sock.fileno())
         self._respond(conn, *self._answer(bytes(conn.inbuf[:end])))
 
-    def _answer(self, head: bytes) -> tuple[Response, bool]:
+    def _answer(self, head: bytes) -> tuple[Response | Stream, bool]:
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split()
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
@@ -126,30 +173,49 @@ class HttpServer:
             response = (500, "text/plain", b"internal error\n")
         return response or (404, "text/plain", b"not found\n"), method == "HEAD"
 
-    def _respond(self, conn: _Conn, response: Response, head_only: bool) -> None:
+    def _respond(self, conn: _Conn, response: Response | Stream, head_only: bool) -> None:
+        if isinstance(response, Stream):
+            self._open_stream(conn, response, head_only)
+            return
         status, content_type, body = response
         head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
         conn.outbuf = head if head_only else head + body
-        self._flush(conn)
+        self.flush(conn)
 
-    def _flush(self, conn: _Conn) -> None:
+    def _open_stream(self, conn: _Conn, stream: Stream, head_only: bool) -> None:
+        conn.outbuf = (f"HTTP/1.1 200 OK\r\nContent-Type: {stream.content_type}\r\nCache-Control: no-store\r\n"
+                       "Connection: close\r\n\r\n").encode()
+        if head_only:
+            self.flush(conn)
+            return
+        conn.timer.cancel()  # open for as long as the client stays
+        conn.channel = Channel(conn, self)
+        self._loop.add_reader(conn.sock.fileno(), lambda: self._on_readable(conn))  # to see it leave
+        self.flush(conn)
+        if not conn.channel.closed:
+            stream.opened(conn.channel)
+
+    def flush(self, conn: _Conn) -> None:
         try:
             sent = conn.sock.send(conn.outbuf)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
-            self._drop(conn)
+            self.drop(conn)
             return
         conn.outbuf = conn.outbuf[sent:]
         if conn.outbuf:
-            self._loop.add_writer(conn.sock.fileno(), lambda: self._flush(conn))
+            self._loop.add_writer(conn.sock.fileno(), lambda: self.flush(conn))
+            return
+        if conn.channel is not None:  # a stream waits for more
+            self._loop.remove_writer(conn.sock.fileno())
             return
         with contextlib.suppress(OSError):
             conn.sock.shutdown(socket.SHUT_WR)
-        self._drop(conn)
+        self.drop(conn)
 
-    def _drop(self, conn: _Conn) -> None:
+    def drop(self, conn: _Conn) -> None:
         fd = conn.sock.fileno()
         if fd < 0:
             return
@@ -158,3 +224,6 @@ class HttpServer:
         self._loop.remove_writer(fd)
         self._conns.pop(fd, None)
         conn.sock.close()
+        if conn.channel is not None and not conn.channel.closed:
+            conn.channel.closed = True
+            conn.channel.on_close()

@@ -24,6 +24,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.process_collector import ProcessCollector
 
 from daemon import version
+from daemon.broker.latency import BUCKETS
 from daemon.core.states import State
 from daemon.core.tree import AnyNode, Supervisor, Worker
 from daemon.shell import procfs
@@ -67,8 +68,26 @@ class FoundationCollector:
             events.add_metric([kind], count)
         yield events
         if app.broker is not None:
-            yield from self._broker(app.broker)
+            yield from self._broker(app.broker, app.loop.clock())
+        yield from self._workflows(obs.steps)
         yield self._loop_lag(app)
+        if getattr(app, "resilience", None) is not None:  # breakers and rate limits (daemon/services/resilience.py)
+            yield from app.resilience.metrics()
+
+    @staticmethod
+    def _workflows(steps: dict[tuple[str, str], int]) -> Iterator[Metric]:
+        yield CounterMetricFamily("foundation_workflow_runs", "Workflows run through the control socket",
+                                  value=steps.get(("run", ""), 0))
+        yield CounterMetricFamily("foundation_workflow_steps_started", "Workflow command steps the daemon started",
+                                  value=steps.get(("started", ""), 0))
+        ended = CounterMetricFamily("foundation_workflow_steps_finished", "Workflow command steps that ended, by "
+                                    "outcome (ok, exit_status, killed, timeout, cancelled, spawn_failed, lost)",
+                                    labels=["outcome"])
+        ended.add_metric(["ok"], steps.get(("ended", "ok"), 0))  # (a series from the start: rate() needs one)
+        for (phase, outcome), count in sorted(steps.items()):
+            if phase == "ended" and outcome != "ok":
+                ended.add_metric([outcome], count)
+        yield ended
 
     @staticmethod
     def _daemon(app: Any, wall_offset: float) -> Iterator[Metric]:
@@ -119,7 +138,7 @@ class FoundationCollector:
         yield from (cpu, rss, fds)
 
     @staticmethod
-    def _broker(broker: Any) -> Iterator[Metric]:
+    def _broker(broker: Any, now: float) -> Iterator[Metric]:
         helps = {
             "accepted": "Messages durably accepted (casts on disk, calls and ticks queued)",
             "delivered": "Messages sent to their recipient (a redelivery counts again)",
@@ -141,18 +160,31 @@ class FoundationCollector:
                                 value=stats["monitors"])
         yield GaugeMetricFamily("foundation_broker_connected_agents", "Agents connected to the broker",
                                 value=len(stats["connected"]))
+        yield GaugeMetricFamily("foundation_broker_outbox_messages", "Messages queued or in flight to any agent",
+                                value=sum(stats["mailboxes"].values()))
+        oldest = broker.oldest()
+        yield GaugeMetricFamily("foundation_broker_outbox_oldest_age_seconds", "How long the oldest message queued "
+                                "or in flight has waited since it was accepted (0: none)",
+                                value=round(max(0.0, now - oldest), 6) if oldest is not None else 0.0)
+        yield _histogram("foundation_broker_accept_latency_seconds", "From a message's admission to the group "
+                         "commit that made it durable (its receipt)", BUCKETS, broker.accept_latency)
+        yield _histogram("foundation_broker_handling_latency_seconds", "From a message's delivery to its recipient's "
+                         "done (handled, its state committed)", BUCKETS, broker.handle_latency)
 
     @staticmethod
     def _loop_lag(app: Any) -> Metric:
-        turns = app.loop.turns
-        buckets: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*TURN_BUCKETS, float("inf")), turns.counts, strict=True):
-            running += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
-        return HistogramMetricFamily("foundation_loop_lag_seconds", "How long each turn of the daemon's loop was "
-                                     "busy: the most a ready event waited to be looked at", buckets=buckets,
-                                     sum_value=turns.total)
+        return _histogram("foundation_loop_lag_seconds", "How long each turn of the daemon's loop was busy: the most "
+                          "a ready event waited to be looked at", TURN_BUCKETS, app.loop.turns)
+
+
+def _histogram(name: str, text: str, bounds: tuple[float, ...], observed: Any) -> Metric:
+    """A histogram family from per-bucket counts (``observed.counts``, one more than ``bounds``) and ``.total``."""
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip((*bounds, float("inf")), observed.counts, strict=True):
+        running += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    return HistogramMetricFamily(name, text, buckets=buckets, sum_value=observed.total)
 
 
 class Metrics:

@@ -12,7 +12,8 @@ whoever asked has died since. If the daemon itself dies, the command dies with i
 the next boot a record still ``running`` from an earlier boot becomes a ``lost`` outcome, which the workflow turns
 into a retry (idempotent steps) or an ambiguous step.
 
-Result of a command: its output parsed as JSON, else its last line as a string; exit status 0 is success. A non-zero
+Result of a command: its stdout parsed as JSON, else its last stdout line as a string (what it says on stderr stays
+out of it; a failure is named by its last stderr line, else its last stdout line); exit status 0 is success. A non-zero
 status fails the step as a business error, except 75 (EX_TEMPFAIL), which is an infrastructure error (retried);
 killed by a signal it did not get from us: infrastructure; past its timeout: timeout.
 """
@@ -24,7 +25,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,7 +60,8 @@ class Broker(Protocol):
 
 
 class Tasks:
-    def __init__(self, state_dir: Path, ctx: Context, output: Callable[[str, int], list[tuple[float, str]]],
+    def __init__(self, state_dir: Path, ctx: Context, output: Callable[[str, int, Collection[str] | None],
+                                                                   list[tuple[float, str, str]]],
                  call_later: Callable[[float, Callable[[], None]], TimerHandle],
                  kill: Callable[[int, int], None]) -> None:
         path = state_dir / "tasks"
@@ -72,6 +74,7 @@ class Tasks:
         self._running: dict[str, str] = {}  # child name -> key
         self._timers: dict[str, TimerHandle] = {}
         self._ended: dict[str, str] = {}  # child name -> why we killed it ("timeout" | "cancelled")
+        self.on_step: Callable[..., None] = lambda phase, **fields: None  # workflow_step events (observability)
 
     def close(self) -> None:
         for timer in self._timers.values():
@@ -105,6 +108,7 @@ class Tasks:
             self._finish(name, {"error": _error("spawn_failed", "infrastructure", why or "spawn failed")})
             return {"key": key, "state": "done"}
         self._timers[name] = self._call_later(timeout, lambda: self._expire(name, "timeout"))
+        self.on_step("started", **_about(record), pid=getattr(node, "pid", None))
         return {"key": key, "state": "running", "name": name}
 
     def kill(self, key: str) -> dict[str, Any]:
@@ -135,7 +139,7 @@ class Tasks:
         elif why == "cancelled":
             result = {"error": _error("cancelled", "business", "cancelled")}
         elif event.status == 0:
-            result = {"ok": parse_output(self._stdout(event.name))}
+            result = {"ok": parse_output(self._lines(event.name))}
         elif event.status == EX_TEMPFAIL:
             result = {"error": _error("exit_status", "infrastructure", self._failure(event), {"status": 75})}
         elif event.signal is not None:
@@ -162,6 +166,7 @@ class Tasks:
                           result={"lost": "the daemon died while the command ran (it was killed with it)"})
             self._put(key, record)
             untold.append((key, record))
+            self.on_step("ended", **_about(record), outcome="lost")
         self._delete(stale)
         for key, record in untold:
             self._notify(key, record)
@@ -187,6 +192,8 @@ class Tasks:
             return
         record.update(state="done", finished=time.time(), result=result)
         self._put(key, record)
+        self.on_step("ended", **_about(record), outcome="ok" if "ok" in result else result["error"]["code"],
+                     seconds=round(record["finished"] - record["at"], 3))
         self._notify(key, record)
 
     def _notify(self, key: str, record: dict[str, Any], tries: int = 0) -> None:
@@ -205,12 +212,12 @@ class Tasks:
 
         self.broker.send(record["notify"], body, respond)
 
-    def _stdout(self, name: str) -> list[str]:
-        return [line for _, line in self._output(name, RESULT_LINES)
-                if not (line.startswith("-- started (pid ") or line.startswith("-- exited: "))]
+    def _lines(self, name: str, streams: tuple[str, ...] = ("stdout",)) -> list[str]:
+        """The command's own lines (not the daemon's start and exit markers) from ``streams``."""
+        return [line for _, _, line in self._output(name, RESULT_LINES, streams)]
 
     def _failure(self, event: Exited) -> str:
-        lines = self._stdout(event.name)
+        lines = self._lines(event.name, ("stderr",)) or self._lines(event.name)  # where it says why, if it does
         return f"{event.describe()}" + (f": {lines[-1]}" if lines else "")
 
     def _get(self, key: str) -> dict[str, Any] | None:
@@ -227,6 +234,12 @@ class Tasks:
             with self._env.begin(write=True) as txn:
                 for key in keys:
                     txn.delete(key.encode())
+
+
+def _about(record: dict[str, Any]) -> dict[str, Any]:
+    """A command step's fields in a ``workflow_step`` event."""
+    return {"workflow": str(record["notify"]).removeprefix("workflow-"), "step": record["step"],
+            "attempt": record["attempt"], "kind": "command", "name": record["name"]}
 
 
 def child_name(key: str) -> str:

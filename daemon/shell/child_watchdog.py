@@ -77,8 +77,11 @@ class ChildReports:
         if fields.get("STOPPING") == "1":
             log.info("%s says it is stopping (STOPPING=1)", name)
 
-    def exited(self, name: str) -> None:
-        """The child's current run ended: STATUS= and its watchdog go; ERRNO= and EXIT_STATUS= stay."""
+    def exited(self, name: str, start_error: str | None = None) -> None:
+        """The child's current run ended: STATUS= and its watchdog go; ERRNO= and EXIT_STATUS= stay. A run that
+        failed to start with a cause of its own (``start_error``) shows it as ``last_error``."""
+        if start_error is not None:
+            self.reported.setdefault(name, {})["last_error"] = start_error
         reported = self.reported.get(name)
         if reported is not None:
             reported.pop("status", None)

@@ -1,6 +1,6 @@
 """foundationd's side of the agent fork server (the zygote in agents/zygote.py): when to use it, its pool of spares.
 
-    ProcessShell.spawn(agent spec) ──forkable?──> ForkServer.spawn(request, output fd) ──> pid | None
+    ProcessShell.spawn(agent spec) ──forkable?──> ForkServer.spawn(request, output fds) ──> pid | None
         pid: a spare (an agent-to-be forked ahead of time, already foundationd's child) took the request
         None: no spare at hand, no zygote, or it was given up: the shell execs the agent instead (only slower)
 
@@ -184,8 +184,9 @@ class ForkServer:
 
     # ---- spawning ----
 
-    def spawn(self, request: dict[str, Any], output_fd: int) -> int | None:
-        """The pid of the spare that took ``request`` and is becoming the agent; None when it must be exec'd."""
+    def spawn(self, request: dict[str, Any], output_fds: tuple[int, int]) -> int | None:
+        """The pid of the spare that took ``request`` and is becoming the agent, its stdout and stderr the write
+        ends ``output_fds`` (the spare gets copies); None when it must be exec'd."""
         if self.state == "off":
             self.start()
         elif self.state == "booting" and self._clock() - self._started_at > self._boot_wait:
@@ -197,7 +198,7 @@ class ForkServer:
         while self._spares:
             pid, channel = self._spares.popleft()
             try:
-                socket.send_fds(channel, [body], [output_fd], socket.MSG_DONTWAIT)
+                socket.send_fds(channel, [body], list(output_fds), socket.MSG_DONTWAIT)
             except OSError:
                 continue  # it died meanwhile; its exit is on its way to spare_exited
             finally:

@@ -1,7 +1,9 @@
-"""Recent output of each child, kept in memory for `foundationctl logs NAME [-n N] [--follow]`.
+"""Recent output of each child, kept in memory for `foundationctl logs NAME [-n N] [--stream S] [--follow]`.
 
 A bounded ring per child (lines, not bytes, so a chatty child keeps its last N lines, never more), kept
-after the child exits so that the lines before a crash can be read. Followers get every new line.
+after the child exits so that the lines before a crash can be read. Each line keeps the stream it came from:
+``stdout`` or ``stderr`` (the child's two pipes), or ``daemon`` for what foundationd itself wrote there (the
+start and exit markers, and the daemon's own log in ``(foundationd)``). Followers get every new line.
 """
 
 from __future__ import annotations
@@ -9,38 +11,54 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
-Follower = Callable[[list[str]], bool]  # returns False once the reader is gone
+STDOUT, STDERR, DAEMON = "stdout", "stderr", "daemon"
+STREAMS = (STDOUT, STDERR)  # what `logs --stream` chooses from; the daemon's markers come with either
+Line = tuple[float, str, str]  # (time.time() when read, stream, text)
+Follower = Callable[[str, list[str]], bool]  # (stream, new lines) -> False once the reader is gone
 DAEMON_NAME = "(foundationd)"  # the daemon's own log, like "(zygote)": never a child's name
 
 
 class LogRings:
     def __init__(self, lines_per_child: int = 1000) -> None:
         self._size = lines_per_child
-        self._rings: dict[str, deque[tuple[float, str]]] = {}
+        self._rings: dict[str, deque[Line]] = {}
         self._followers: dict[str, list[Follower]] = {}
 
-    def add(self, name: str, lines: list[str]) -> None:
+    def add(self, name: str, lines: list[str], stream: str = DAEMON, now: float | None = None) -> None:
         ring = self._rings.get(name)
         if ring is None:
             ring = self._rings[name] = deque(maxlen=self._size)
-        now = time.time()
-        ring.extend((now, line) for line in lines)
+        now = time.time() if now is None else now
+        ring.extend((now, stream, line) for line in lines)
         followers = self._followers.get(name)
         if followers:
-            self._followers[name] = [f for f in followers if f(lines)]
+            self._followers[name] = [f for f in followers if f(stream, lines)]
 
-    def tail(self, name: str, count: int) -> list[tuple[float, str]]:
+    def tail(self, name: str, count: int, streams: Collection[str] | None = None) -> list[Line]:
+        """The last ``count`` lines of ``name``, oldest first; only those of ``streams`` when given."""
         ring = self._rings.get(name, ())
-        return list(ring)[-count:] if count > 0 else []
+        if count <= 0:
+            return []
+        if streams is None:
+            return list(ring)[-count:]
+        picked: list[Line] = []
+        for entry in reversed(ring):
+            if entry[1] in streams:
+                picked.append(entry)
+                if len(picked) == count:
+                    break
+        return picked[::-1]
 
-    def last_starting(self, name: str, prefix: str) -> str | None:
-        """The text after ``prefix`` of the child's last line, if that line starts with it."""
-        ring = self._rings.get(name)
-        if not ring or not ring[-1][1].startswith(prefix):
-            return None
-        return ring[-1][1][len(prefix):]
+    def last_starting(self, name: str, prefix: str, stream: str = STDERR) -> str | None:
+        """The text after ``prefix`` of the child's last line on ``stream``, if that line starts with it."""
+        for _, where, line in reversed(self._rings.get(name, ())):
+            if where == stream:
+                return line[len(prefix):] if line.startswith(prefix) else None
+            if where == DAEMON:  # a marker: the run that line would belong to is over
+                return None
+        return None
 
     def follow(self, name: str, follower: Follower) -> None:
         self._followers.setdefault(name, []).append(follower)

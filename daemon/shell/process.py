@@ -1,6 +1,7 @@
 """The process shell: fork/exec, signals, reaping and output capture for worker processes.
 
-    spawn ──> posix_spawn or Popen (own group) of foundation-exec or setpriv ──> pidfd + output pipe on the loop
+    spawn ──> posix_spawn or Popen (own group) of foundation-exec or setpriv ──> pidfd + 2 output pipes on the loop
+    stdout pipe, stderr pipe ──> complete lines ──> on_output(name, "stdout" | "stderr", lines)
     pidfd readable / SIGCHLD ──> reap(): waitid(WNOWAIT) ─> SIGKILL leftover group ─> waitpid ─> Exited
 
 * No Python code runs between fork and exec (no preexec_fn): once libzmq's I/O threads exist the
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import importlib.util
 import logging
 import os
@@ -55,6 +57,7 @@ from daemon.shell import forkserver
 from daemon.shell.credentials import Credentials, Identity, SpawnError, unreachable
 from daemon.shell.forkserver import ForkServer
 from daemon.shell.guardian import GuardianLink
+from daemon.shell.logs import STDERR, STDOUT
 
 log = logging.getLogger("foundationd")
 
@@ -117,25 +120,26 @@ def _unblocked() -> Iterator[None]:
 def start_process(
     argv: list[str],
     env: dict[str, str],
-    out_fd: int,
+    out_fds: tuple[int, int],
     *,
     cwd: str | None = None,
     credentials: dict[str, Any] | None = None,
     helper: str | None = None,
 ) -> tuple[int, subprocess.Popen[bytes] | None]:
-    """Start ``argv`` in a process group of its own, stdin on /dev/null, stdout and stderr on ``out_fd``.
+    """Start ``argv`` in a process group of its own, stdin on /dev/null, stdout and stderr on ``out_fds``.
 
     Returns the pid, and the Popen when one was used. A child whose argv starts with the exec ``helper`` and
     that has nothing to change before its exec (working directory, user, group, umask: ``credentials``) is
     one ``os.posix_spawn``: glibc's vfork child sets the group, the descriptors and the default signal
     dispositions in C and execs, and the helper closes every other descriptor (what Popen's ``close_fds``
     does). Popen's Python around the same vfork cost ~40 us more per start; the rest still goes through it,
-    as does an ``out_fd`` of 0-2 (a dup2 onto itself would leave it close-on-exec; Popen handles that case).
+    as does an output fd of 0-2 (a dup2 onto itself would leave it close-on-exec; Popen handles that case).
     Either way a failed exec raises OSError here, before the caller goes on.
     """
-    if helper is not None and argv[0] == helper and cwd is None and not credentials and out_fd > 2:
+    out_fd, err_fd = out_fds
+    if helper is not None and argv[0] == helper and cwd is None and not credentials and min(out_fds) > 2:
         stdio = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0), (os.POSIX_SPAWN_DUP2, out_fd, 1),
-                 (os.POSIX_SPAWN_DUP2, out_fd, 2)]
+                 (os.POSIX_SPAWN_DUP2, err_fd, 2)]
         return os.posix_spawn(argv[0], argv, env, file_actions=stdio, setpgroup=0, setsigdef=RESET_SIGNALS,
                               setsigmask=()), None
     with _unblocked():
@@ -143,7 +147,7 @@ def start_process(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=out_fd,
-            stderr=out_fd,
+            stderr=err_fd,
             env=env,
             cwd=cwd,
             process_group=0,
@@ -153,9 +157,37 @@ def start_process(
     return popen.pid, popen
 
 
+@contextlib.contextmanager
+def output_pipes() -> Iterator[tuple[tuple[int, int], tuple[int, int]]]:
+    """A child's two output pipes, stdout's and stderr's: yields (our read ends, the child's write ends).
+
+    The write ends are closed on the way out, whatever happened (the child has its copies); the read ends too if
+    the block raised. What the block does with the read ends otherwise is its own business.
+    """
+    fds: list[int] = []
+    handed_over = False
+    try:
+        fds.extend(os.pipe2(os.O_CLOEXEC))
+        fds.extend(os.pipe2(os.O_CLOEXEC))
+        yield (fds[0], fds[2]), (fds[1], fds[3])
+        handed_over = True  # (not reached when the block raised)
+    finally:
+        for fd in fds[1::2] if handed_over else fds:
+            os.close(fd)
+
+
 def become_subreaper() -> bool:
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+@dataclass
+class OutputPipe:
+    """Our read end of one of a child's output pipes, and the line it has not finished yet."""
+
+    fd: int
+    stream: str  # STDOUT or STDERR
+    partial: bytearray = field(default_factory=bytearray)
 
 
 @dataclass
@@ -164,8 +196,7 @@ class ProcessHandle:
     pid: int
     pidfd: int
     popen: subprocess.Popen[bytes] | None  # None when posix_spawn'd, or for an agent forked by the zygote
-    output_fd: int | None
-    partial: bytearray = field(default_factory=bytearray)
+    pipes: list[OutputPipe]  # stdout's and stderr's, each until its EOF
     on_exit: Callable[[Exited], None] | None = None  # instead of the shell's own (the zygote's, the guardian's)
     guarded: bool = True  # its group is on the guardian's list (all but the guardian itself)
 
@@ -178,7 +209,7 @@ class ProcessShell:
         add_reader: Callable[[int, Callable[[], None]], None],
         remove_reader: Callable[[int], None],
         on_exit: Callable[[Exited], None],
-        on_output: Callable[[str, list[bytes]], None],
+        on_output: Callable[[str, str, list[bytes]], None],
         base_env: dict[str, str] | None = None,
         *,
         fork_server: bool = True,
@@ -186,7 +217,7 @@ class ProcessShell:
         self._add_reader = add_reader
         self._remove_reader = remove_reader
         self._on_exit = on_exit
-        self._on_output = on_output  # (child name, complete lines without their newline)
+        self._on_output = on_output  # (child name, STDOUT or STDERR, complete lines without their newline)
         self._base_env = base_env or {}
         # Read once: the daemon's own environment does not change, and os.environ costs ~1.5 us a variable.
         self._inherited_env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
@@ -242,16 +273,13 @@ class ProcessShell:
         argv = self._argv(spec, identity)
         env = self._env(spec, identity.env)
         env.update(extra_env or {})
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
-            pid, popen = start_process(argv, env, write_fd, cwd=spec.working_dir, credentials=identity.popen,
-                                       helper=self.exec_helper)
+            with output_pipes() as (reads, writes):
+                pid, popen = start_process(argv, env, writes, cwd=spec.working_dir, credentials=identity.popen,
+                                           helper=self.exec_helper)
         except OSError as exc:
-            os.close(read_fd)
             raise SpawnError(f"{argv[0]}: {exc.strerror or exc}") from exc
-        finally:
-            os.close(write_fd)
-        self._watch(ProcessHandle(spec.name, pid, os.pidfd_open(pid), popen, read_fd))
+        self._watch(ProcessHandle(spec.name, pid, os.pidfd_open(pid), popen, _pipes(reads)))
         return pid
 
     def start_zygote(self) -> None:
@@ -280,7 +308,7 @@ class ProcessShell:
     def _adopt_spare(self, pid: int) -> None:
         """A spare the zygote made (already our child): watched until it becomes an agent or dies unused."""
         on_exit = lambda event: self.zygote.spare_exited(event.pid)  # noqa: E731
-        self._watch(ProcessHandle(forkserver.SPARE_NAME, pid, os.pidfd_open(pid), None, None, on_exit=on_exit))
+        self._watch(ProcessHandle(forkserver.SPARE_NAME, pid, os.pidfd_open(pid), None, [], on_exit=on_exit))
 
     def _launch_guardian(self, argv: list[str], stdin_fd: int) -> int:
         on_exit = lambda event: self.guardian.exited(event.describe())  # noqa: E731
@@ -299,18 +327,11 @@ class ProcessShell:
         guarded: bool = True,
     ) -> int:
         """Start one of foundationd's own helper processes (zygote, guardian): output captured, exit reported."""
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        try:
-            with _unblocked():
-                popen = subprocess.Popen(argv, stdin=stdin, stdout=write_fd, stderr=write_fd, env=env,
-                                         process_group=0, close_fds=True, pass_fds=pass_fds)
-        except OSError:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
+        with output_pipes() as (reads, writes), _unblocked():
+            popen = subprocess.Popen(argv, stdin=stdin, stdout=writes[0], stderr=writes[1], env=env,
+                                     process_group=0, close_fds=True, pass_fds=pass_fds)
         pidfd = os.pidfd_open(popen.pid)
-        self._watch(ProcessHandle(name, popen.pid, pidfd, popen, read_fd, on_exit=on_exit, guarded=guarded))
+        self._watch(ProcessHandle(name, popen.pid, pidfd, popen, _pipes(reads), on_exit=on_exit, guarded=guarded))
         return popen.pid
 
     def _spawn_forked(self, spec: WorkerSpec, extra_env: dict[str, str]) -> int | None:
@@ -322,19 +343,16 @@ class ProcessShell:
         env = self._env(spec)
         env.update(extra_env)
         request = {"agent": spec.agent, "env": env, "cwd": spec.working_dir or os.getcwd(), "umask": spec.umask}
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        try:
-            pid = self.zygote.spawn(request, write_fd)
-        finally:
-            os.close(write_fd)
-        if pid is None:
-            os.close(read_fd)
-            return None
-        # The spare's handle (our child since its adoption) becomes the agent's: its name, its output pipe.
+        with output_pipes() as (reads, writes):
+            pid = self.zygote.spawn(request, writes)
+            if pid is None:
+                for fd in reads:
+                    os.close(fd)
+                return None
+        # The spare's handle (our child since its adoption) becomes the agent's: its name, its output pipes.
         handle = self._by_pid[pid]
-        handle.name, handle.on_exit, handle.output_fd = spec.name, None, read_fd
-        os.set_blocking(read_fd, False)
-        self._add_reader(read_fd, lambda: self._read_output(handle))
+        handle.name, handle.on_exit, handle.pipes = spec.name, None, _pipes(reads)
+        self._watch_output(handle)
         return pid
 
     def _watch(self, handle: ProcessHandle) -> None:
@@ -342,9 +360,12 @@ class ProcessShell:
         if handle.guarded:
             self.guardian.add(handle.pid)
         self._add_reader(handle.pidfd, self.reap)
-        if handle.output_fd is not None:
-            os.set_blocking(handle.output_fd, False)
-            self._add_reader(handle.output_fd, lambda: self._read_output(handle))
+        self._watch_output(handle)
+
+    def _watch_output(self, handle: ProcessHandle) -> None:
+        for pipe in handle.pipes:
+            os.set_blocking(pipe.fd, False)
+            self._add_reader(pipe.fd, functools.partial(self._read_output, handle, pipe))
 
     def identity(self, spec: WorkerSpec) -> tuple[int, int] | None:
         """The (uid, gid) a child with ``user`` runs as, else None; SpawnError if the user is gone."""
@@ -429,48 +450,43 @@ class ProcessShell:
 
     # ---- output ----
 
-    def _read_output(self, handle: ProcessHandle) -> None:
-        assert handle.output_fd is not None
+    def _read_output(self, handle: ProcessHandle, pipe: OutputPipe) -> bool:
+        """Read once from ``pipe``; False when there was nothing to read now (or ever again: it is closed)."""
         try:
-            data = os.read(handle.output_fd, 65536)
+            data = os.read(pipe.fd, 65536)
         except BlockingIOError:
-            return
+            return False
         if not data:
-            self._close_output(handle)
-            return
-        self._emit_lines(handle, data)
+            self._close_output(handle, pipe)
+            return False
+        self._emit_lines(handle, pipe, data)
+        return True
 
     def _drain_output(self, handle: ProcessHandle) -> None:
-        """Read what the dead worker left in the pipe; grandchildren were killed with its group."""
-        while handle.output_fd is not None:
-            try:
-                data = os.read(handle.output_fd, 65536)
-            except BlockingIOError:
-                return  # a writer outside the group still holds the pipe; the reader stays registered
-            if not data:
-                self._close_output(handle)
-                return
-            self._emit_lines(handle, data)
+        """Read what the dead worker left in its pipes; grandchildren were killed with its group. A pipe that a
+        writer outside the group still holds stays open, its reader registered, until that writer is gone too."""
+        for pipe in list(handle.pipes):
+            while self._read_output(handle, pipe):
+                pass
 
-    def _emit_lines(self, handle: ProcessHandle, data: bytes) -> None:
-        handle.partial += data
-        cut = handle.partial.rfind(b"\n") + 1
-        if cut == 0 and len(handle.partial) < MAX_PARTIAL_LINE:
+    def _emit_lines(self, handle: ProcessHandle, pipe: OutputPipe, data: bytes) -> None:
+        pipe.partial += data
+        cut = pipe.partial.rfind(b"\n") + 1
+        if cut == 0 and len(pipe.partial) < MAX_PARTIAL_LINE:
             return
         if cut == 0:
-            cut = len(handle.partial)
-        complete, handle.partial = bytes(handle.partial[:cut]), handle.partial[cut:]
+            cut = len(pipe.partial)
+        complete, pipe.partial = bytes(pipe.partial[:cut]), pipe.partial[cut:]
         if complete.endswith(b"\n"):
             complete = complete[:-1]
-        self._on_output(handle.name, complete.split(b"\n"))
+        self._on_output(handle.name, pipe.stream, complete.split(b"\n"))
 
-    def _close_output(self, handle: ProcessHandle) -> None:
-        if handle.partial:
-            self._emit_lines(handle, b"\n")
-        assert handle.output_fd is not None
-        self._remove_reader(handle.output_fd)
-        os.close(handle.output_fd)
-        handle.output_fd = None
+    def _close_output(self, handle: ProcessHandle, pipe: OutputPipe) -> None:
+        if pipe.partial:
+            self._emit_lines(handle, pipe, b"\n")
+        self._remove_reader(pipe.fd)
+        os.close(pipe.fd)
+        handle.pipes.remove(pipe)
 
     # ---- argv and environment ----
 
@@ -566,6 +582,10 @@ class ProcessShell:
                 _check_hard_limit(name, hard, uid)
             argv.append(f"--{name}={_rlim(soft)}:{_rlim(hard)}")
         return argv
+
+
+def _pipes(reads: tuple[int, int]) -> list[OutputPipe]:
+    return [OutputPipe(reads[0], STDOUT), OutputPipe(reads[1], STDERR)]
 
 
 def resolve_program(program: str, spec: WorkerSpec) -> str:

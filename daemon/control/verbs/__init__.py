@@ -7,18 +7,26 @@ from __future__ import annotations
 
 from daemon.control.verbs import (
     attach,
+    breaker,
+    breakers,
     call,
     detach,
     doctor,
+    errors,
     events,
+    flag,
+    flags,
     history,
+    limits,
     logs,
     metrics,
+    migrate,
     pid,
     reload,
     restart,
     save,
     send,
+    services,
     shutdown,
     signal,
     start,
@@ -33,10 +41,11 @@ from daemon.control.verbs.base import Verb
 VERBS: dict[str, Verb] = {
     module.VERB.name: module.VERB
     for module in (status, start, stop, restart, signal, pid, attach, detach, save, shutdown, send, call, state,
-                   reload, logs, events, history, metrics, doctor, workflow, task)
+                   reload, logs, events, history, metrics, doctor, workflow, task, flags, flag, migrate,
+                   breakers, breaker, limits, services, errors)  # resilience (issue 14)
 }
 
 # Verbs later issues will add that a control_group member may already use (they answer unknown_verb until then).
-FUTURE_READ_VERBS = frozenset({"flags"})
+FUTURE_READ_VERBS: frozenset[str] = frozenset()
 READ_VERBS = frozenset({v.name for v in VERBS.values() if v.access == "read"}) | FUTURE_READ_VERBS
 QUIET_VERBS = frozenset(v.name for v in VERBS.values() if v.access == "quiet")

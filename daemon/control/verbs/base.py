@@ -44,6 +44,7 @@ class Verb:
     check: Check | None = None
     takes_tail: bool = False
     usage: str | None = None
+    local: Callable[[argparse.Namespace], int | None] | None = None  # runs first; an int: done, no daemon needed
 
 
 def str_arg(args: dict[str, Any], key: str) -> str:

@@ -2,16 +2,24 @@
 For a supervisor (and without a name: the root), the output of every worker under it, merged in time order, each
 line prefixed with its child's name (``ticker | tick 3``).
 
-Wire: ``{"verb": "logs", "args": {"name": NAME, "lines": N, "follow": bool}}`` -> ``{"name", "lines": [{"t",
-"line"}], "more": bool}``, then with ``follow`` one more reply per batch of new lines.
-CLI: ``foundationctl logs [NAME] [-n N] [-f] [--json]``.
+Each line says the stream it came from: ``stdout`` or ``stderr`` (a child's two pipes), or ``daemon`` for what
+foundationd wrote there itself (the ``-- started``/``-- exited`` markers, its own log in ``(foundationd)``). The CLI
+marks a stderr line with ``!``: in front of it (``! Traceback ...``), or in place of ``|`` after a child's name
+(``ticker ! warning``). ``stream`` keeps the lines of one stream only, and the markers (which run a line is from).
+Lines of the two pipes are in the order foundationd read them: a child's stdout and stderr lines written within
+the same instant may come out in another order than the child wrote them (as in the journal).
+
+Wire: ``{"verb": "logs", "args": {"name": NAME, "lines": N, "follow": bool, "stream": "stdout"|"stderr"}}`` ->
+``{"name", "lines": [{"t", "stream", "line"}], "more": bool}`` (merged: also ``"child"``, and ``"line"`` has its
+name in front), then with ``follow`` one more reply per batch of new lines.
+CLI: ``foundationctl logs [NAME] [-n N] [-f] [-t] [--stream stdout|stderr] [--json]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -24,10 +32,13 @@ if TYPE_CHECKING:
 from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
 
+STREAMS = ("stdout", "stderr")  # daemon/shell/logs.py's STREAMS (not imported: foundationctl starts fast)
+SEPARATORS = {"stderr": " ! "}  # after a child's name; stdout's and the markers': " | "
+
 
 class Rings(Protocol):
-    def tail(self, name: str, count: int) -> list[tuple[float, str]]: ...
-    def follow(self, name: str, callback: Callable[[list[str]], bool]) -> None: ...
+    def tail(self, name: str, count: int, streams: Collection[str] | None = None) -> list[tuple[float, str, str]]: ...
+    def follow(self, name: str, callback: Callable[[str, list[str]], bool]) -> None: ...
 
 
 class Context(Protocol):
@@ -38,7 +49,7 @@ class Context(Protocol):
 def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     from daemon.core.tree import Supervisor, workers_of  # (daemon side only: foundationctl starts fast)
     from daemon.shell.forkserver import NAME as ZYGOTE_NAME
-    from daemon.shell.logs import DAEMON_NAME
+    from daemon.shell.logs import DAEMON, DAEMON_NAME
     from daemon.shell.process import GUARDIAN_NAME
 
     name = str_arg(req.args, "name") if "name" in req.args else ctx.tree.root.name
@@ -48,26 +59,33 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     count = req.args.get("lines", 50)
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise FoundationError(ErrorCode.BAD_REQUEST, "'lines' must be a non-negative integer")
-    if isinstance(node, Supervisor):
-        _merged(ctx, name, [w.name for w in workers_of(node)], count, follow=bool(req.args.get("follow")), reply=reply)
+    stream = req.args.get("stream")
+    if stream is not None and stream not in STREAMS:
+        raise FoundationError(ErrorCode.BAD_REQUEST, f"'stream' must be one of {', '.join(STREAMS)}")
+    streams = None if stream is None else (stream, DAEMON)
+    # A supervisor's view merges its workers' rings, each line with its child's name; a worker's is its own ring.
+    sources = [(w.name, w.name) for w in workers_of(node)] if isinstance(node, Supervisor) else [(name, None)]
+    tail = [_entry(label, *line) for ring, label in sources for line in ctx.logs.tail(ring, count, streams)]
+    tail.sort(key=lambda entry: entry["t"])  # oldest first; stable: a ring's lines of one instant keep their order
+    tail = tail[-count:] if count else []
+    follow = bool(req.args.get("follow"))
+    if reply({"name": name, "lines": tail, "more": follow}) is False or not follow:
         return
-    tail = [{"t": t, "line": line} for t, line in ctx.logs.tail(name, count)]
-    alive = reply({"name": name, "lines": tail, "more": bool(req.args.get("follow"))})
-    if req.args.get("follow") and alive is not False:
-        ctx.logs.follow(name, lambda lines: reply(
-            {"name": name, "lines": [{"t": time.time(), "line": x} for x in lines]}) is not False)
+    for ring, label in sources:
+        def send(s: str, new: list[str], label: str | None = label) -> bool:
+            if streams is not None and s not in streams:
+                return True  # a stream not asked for: nothing to send, still following
+            now = time.time()
+            return reply({"name": name, "lines": [_entry(label, now, s, line) for line in new]}) is not False
+
+        ctx.logs.follow(ring, send)
 
 
-def _merged(ctx: Context, name: str, children: list[str], count: int, *, follow: bool, reply: Reply) -> None:
-    """The last ``count`` lines of all ``children`` together, oldest first, each with its child's name."""
-    lines = sorted((t, child, line) for child in children for t, line in ctx.logs.tail(child, count))
-    tail = [{"t": t, "child": child, "line": f"{child} | {line}"} for t, child, line in lines[-count:] if count]
-    alive = reply({"name": name, "lines": tail, "more": follow})
-    if not follow or alive is False:
-        return
-    for child in children:
-        ctx.logs.follow(child, lambda new, c=child: reply(
-            {"name": name, "lines": [{"t": time.time(), "child": c, "line": f"{c} | {x}"} for x in new]}) is not False)
+def _entry(child: str | None, t: float, stream: str, line: str) -> dict[str, Any]:
+    """One line as the reply has it: a worker's own, or (``child`` named) in a merged view with the name in front."""
+    if child is None:
+        return {"t": t, "stream": stream, "line": line}
+    return {"t": t, "child": child, "stream": stream, "line": f"{child}{SEPARATORS.get(stream, ' | ')}{line}"}
 
 
 def setup(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +94,9 @@ def setup(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--lines", type=int, default=50, metavar="N", help="how many recent lines (50)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until interrupted")
     parser.add_argument("-t", "--timestamps", action="store_true", help="prefix each line with its local time")
+    parser.add_argument("--stream", choices=STREAMS,
+                        help="only what the child wrote to this stream (and the start and exit markers); "
+                        "stderr lines are marked with '!'")
     add_json(parser)
 
 
@@ -83,25 +104,32 @@ def run(client: ControlClient, args: argparse.Namespace) -> int:
     if args.lines < 0:
         raise FoundationError(ErrorCode.BAD_REQUEST, "-n must be >= 0")
     if not args.follow:
-        result = client.request("logs", lines=args.lines, **_name(args))
+        result = client.request("logs", lines=args.lines, **_name(args), **_stream(args))
         print_result(args, result, lambda: "\n".join(_text(entry, args) for entry in result["lines"]))
         return EXIT_OK
     client.settimeout(None)  # following waits for output as long as it takes
-    for result in client.stream("logs", lines=args.lines, follow=True, **_name(args)):
+    for result in client.stream("logs", lines=args.lines, follow=True, **_name(args), **_stream(args)):
         for entry in result["lines"]:
             print(orjson.dumps(entry).decode() if getattr(args, "json", False) else _text(entry, args), flush=True)
     return EXIT_OK
 
 
 def _text(entry: dict[str, Any], args: argparse.Namespace) -> str:
+    line = str(entry["line"])
+    if entry.get("stream") == "stderr" and "child" not in entry:  # (a merged line has its mark after the name)
+        line = "! " + line
     stamp = entry.get("t") if args.timestamps else None
     if stamp is None:
-        return str(entry["line"])
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) + f".{int(stamp % 1 * 1000):03d} {entry['line']}"
+        return line
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) + f".{int(stamp % 1 * 1000):03d} {line}"
 
 
 def _name(args: argparse.Namespace) -> dict[str, str]:
     return {"name": args.name} if args.name is not None else {}
+
+
+def _stream(args: argparse.Namespace) -> dict[str, str]:
+    return {"stream": args.stream} if args.stream is not None else {}
 
 
 VERB = Verb("logs", "show a child's recent output (a supervisor's: its children's, merged)", "read", handle, run,

@@ -38,6 +38,7 @@ CALL_TIMEOUT = 60.0
 class Context(Protocol):
     broker: Any
     workflows: Any
+    obs: Any
 
 
 def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
@@ -79,8 +80,10 @@ def _ask_coordinator(ctx: Context, op: str, args: dict[str, Any], reply: Reply) 
     def respond(result: Any, err: FoundationError | None) -> None:
         if err is not None:
             reply(err)
-        else:
-            reply(result)
+            return
+        if op == "run" and isinstance(result, dict):
+            ctx.obs.workflow_step("run", workflow=result.get("id"))  # (an event: workflow_step, phase run)
+        reply(result)
 
     ctx.broker.call(COORDINATOR, {op: body}, CALL_TIMEOUT, respond)
 

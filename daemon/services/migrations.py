@@ -1,0 +1,208 @@
+"""A staged migration in the daemon: its position, its gates, its steps and its automatic rollback (DESIGN 3.8).
+
+    every ``interval`` s (only with [migration]): broker counters, its latencies, the restarts of the event stream
+        ──> Samples ──> figures over the stage's window ──> judge (migrations_health.py, pure) ──> Verdict
+                                                              failed and auto_rollback ──> rollback one stage
+    ``migrate next`` (readiness: hold time, gates) / ``rollback`` / ``emergency-rollback REASON``
+        ──> plan (migrations_core.py, pure) ──> FlagService.changed: flags + position + log, one transaction
+                                                   ──> flag_changed, stage_changed | rollback (+ alert), agents
+
+The window never reaches back before the stage began (nor before the daemon started: samples are in memory), so a
+stage is judged on its own traffic. The baseline of a stage (its p50 latency) is taken when ``migrate next`` enters
+it, from the window before.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from daemon.services.migrations_core import MigrationSpec, Step, plan, position, readiness
+from daemon.services.migrations_health import Sample, Samples, Thresholds, Verdict, baseline, figures, judge
+from ipc.errors import ErrorCode, FoundationError
+
+if TYPE_CHECKING:
+    from daemon.services.flags import FlagService
+    from daemon.shell.loop import TimerHandle
+
+LATENCY_KEEP = 100_000
+LIMITS = Thresholds()  # DESIGN 3.8's figures
+
+
+class Migrations:
+    def __init__(self, flags: FlagService, app: Any, wall: Callable[[], float] = time.time,
+                 limits: Thresholds = LIMITS) -> None:
+        self.flags, self.app, self.wall, self.limits = flags, app, wall, limits
+        self.spec: MigrationSpec | None = None
+        self.pos: dict[str, Any] = {"stage": 0, "since": None, "baselines": {}}
+        self.samples = Samples(keep=120.0)
+        self.entered = 0.0  # monotonic: when the current stage began, or sampling did
+        self.verdict: Verdict | None = None
+        self._timer: TimerHandle | None = None
+
+    # ---- configuration ----
+
+    def configure(self, spec: MigrationSpec | None, stored: dict[str, Any] | None) -> None:
+        self.spec = spec
+        if spec is None:
+            self.close()
+            return
+        self.pos = position(stored if stored is not None else self.pos, spec)
+        self.samples.keep = max(spec.window, 60.0) + 2 * spec.interval
+        if not self.entered:
+            self.entered = self.app.loop.clock()
+        broker = self.app.broker
+        if broker is not None and broker.latencies is None:
+            broker.latencies = deque(maxlen=LATENCY_KEEP)
+        self.flags.changed([], by="config", migration=self.record())  # stage 0's values, for --offline
+        self._arm()
+
+    def record(self) -> dict[str, Any]:
+        """What is stored: the position, and what an offline emergency rollback needs without the config."""
+        assert self.spec is not None
+        return {**self.pos, "stage0": self.spec.stage0(), "stages": [s["name"] for s in self.spec.describe()]}
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # ---- the gates ----
+
+    def _arm(self) -> None:
+        if self._timer is None and self.spec is not None:
+            self._timer = self.app.loop.call_later(self.spec.interval, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.spec is None:
+            return
+        now = self.sample()
+        if self.pos["stage"] > 0:
+            self.verdict = self.judge(now)
+            if self.verdict.outcome == "failed" and self.spec.auto_rollback:
+                reason = "; ".join(self.verdict.failed)
+                self.app.obs.publish("alert", severity="critical", source="migration",
+                                     message=f"stage {self.spec.name(self.pos['stage'])} is unhealthy: {reason}",
+                                     figures=self.verdict.figures)
+                self.step(plan(self.spec, self.pos["stage"], "auto_rollback", reason), by="health gates")
+        self._arm()
+
+    def sample(self) -> float:
+        """Take one sample of the counters now; returns the monotonic time."""
+        now = float(self.app.loop.clock())
+        broker, counts = self.app.broker, self.app.obs.stream.counts
+        c = broker.counters if broker is not None else {}
+        latencies: list[tuple[float, float]] = []
+        if broker is not None and broker.latencies:
+            latencies = list(broker.latencies)
+            broker.latencies.clear()
+        self.samples.add(Sample(now, c.get("done", 0), c.get("failed", 0), c.get("accepted", 0),
+                                c.get("rejected", 0), counts.get("child_restarted", 0)), latencies)
+        return now
+
+    def judge(self, now: float) -> Verdict:
+        assert self.spec is not None
+        base = self.pos["baselines"].get(str(self.pos["stage"])) or {}
+        return judge(figures(self.samples, now, self.spec.window, self.entered), base.get("p50_latency"),
+                     self.limits)
+
+    # ---- steps ----
+
+    def request(self, action: str, by: str, reason: str | None = None) -> dict[str, Any]:
+        """``migrate next|rollback|emergency-rollback``; FoundationError when it may not go."""
+        spec = self._spec()
+        stage = self.pos["stage"]
+        if action == "next":
+            now = self.sample()
+            verdict = self.judge(now) if stage > 0 else None
+            blockers = readiness(spec, self.pos, self.wall(), verdict.to_dict() if verdict else None)
+            if blockers:
+                raise FoundationError(ErrorCode.NOT_READY, "; ".join(blockers))
+        try:
+            step = plan(spec, stage, action, reason)
+        except ValueError as exc:
+            raise FoundationError(ErrorCode.NOT_READY, str(exc)) from None
+        self.step(step, by)
+        return self.status()
+
+    def step(self, step: Step, by: str) -> None:
+        spec = self._spec()
+        now = self.app.loop.clock()
+        if step.action == "next":
+            self.pos["baselines"][str(step.to)] = baseline(self.samples, now, spec.window, self.entered,
+                                                           self.limits.min_messages)
+        changes = self.flags.core.apply(step.values)
+        self.pos.update(stage=step.to, since=self.wall())
+        self.entered, self.verdict = now, None
+        record = {"ts": self.wall(), "action": step.action, "from": spec.name(step.origin), "to": spec.name(step.to),
+                  "from_index": step.origin, "to_index": step.to, "by": by, "reason": step.reason}
+        self.flags.changed(changes, by=f"migration {step.action}", reason=step.reason, migration=self.record(),
+                           record=record)
+        fields = {"from": record["from"], "to": record["to"], "stage": step.to, "by": by,
+                  **({"reason": step.reason} if step.reason else {})}
+        if step.action == "next":
+            self.app.obs.publish("stage_changed", **fields)
+        else:
+            self.app.obs.publish("rollback", **fields, automatic=step.action == "auto_rollback",
+                                 emergency=step.action == "emergency_rollback")
+
+    def _spec(self) -> MigrationSpec:
+        if self.spec is None:
+            raise FoundationError(ErrorCode.NOT_READY, "no [migration] in the config")
+        return self.spec
+
+    # ---- reading ----
+
+    def brief(self) -> dict[str, Any] | None:
+        if self.spec is None:
+            return None
+        return {"stage": self.pos["stage"], "name": self.spec.name(self.pos["stage"]), "last": self.spec.last}
+
+    def status(self) -> dict[str, Any]:
+        spec = self._spec()
+        now = self.sample()
+        stage = self.pos["stage"]
+        verdict = self.judge(now) if stage > 0 else None
+        since = self.pos.get("since")
+        store = self.flags.store
+        return {
+            "stage": stage, "name": spec.name(stage), "since": since,
+            "held_s": round(self.wall() - since, 3) if since is not None else None, "hold": spec.hold(stage),
+            "ready": not readiness(spec, self.pos, self.wall(), verdict.to_dict() if verdict else None),
+            "blockers": readiness(spec, self.pos, self.wall(), verdict.to_dict() if verdict else None),
+            "gates": verdict.to_dict() if verdict else None,
+            "baseline": self.pos["baselines"].get(str(stage)),
+            "auto_rollback": spec.auto_rollback, "window": spec.window, "interval": spec.interval,
+            "stages": spec.describe(), "history": store.log(20) if store is not None else [],
+        }
+
+
+def offline_emergency_rollback(state_dir: Path, reason: str, by: str) -> dict[str, Any]:
+    """``migrate emergency-rollback --offline``: stage 0's values straight into the store while the daemon is down
+    (it loads them at its next start; agents get them in their welcome)."""
+    from daemon.services.flags_core import FlagSet  # noqa: PLC0415
+    from daemon.services.flags_store import FlagStore, flags_path  # noqa: PLC0415
+
+    path = flags_path(state_dir)
+    if not (path / "data.mdb").exists():
+        raise FoundationError(ErrorCode.NOT_READY, f"no flags store in {state_dir} (is --state-dir right?)")
+    store = FlagStore(path)
+    try:
+        table, migration = store.load()
+        if migration is None:
+            raise FoundationError(ErrorCode.NOT_READY, f"no migration recorded in {state_dir}")
+        flags = FlagSet(table.get("flags", {}), int(table.get("version", 0)))
+        changes = flags.apply(migration.get("stage0", {}))
+        names = migration.get("stages") or ["baseline"]
+        origin = int(migration.get("stage", 0))
+        record = {"ts": time.time(), "action": "emergency_rollback", "from": names[min(origin, len(names) - 1)],
+                  "to": names[0], "from_index": origin, "to_index": 0, "by": by, "reason": reason, "offline": True}
+        migration.update(stage=0, since=time.time())
+        store.save(flags.table(), migration, [record])
+        return {**record, "changed": [c.name for c in changes]}
+    finally:
+        store.close()
