@@ -117,6 +117,8 @@ user = "nobody"
 group = "nogroup"
 """)
     pid = d.wait_running("probe")
+    # Running is declared at spawn; the helper closes what is not the child's before it execs sleep: look after.
+    wait_for(lambda: Path(f"/proc/{pid}/comm").read_text().strip() == "sleep", what="the probe's exec of sleep")
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
     assert status["Uid"].split()[:2] == [str(NOBODY), str(NOBODY)]
     assert status["Gid"].split()[:2] == [str(NOBODY), str(NOBODY)]
