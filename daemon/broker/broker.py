@@ -271,7 +271,9 @@ class Broker:
         self.on_done(session.name)
 
     def _on_heartbeat(self, session: Session, msg: dict[str, Any]) -> None:
-        pass  # last_seen was updated for every frame
+        busy = msg.get("busy")  # last_seen was updated for every frame; "busy": S announces a silence of S seconds
+        if isinstance(busy, int | float) and not isinstance(busy, bool) and 0 <= busy <= 86400:
+            session.busy_until = self._loop.clock() + busy
 
     def _on_monitor(self, session: Session, msg: dict[str, Any]) -> None:
         ref, target = msg["ref"], msg["target"]
