@@ -80,12 +80,19 @@ class WorkflowSide:
         return record
 
     def _starting(self, name: str) -> dict[str, Any] | None:
-        """A workflow whose process has not committed its record yet: what its durable attach says it will be."""
+        """A workflow whose process has not committed its record yet: what its durable attach, or the ``start``
+        message accepted for it and not yet handled, says it will be."""
         spec = self.durable.spec(name)
         start = (spec or {}).get("env", {}).get(START_VARIABLE)
-        if not start:
-            return None
-        begun = orjson.loads(start)
+        if start:
+            begun = orjson.loads(start)
+        else:
+            broker = self._app.broker
+            bodies = broker.undone(name) if broker is not None else []
+            begun = next((b["start"] for b in bodies if isinstance(b, dict) and isinstance(b.get("start"), dict)),
+                         None)
+            if begun is None:
+                return None
         steps = {t.id: {"state": "pending", "attempts": 0} for t in tasks(parse(begun["definition"]))}
         return {"id": begun["id"], "definition": begun["definition"], "state": "running", "created": None,
                 "finished": None, "steps": steps}
