@@ -1,7 +1,7 @@
 """The handover file of an in-place upgrade (``foundationctl upgrade``, SIGUSR2): plain data, versioned, pure.
 
-    old image: App ──collect──> Handover ──to_json──> <state dir>/upgrade.json ──execve(--adopt FILE)──┐
-    new image: Handover <──from_json── file <───────────────────────────────────────────────────────────┘
+    old image: App ──collect──> Handover ──to_plain──> JSON in <state dir>/upgrade.json ──execve(--adopt FILE)─┐
+    new image: Handover <──from_plain── JSON file (read by daemon/services/upgrade.py) <──────────────────────┘
                └─> ProcessShell adopts the pidfds and output pipes, the guardian keeps its pipe, the tree boots
                    with each worker's Spawn answered by its running pid, then restart counts and intensity
                    histories are put back.
@@ -13,7 +13,6 @@ a daemon refuses a file with a newer version, naming both (an older foundationd 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,8 +70,9 @@ class Handover:
         return out
 
 
-def to_json(h: Handover) -> str:
-    data: dict[str, Any] = {
+def to_plain(h: Handover) -> dict[str, Any]:
+    """Plain data (JSON types only); the shell writes it."""
+    return {
         "version": h.version, "generation": h.generation, "argv": list(h.argv), "started_at": h.started_at,
         "failed": h.failed, "extra": h.extra,
         "workers": [{"name": w.name, "pid": w.pid, "pidfd": w.pidfd, "pipes": [list(p) for p in w.pipes],
@@ -83,14 +83,10 @@ def to_json(h: Handover) -> str:
             "pid": h.guardian.pid, "pidfd": h.guardian.pidfd, "write_fd": h.guardian.write_fd,
             "groups": list(h.guardian.groups), "pipes": [list(p) for p in h.guardian.pipes]},
     }
-    return json.dumps(data, sort_keys=True)
 
 
-def from_json(text: str) -> Handover:
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise HandoverError(f"handover file is not JSON: {exc}") from None
+def from_plain(data: Any) -> Handover:
+    """The handover from what the file held; HandoverError naming what is wrong (a newer format: both versions)."""
     if not isinstance(data, dict) or not isinstance(data.get("version"), int):
         raise HandoverError("handover file has no format version")
     if data["version"] > VERSION:

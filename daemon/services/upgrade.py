@@ -16,6 +16,7 @@ the zygote's spares would need their own handover): with an agent in the tree, `
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -158,7 +159,7 @@ class Upgrader:
             h = ho.Handover(h.generation, h.argv, h.workers, h.supervisors, h.guardian, h.started_at, failed)
         path = app.state_dir / ho.FILE_NAME
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(ho.to_json(h))
+        tmp.write_text(json.dumps(ho.to_plain(h), sort_keys=True))
         os.replace(tmp, path)
         for fd in h.fds():
             os.set_inheritable(fd, True)
@@ -186,8 +187,8 @@ class Upgrader:
         """Read the handover (before run): a format this image does not read falls back, as a failed adoption."""
         self._path = Path(path)
         try:
-            h = ho.from_json(self._path.read_text())
-        except (OSError, ho.HandoverError) as exc:
+            h = ho.from_plain(json.loads(self._path.read_text()))
+        except (OSError, ValueError, ho.HandoverError) as exc:
             raise SystemExit(f"foundationd: cannot adopt {path}: {exc}") from None
         self._handover = h
         self.generation = h.generation
