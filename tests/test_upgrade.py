@@ -91,6 +91,32 @@ def test_sigusr2_upgrades_in_place(start_daemon) -> None:
     wait_for(lambda: workers(daemon) == before, timeout=10, what="the same tree after SIGUSR2")
 
 
+def test_signals_during_the_exec_do_not_kill_the_daemon(start_daemon) -> None:
+    """SIGHUP and SIGUSR2 terminate a process that has no handler yet: the new image starts with them ignored."""
+    daemon = start_daemon(fleet(3))
+    before = workers(daemon)
+    pid = daemon.proc.pid
+
+    def upgraded_under_fire() -> bool:
+        os.kill(pid, signal.SIGHUP)
+        os.kill(pid, signal.SIGUSR2)
+        return "upgrade 2 done" in daemon.log()
+
+    wait_for(upgraded_under_fire, timeout=60, interval=0.01, what="two upgrades while signals keep coming")
+    # The last SIGUSR2 may have started one more: wait for it to settle (unreachable meanwhile is "not yet").
+    wait_for(lambda: workers(daemon) == before, timeout=30, what="the same tree after the upgrades")
+    assert daemon.proc.poll() is None
+
+
+def test_a_sigterm_right_after_sigusr2_is_not_lost(start_daemon) -> None:
+    daemon = start_daemon(fleet(3))
+    pids = [w["pid"] for w in workers(daemon).values()]
+    os.kill(daemon.proc.pid, signal.SIGUSR2)
+    os.kill(daemon.proc.pid, signal.SIGTERM)
+    assert daemon.wait_exit(timeout=30) == 0, daemon.log()
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pids), timeout=10, what="the children gone")
+
+
 @pytest.mark.parametrize("where", ["adopt", "booted"])
 def test_a_new_image_that_fails_to_adopt_falls_back(start_daemon, monkeypatch: pytest.MonkeyPatch,
                                                      where: str) -> None:

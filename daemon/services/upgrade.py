@@ -46,6 +46,9 @@ log = logging.getLogger("foundationd")
 FAIL_VARIABLE = "FOUNDATION_UPGRADE_FAIL"
 PRECHECK_TIMEOUT = 60.0
 T = TypeVar("T")
+# Blocked from just before the exec until the new image's loop has its handlers: one arriving meanwhile stays
+# pending (execve keeps the mask and pending signals) instead of killing the new image or being lost.
+EXEC_BLOCKED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD})
 
 
 class Upgrader:
@@ -79,8 +82,15 @@ class Upgrader:
     def _go(self) -> None:
         """After the loop turn: the tree may have moved since the request (a child exited); check again."""
         self._under_way = False
+        signal.pthread_sigmask(signal.SIG_BLOCK, EXEC_BLOCKED)
+        if self._app.loop.signals_waiting():  # heard, not yet handled: handle them first, then try again
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, EXEC_BLOCKED)
+            self._under_way = True
+            self._app.loop.call_later(0, self._go)
+            return
         why = self.refusal()
         if why is not None:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, EXEC_BLOCKED)
             self.generation += 1
             self.last = {"generation": self.generation, "ok": False, "error": f"upgrade refused: {why}",
                          "children": 0, "took_ms": 0.0}
@@ -201,6 +211,7 @@ class Upgrader:
         self._guarded(self._start_guardian)
 
     def _start_guardian(self) -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, EXEC_BLOCKED)  # (run() has installed its handlers by now)
         h = self._handover
         shell = self._app.shell
         if h is None or h.guardian is None:

@@ -146,6 +146,10 @@ class EventLoop:
         self._signal_handlers[signum] = callback
         self._old_handlers[signum] = signal.signal(signum, _noop_handler)
 
+    def signals_waiting(self) -> bool:
+        """Whether a signal has been heard that its handler has not seen yet (the wake-up socket holds its byte)."""
+        return self._wake_r is not None and bool(select.select([self._wake_r], [], [], 0)[0])
+
     def _read_signals(self) -> None:
         assert self._wake_r is not None
         try:
