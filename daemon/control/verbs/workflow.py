@@ -189,4 +189,5 @@ def _render(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-VERB = Verb("workflow", "run and watch durable workflows", "write", handle, run, setup=setup, check=check)
+VERB = Verb("workflow", "run and watch durable workflows", "write", handle, run, setup=setup, check=check,
+            read_ops=frozenset({"status", "wait", "results", "list"}))
