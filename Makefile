@@ -84,7 +84,7 @@ chaos: $(STAMP) $(HELPER)
 # The long fuzz run (tests/test_fuzz*.py with FUZZ_EXAMPLES generated inputs per test; make test runs a CI-sized one)
 FUZZ_EXAMPLES ?= 100000
 fuzz: $(STAMP) $(HELPER)
-	FOUNDATION_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:cacheprovider -o timeout=0 \
+	FOUNDATION_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:cacheprovider -o timeout=0 -o faulthandler_timeout=0 \
 	    tests/test_fuzz_control.py tests/test_fuzz_wire.py tests/test_fuzz_notify.py tests/test_fuzz_config.py
 
 # Opt-in, root only (prints SKIP with the reason otherwise): the shipped systemd/foundation.service under a real

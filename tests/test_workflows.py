@@ -220,6 +220,9 @@ def test_cancel_kills_running_commands_and_list_shows_every_workflow(start_daemo
     listing = json.loads(ctl(daemon, "workflow", "list", "--json").stdout)
     assert [(w["id"], w["state"]) for w in listing] == [("cancelme", "cancelled")]
     assert json.loads(ctl(daemon, "workflow", "list", "--state", "running", "--json").stdout) == []
+    assert ctl(daemon, "workflow", "forget", wf).returncode == 0
+    assert json.loads(ctl(daemon, "workflow", "list", "--json").stdout) == []
+    assert "no_such_child" in ctl(daemon, "workflow", "status", wf).stderr
 
 
 def test_invalid_definitions_are_refused_naming_the_step(start_daemon, tmp_path):

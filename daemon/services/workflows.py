@@ -23,7 +23,7 @@ from daemon.shell.loop import TimerHandle
 from ipc.errors import ErrorCode, FoundationError
 from ipc.state_store import StateError, shared_store_path
 from ipc.workflow_def import parse, tasks
-from ipc.workflow_record import idle, summary
+from ipc.workflow_record import TERMINAL, idle, summary
 
 if TYPE_CHECKING:
     from daemon.app import App
@@ -99,6 +99,19 @@ class WorkflowSide:
 
     def summary(self, wf_id: str) -> dict[str, Any]:
         return summary(self.record(wf_id))
+
+    def forget(self, wf_id: str) -> dict[str, Any]:
+        """Delete the record of a workflow that has ended; its process is gone by then."""
+        record = self.record(wf_id)
+        name = PREFIX + wf_id
+        if record["state"] not in TERMINAL or self._app.tree.find_quiet(name) is not None:
+            raise FoundationError(ErrorCode.BAD_REQUEST, f"workflow {wf_id!r} is {record['state']}: only a workflow "
+                                  "that has ended (completed, failed, cancelled) can be forgotten; cancel it first")
+        path = shared_store_path(self._state_dir, name)
+        store = self._app.states.shared(path) if path is not None else None
+        if store is not None:
+            store.delete_of(name)
+        return {"id": wf_id, "forgotten": True}
 
     def listing(self) -> list[dict[str, Any]]:
         path = shared_store_path(self._state_dir, PREFIX)

@@ -94,8 +94,12 @@ def test_a_control_group_member_reads_but_cannot_mutate_and_mutations_are_audite
     status = as_nobody(path, {"id": 1, "verb": "status"})
     assert status["ok"] is True
     assert status["result"]["tree"]["name"] == "root"
+    listing = as_nobody(path, {"id": 1, "verb": "workflow", "args": {"op": "list"}})  # a read op of a write verb
+    assert listing == {"id": 1, "ok": True, "result": []}
     for verb, args in (("stop", {"name": "counter"}), ("send", {"name": "counter", "body": {"add": 1}}),
-                       ("shutdown", {}), ("signal", {"name": "counter", "signal": "KILL"})):
+                       ("shutdown", {}), ("signal", {"name": "counter", "signal": "KILL"}),
+                       ("workflow", {"op": "run", "definition": {"task": {"id": "a", "action": "call",
+                                                                         "args": {"agent": "x", "msg": 1}}}})):
         reply = as_nobody(path, {"id": 2, "verb": verb, "args": args})
         assert reply["ok"] is False, (verb, reply)
         assert reply["error"]["code"] == "permission_denied", (verb, reply)
