@@ -61,6 +61,7 @@ class Upgrader:
         self._adopted: dict[str, int] = {}
         self._path: Path | None = None
         self._under_way = False
+        self._mask: set[int | signal.Signals] = set()  # the signal mask before the exec's block
 
     # ---- the old image ----
 
@@ -82,15 +83,15 @@ class Upgrader:
     def _go(self) -> None:
         """After the loop turn: the tree may have moved since the request (a child exited); check again."""
         self._under_way = False
-        signal.pthread_sigmask(signal.SIG_BLOCK, EXEC_BLOCKED)
+        self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, EXEC_BLOCKED)
         if self._app.loop.signals_waiting():  # heard, not yet handled: handle them first, then try again
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, EXEC_BLOCKED)
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
             self._under_way = True
             self._app.loop.call_later(0, self._go)
             return
         why = self.refusal()
         if why is not None:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, EXEC_BLOCKED)
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
             self.generation += 1
             self.last = {"generation": self.generation, "ok": False, "error": f"upgrade refused: {why}",
                          "children": 0, "took_ms": 0.0}
@@ -164,7 +165,9 @@ class Upgrader:
     def _execute(self, failed: str | None = None, h: ho.Handover | None = None) -> None:
         app = self._app
         app.notifier.reloading()
-        h = h if h is not None else self.collect()
+        if h is None:
+            h = self.collect()
+            h.extra["mask"] = sorted(int(s) for s in self._mask)
         if failed is not None:
             h = ho.Handover(h.generation, h.argv, h.workers, h.supervisors, h.guardian, h.started_at, failed)
         path = app.state_dir / ho.FILE_NAME
@@ -211,8 +214,9 @@ class Upgrader:
         self._guarded(self._start_guardian)
 
     def _start_guardian(self) -> None:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, EXEC_BLOCKED)  # (run() has installed its handlers by now)
         h = self._handover
+        if h is not None:  # the mask the old image had before the exec (run() has installed its handlers by now)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [int(s) for s in h.extra.get("mask", [])])
         shell = self._app.shell
         if h is None or h.guardian is None:
             shell.start_guardian()
