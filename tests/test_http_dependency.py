@@ -13,9 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from agents_for_tests import HttpUser
 from helpers import REPO, ctl
 
-from agents.testing import DaemonProcess
+from agents.testing import AgentHarness, DaemonProcess
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -158,3 +159,13 @@ def test_the_dependency_limit_spaces_the_requests(start_daemon, server: Server, 
         assert limit["leased"] > 0
     else:
         assert limit["granted"] == n
+
+
+def test_an_agent_under_the_harness_gets_its_http_client_too(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEP_URL", server.url)
+    harness = AgentHarness(HttpUser)
+    assert harness.call({"dep": "web", "get": "/ok", "n": 2}) == [200, 200]
+    assert harness.call({"dep": "web", "get": "/fail"}) == ["http_error"]  # no daemon: every breaker stays closed
+    assert server.count("/ok") == 2
+    for dep in ("web", "slow", "limited"):
+        harness.agent.http(dep).close()
