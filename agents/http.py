@@ -68,6 +68,7 @@ class HttpDependency:
         """One request: a token of ``limit`` (if any), a health check if one is due, then the call through the
         breaker (retried by ``retry``, the policy given at construction, if any: within the retry budget)."""
         if self.limit is not None:
+            self._resilience.refuse_if_open(self.breaker)  # no token spent on a call that would not be made
             self._resilience.acquire(self.limit, 1, self.wait)
         if self.health is not None and time.monotonic() - self.healthy_at > self.health_every:
             self.check()

@@ -85,6 +85,15 @@ class ResilienceClient:
     def breaker(self, name: str) -> Guard:
         return Guard(self, name)
 
+    def refuse_if_open(self, name: str) -> None:
+        """Raise BreakerOpen if what this agent knows of ``name`` already refuses a call (no round trip): e.g.
+        before taking a rate limit's token for a call that would not be made."""
+        view = self._views.get(name)
+        if view is not None and view.state != "closed":
+            now = time.monotonic()
+            if view.state == "isolated" or (view.state == "open" and now < view.open_until):
+                raise BreakerOpen(name, view.state, max(0.0, view.open_until - now))
+
     def _admit(self, name: str) -> int | None:
         """None: go ahead (closed); a token: go ahead as a half-open trial; raises BreakerOpen otherwise."""
         now = time.monotonic()

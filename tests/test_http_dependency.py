@@ -159,6 +159,10 @@ def test_the_dependency_limit_spaces_the_requests(start_daemon, server: Server, 
         assert limit["leased"] > 0
     else:
         assert limit["granted"] == n
+        assert ctl(daemon, "breaker", "limited", "open").returncode == 0
+        assert get(daemon, "limited", "/ok") == ["breaker_open"]
+        after = json.loads(ctl(daemon, "limits", "--json").stdout)["limits"][0]
+        assert after["granted"] == n  # no token spent on a call the breaker refused
 
 
 def test_an_agent_under_the_harness_gets_its_http_client_too(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
