@@ -50,7 +50,8 @@ def test_the_canary_is_a_share_rounded_up_and_at_least_one(count: int, percent: 
 def test_versions_move_forward_and_back_exactly() -> None:
     spec = WorkerSpec("c1", agent=OLD, env=(("A", "1"), ("B", "2")))
     new = core.forward(spec, {"agent": NEW, "env": {"B": "3", "C": "4"}})
-    assert new.agent == NEW and dict(new.env) == {"A": "1", "B": "3", "C": "4"}
+    assert new.agent == NEW
+    assert dict(new.env) == {"A": "1", "B": "3", "C": "4"}
     assert core.backward(new, core.version_of(spec)) == spec
     assert core.forward(spec, {"agent": None, "env": {"C": "4"}}).agent == OLD
 
@@ -74,18 +75,22 @@ def begin(hold: float = 10) -> dict[str, Any]:
 
 def test_canary_then_all_then_done_each_after_its_hold() -> None:
     record = begin()
-    assert record["phase"] == "canary" and record["changed"] == ["c1"] and record["previous"]["c2"]["agent"] == OLD
+    assert record["phase"] == "canary"
+    assert record["changed"] == ["c1"]
+    assert record["previous"]["c2"]["agent"] == OLD
     assert core.decide(record, 200.0, []).kind == "wait"  # not applied yet
     record = core.applied(record, 101.0)
     assert core.decide(record, 110.9, []).kind == "wait"  # holding
     decision = core.decide(record, 111.0, [])
     assert decision == core.Decision("advance", ("c2", "c3", "c4"))
     record = core.applied(core.advance(record, decision.names, 111.0, "rollout"), 112.0)
-    assert record["phase"] == "all" and record["changed"] == ["c1", "c2", "c3", "c4"]
+    assert record["phase"] == "all"
+    assert record["changed"] == ["c1", "c2", "c3", "c4"]
     assert core.decide(record, 121.9, []).kind == "wait"
     assert core.decide(record, 122.0, []).kind == "finish"
     record = core.finish(record, 122.0)
-    assert record["phase"] == "done" and core.decide(record, 999.0, ["x"]).kind == "wait"
+    assert record["phase"] == "done"
+    assert core.decide(record, 999.0, ["x"]).kind == "wait"
     assert [s["step"] for s in record["history"]] == ["canary", "all", "done"]
 
 
@@ -94,10 +99,12 @@ def test_a_failure_rolls_back_every_changed_child_even_while_applying() -> None:
     assert core.decide(record, 100.5, ["c1 crashed"]) == core.Decision("rollback", ("c1",), "c1 crashed")
     record = core.applied(core.advance(core.applied(record, 101.0), ("c2", "c3", "c4"), 111.0, "rollout"), 112.0)
     decision = core.decide(record, 113.0, ["error rate 9.0% > 5%", "c3 crashed"])
-    assert decision.kind == "rollback" and decision.names == ("c1", "c2", "c3", "c4")
+    assert decision.kind == "rollback"
+    assert decision.names == ("c1", "c2", "c3", "c4")
     assert decision.reason == "error rate 9.0% > 5%; c3 crashed"
     back = core.roll_back(record, 113.0, "health gates", decision.reason, aborted=False)
-    assert back["phase"] == "rolled_back" and back["history"][-1]["names"] == ["c1", "c2", "c3", "c4"]
+    assert back["phase"] == "rolled_back"
+    assert back["history"][-1]["names"] == ["c1", "c2", "c3", "c4"]
     assert core.roll_back(record, 113.0, "me", "no", aborted=True)["phase"] == "aborted"
 
 
@@ -169,7 +176,8 @@ def test_a_healthy_version_moves_one_then_all(start_daemon: Any) -> None:
     assert steps == ["canary", "all", "done"]
     assert not events(daemon, "rollback")
     status = ctl(daemon, "rollout", "status")
-    assert status.returncode == 0 and "done" in status.stdout
+    assert status.returncode == 0
+    assert "done" in status.stdout
 
 
 def test_a_version_that_crashes_on_start_is_rolled_back_by_itself(start_daemon: Any) -> None:
@@ -180,12 +188,15 @@ def test_a_version_that_crashes_on_start_is_rolled_back_by_itself(start_daemon: 
     assert out.returncode == 0, out.stderr
     wait_for(lambda: rollout(daemon)["phase"] == "rolled_back", timeout=20, what="the automatic rollback")
     record = rollout(daemon)
-    assert record["changed"] == ["c1", "c2"] and "crashed" in record["reason"]
+    assert record["changed"] == ["c1", "c2"]
+    assert "crashed" in record["reason"]
     wait_for(lambda: all_running(daemon), timeout=15, what="the old version running again")
     assert agents(daemon) == dict.fromkeys(("c1", "c2", "c3", "c4"), OLD)
     assert daemon.request("call", name="c1", body={"get": True})["reply"] == {"count": 0}
     (rollback,) = events(daemon, "rollback")
-    assert rollback["automatic"] is True and rollback["names"] == ["c1", "c2"] and rollback["by"] == "health gates"
+    assert rollback["automatic"] is True
+    assert rollback["names"] == ["c1", "c2"]
+    assert rollback["by"] == "health gates"
     assert any(a["source"] == "rollout" for a in events(daemon, "alert"))
 
 
@@ -198,7 +209,8 @@ def test_abort_restores_and_a_restart_reports_it(start_daemon: Any) -> None:
     wait_for(lambda: rollout(daemon)["applied"], timeout=15, what="the canary applied")
     assert agents(daemon) == {"c1": NEW, "c2": NEW, "c3": OLD, "c4": OLD}
     busy = ctl(daemon, "rollout", "start", "--supervisor", "pool", "--agent", NEW)
-    assert busy.returncode == 1 and "busy" in busy.stderr
+    assert busy.returncode == 1
+    assert "busy" in busy.stderr
     # A restart of the daemon keeps the rollout where it was: the canary runs the new version again.
     daemon.stop()
     daemon.start()
@@ -212,6 +224,8 @@ def test_abort_restores_and_a_restart_reports_it(start_daemon: Any) -> None:
              what="the old version back")
     wait_for(lambda: all_running(daemon), timeout=15, what="the pool running")
     (rollback,) = events(daemon, "rollback")
-    assert rollback["automatic"] is False and rollback["reason"] == "wrong build"
+    assert rollback["automatic"] is False
+    assert rollback["reason"] == "wrong build"
     again = ctl(daemon, "rollout", "abort")
-    assert again.returncode == 1 and "not_ready" in again.stderr
+    assert again.returncode == 1
+    assert "not_ready" in again.stderr

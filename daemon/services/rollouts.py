@@ -6,8 +6,9 @@
                           tree ──> rollout_core.crashed (a changed child restarted or failed)
         ──> rollout_core.decide ──> advance (the rest) | finish | rollback: Replace(old spec) of every changed
                                                                   child, ``rollback`` and ``alert`` events
-    daemon start ──> the stored record: an active or done rollout's changes are applied again (the tree booted
-                     from the config, which has the old version), the hold starts afresh.
+    daemon start ──> the stored record: an active rollout's changes are applied again (the tree booted from the
+                     config, which has the old version) and its hold starts afresh; a done one's too, on the
+                     children whose config still has exactly the version they had before the rollout.
 
 One rollout at a time. Latencies are shared with the migration's sampler: while a migration is configured, the
 rollout's p50 gate is not judged (the migration takes the broker's latencies).
@@ -98,7 +99,8 @@ class Rollouts:
         record = self.record
         if record is None:
             return
-        names = [n for n in record["changed"] if isinstance(self.app.tree.find_quiet(n), Worker)]
+        names = [n for n in record["changed"] if isinstance(node := self.app.tree.find_quiet(n), Worker)
+                 and (record["phase"] in core.ACTIVE or node.spec == core.backward(node.spec, record["previous"][n]))]
         log.info("rollout %s (%s): applying its version again to %s", record["id"], record["phase"],
                  ", ".join(names) or "nothing")
         if record["phase"] in core.ACTIVE:
