@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import pytest
-from helpers import REPO, ctl
+from helpers import REPO, ctl, settled
 
 from agents.testing import DaemonProcess, wait_for
 from daemon.core.spec import WorkerSpec
@@ -159,6 +159,8 @@ def test_a_healthy_version_moves_one_then_all(start_daemon: Any) -> None:
     daemon = start_daemon(config())
     wait_for(lambda: all_running(daemon), timeout=15, what="the pool running")
     daemon.request("send", name="c2", body={"add": 5})
+    sent = ctl(daemon, "send", "c1", "-", stdin='{"add": 1}\n' * 300)  # in flight while c1 changes version
+    assert sent.returncode == 0, sent.stderr
     out = ctl(daemon, "rollout", "start", "--supervisor", "pool", "--agent", NEW, "--canary", "10", "--hold", "1",
               "--interval", "0.1")
     assert out.returncode == 0, out.stderr
@@ -172,6 +174,7 @@ def test_a_healthy_version_moves_one_then_all(start_daemon: Any) -> None:
     wait_for(lambda: all_running(daemon), timeout=15, what="the pool running the new version")
     assert daemon.request("call", name="c3", body={"version": True})["reply"] == 2
     assert daemon.request("call", name="c2", body={"get": True})["reply"] == {"count": 5}  # its state kept
+    assert settled(daemon, "c1") == {"count": 300}  # neither lost nor counted twice across the versions
     steps = [e["step"] for e in events(daemon, "rollout")]
     assert steps == ["canary", "all", "done"]
     assert not events(daemon, "rollback")
