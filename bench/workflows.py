@@ -7,6 +7,8 @@ Measured through the control socket as a client would (``workflow run`` then ``w
 * ``1 step command`` — the same with ``command = ["/bin/true"]`` (run by the daemon's task supervisor);
 * ``3 steps python`` / ``3 steps command`` — three such steps in sequence (DESIGN 6's comparison workflow);
 * ``3 steps python, --id`` — the same with an id given: its process is started for it (not from the pool);
+* ``1 step inline`` / ``3 steps inline`` — ``python`` steps with ``args.inline``: run by the workflow's own process
+  (as Restate's ``ctx.run`` and DBOS's steps run in the application's), one fsync a step;
 * ``step overhead``  — inside the workflow: from a step's dispatch to its result committed (``duration_s``);
 * ``concurrent``     — N workflows of 3 python steps started back to back, until the last has finished: wall time,
   workflows/s, and the memory (USS) of foundationd and everything under it at the peak;
@@ -47,6 +49,7 @@ monitor = false
 """
 
 NOOP = {"action": "python", "args": {"function": "agents.workflow.examples:noop"}}
+INLINE = {"action": "python", "args": {"function": "agents.workflow.examples:noop", "inline": True}}
 TRUE = {"action": "command", "args": {"command": ["/bin/true"]}}
 
 
@@ -132,6 +135,8 @@ def main() -> int:
         for name, definition in (("1 step python", flow(NOOP, 1)), ("1 step command", flow(TRUE, 1)),
                                  ("3 steps python", flow(NOOP, 3)), ("3 steps command", flow(TRUE, 3))):
             results[name] = measure(daemon, name.replace(" ", "-"), definition, args.runs)
+        results["1 step inline"] = measure(daemon, "i1", flow(INLINE, 1), args.runs)
+        results["3 steps inline"] = measure(daemon, "i3", flow(INLINE, 3), args.runs)
         results["3 steps python, --id"] = measure(daemon, "own", flow(NOOP, 3), args.runs, own_process=True)
         if args.concurrent:
             results["concurrent"] = concurrent(daemon, args.concurrent)
