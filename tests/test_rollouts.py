@@ -95,6 +95,28 @@ def test_canary_then_all_then_done_each_after_its_hold() -> None:
     assert [s["step"] for s in record["history"]] == ["canary", "all", "done"]
 
 
+def test_stages_widen_the_canary_step_by_step_to_all() -> None:
+    names = [f"c{i}" for i in range(1, 11)]
+    record = core.start("r", names, specs(names), {"agent": NEW, "env": {}}, percent=10, hold=0, interval=1,
+                        window=60, now=0.0, by="me", stages=[10, 50, 100])
+    assert record["changed"] == ["c1"]
+    seen = []
+    while (decision := core.decide(core.applied(record, 1.0), 1.0, [])).kind == "advance":
+        record = core.advance(record, decision.names, 1.0, "rollout")
+        seen.append((record["phase"], len(record["changed"])))
+    assert seen == [("canary", 5), ("all", 10)]
+    assert decision.kind == "finish"
+    assert [s["step"] for s in record["history"]] == ["canary", "stage", "all"]
+    for bad in ([50, 10, 100], [10, 50], [0, 100], [10, 10, 100]):
+        with pytest.raises(ValueError, match="stage"):
+            core.start("r", names, specs(names), {"agent": NEW}, percent=10, hold=0, interval=1, window=60,
+                       now=0.0, by="me", stages=bad)
+    everyone = core.start("r", names, specs(names), {"agent": NEW}, percent=100, hold=0, interval=1, window=60,
+                          now=0.0, by="me")
+    assert everyone["phase"] == "all"
+    assert everyone["changed"] == names
+
+
 def test_a_failure_rolls_back_every_changed_child_even_while_applying() -> None:
     record = begin()
     assert core.decide(record, 100.5, ["c1 crashed"]) == core.Decision("rollback", ("c1",), "c1 crashed")
@@ -162,13 +184,14 @@ def test_a_healthy_version_moves_one_then_all(start_daemon: Any) -> None:
     daemon.request("send", name="c2", body={"add": 5})
     sent = ctl(daemon, "send", "c1", "-", stdin='{"add": 1}\n' * 300)  # in flight while c1 changes version
     assert sent.returncode == 0, sent.stderr
-    out = ctl(daemon, "rollout", "start", "--supervisor", "pool", "--agent", NEW, "--canary", "10", "--hold", "1",
-              "--interval", "0.1")
+    out = ctl(daemon, "rollout", "start", "--supervisor", "pool", "--agent", NEW, "--stages", "10,50,100",
+              "--hold", "1", "--interval", "0.1")
     assert out.returncode == 0, out.stderr
     assert "changed 1 of 4: c1" in out.stdout
     wait_for(lambda: rollout(daemon)["applied"], timeout=15, what="the canary applied")
     assert agents(daemon) == {"c1": NEW, "c2": OLD, "c3": OLD, "c4": OLD}
     assert rollout(daemon)["phase"] == "canary"
+    wait_for(lambda: len(rollout(daemon)["changed"]) == 2, timeout=15, what="the second stage (50 %)")
     wait_for(lambda: rollout(daemon)["phase"] in ("all", "done"), timeout=15, what="the rollout to all")
     wait_for(lambda: rollout(daemon)["phase"] == "done", timeout=15, what="the rollout done")
     assert agents(daemon) == dict.fromkeys(("c1", "c2", "c3", "c4"), NEW)
@@ -177,7 +200,7 @@ def test_a_healthy_version_moves_one_then_all(start_daemon: Any) -> None:
     assert daemon.request("call", name="c2", body={"get": True})["reply"] == {"count": 5}  # its state kept
     assert settled(daemon, "c1") == {"count": 300}  # neither lost nor counted twice across the versions
     steps = [e["step"] for e in events(daemon, "rollout")]
-    assert steps == ["canary", "all", "done"]
+    assert steps == ["canary", "stage", "all", "done"]
     assert not events(daemon, "rollback")
     status = ctl(daemon, "rollout", "status")
     assert status.returncode == 0

@@ -21,7 +21,7 @@ from typing import Any
 
 from daemon.core.spec import WorkerSpec
 
-ACTIVE = ("canary", "all")
+ACTIVE = ("canary", "all")  # "canary": a stage below 100 %
 PHASES = ("canary", "all", "done", "rolled_back", "aborted")
 
 
@@ -97,23 +97,35 @@ def check_version(to: dict[str, Any], specs: dict[str, WorkerSpec]) -> None:
         raise ValueError(f"already at that version: {', '.join(same)}")
 
 
+def check_stages(stages: list[float]) -> None:
+    if not stages or any(not 0 < p <= 100 for p in stages) or sorted(set(stages)) != list(stages):
+        raise ValueError("stages must be rising percentages above 0, at most 100")
+    if stages[-1] != 100:
+        raise ValueError("the last stage must be 100")
+
+
 def start(ident: str, targets: list[str], specs: dict[str, WorkerSpec], to: dict[str, Any], *, percent: float,
-          hold: float, interval: float, window: float, now: float, by: str) -> dict[str, Any]:
-    """A new rollout's record; ValueError when it cannot go."""
+          hold: float, interval: float, window: float, now: float, by: str,
+          stages: list[float] | None = None) -> dict[str, Any]:
+    """A new rollout's record; ValueError when it cannot go. ``stages`` (rising percentages ending at 100) replaces
+    the default ``[percent, 100]``: the canary, then all."""
     if not targets:
         raise ValueError("no targets")
-    if not 0 < percent <= 100:
-        raise ValueError("the canary share must be a percentage above 0, at most 100")
+    stages = list(stages) if stages else [percent, 100.0] if percent < 100 else [100.0]
+    check_stages(stages)
+    percent = stages[0]
     if hold < 0 or interval <= 0 or window <= 0:
         raise ValueError("hold must be >= 0, interval and window > 0")
     check_version(to, specs)
     canary = targets[:canary_size(len(targets), percent)]
-    return {"id": ident, "targets": targets, "canary": canary, "to": to, "percent": percent, "hold": hold,
+    return {"id": ident, "targets": targets, "canary": canary, "to": to, "percent": percent, "stages": stages,
+            "stage": 0, "hold": hold,
             "interval": interval, "window": window,
             "previous": {name: version_of(specs[name]) for name in targets},
-            "phase": "canary", "changed": list(canary), "applied": False, "since": None, "started": now, "by": by,
-            "reason": None, "ended": None,
-            "history": [{"ts": now, "step": "canary", "names": list(canary), "by": by}]}
+            "phase": "canary" if percent < 100 else "all", "changed": list(canary), "applied": False, "since": None,
+            "started": now, "by": by, "reason": None, "ended": None,
+            "history": [{"ts": now, "step": "canary" if percent < 100 else "all", "names": list(canary), "by": by,
+                         "percent": percent}]}
 
 
 def crashed(before: dict[str, int], observed: dict[str, dict[str, Any]]) -> list[str]:
@@ -140,16 +152,25 @@ def decide(record: dict[str, Any], now: float, failures: list[str]) -> Decision:
         return Decision("rollback", tuple(record["changed"]), "; ".join(failures))
     if not record["applied"] or record["since"] is None or now - record["since"] < record["hold"]:
         return Decision("wait")
-    if phase == "canary":
-        rest = tuple(n for n in record["targets"] if n not in record["changed"])
-        return Decision("advance", rest) if rest else Decision("finish")
+    stages, stage = record.get("stages") or [record["percent"], 100.0], int(record.get("stage", 0))
+    if stage + 1 < len(stages):
+        share = record["targets"][:canary_size(len(record["targets"]), stages[stage + 1])]
+        return Decision("advance", tuple(n for n in share if n not in record["changed"]))
     return Decision("finish")
 
 
 def advance(record: dict[str, Any], names: tuple[str, ...], now: float, by: str) -> dict[str, Any]:
-    history = [*record["history"], {"ts": now, "step": "all", "names": list(names), "by": by}]
-    return {**record, "phase": "all", "changed": [*record["changed"], *names], "applied": False, "since": None,
-            "history": history}
+    """The next stage: ``all`` at 100 %, else still ``canary`` (a wider one)."""
+    stages, stage = record.get("stages") or [record["percent"], 100.0], int(record.get("stage", 0)) + 1
+    phase = "all" if stages[min(stage, len(stages) - 1)] >= 100 else "canary"
+    history = [*record["history"], {"ts": now, "step": step_name(phase), "names": list(names), "by": by,
+                                    "percent": stages[min(stage, len(stages) - 1)]}]
+    return {**record, "phase": phase, "stage": stage, "changed": [*record["changed"], *names], "applied": False,
+            "since": None, "history": history}
+
+
+def step_name(phase: str) -> str:
+    return "all" if phase == "all" else "stage"
 
 
 def applied(record: dict[str, Any], now: float) -> dict[str, Any]:

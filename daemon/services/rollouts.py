@@ -122,7 +122,8 @@ class Rollouts:
             ident = str(args.get("id") or f"rollout-{int(self.wall())}")
             record = core.start(ident, targets, specs, to, percent=float(args.get("canary", 10)),
                                 hold=float(args.get("hold", 300)), interval=float(args.get("interval", 5)),
-                                window=float(args.get("window", 60)), now=self.wall(), by=by)
+                                window=float(args.get("window", 60)), now=self.wall(), by=by,
+                                stages=[float(p) for p in args.get("stages") or []])
         except (ValueError, TypeError) as exc:
             raise FoundationError(ErrorCode.BAD_REQUEST, str(exc)) from None
         self.record = record
@@ -134,7 +135,8 @@ class Rollouts:
         self._sample()
         self.before = {}
         self._save()
-        self.app.obs.publish("rollout", id=ident, step="canary", names=record["canary"], to=to, by=by)
+        self.app.obs.publish("rollout", id=ident, step=record["history"][0]["step"], names=record["canary"], to=to,
+                             by=by)
         log.info("rollout %s: canary %s to %s", ident, ", ".join(record["canary"]), to)
         self._replace(record["canary"], forward=True)
         self._arm()
@@ -186,9 +188,11 @@ class Rollouts:
         if decision.kind == "advance":
             self.record = core.advance(record, decision.names, self.wall(), "rollout")
             self._save()
-            self.app.obs.publish("rollout", id=record["id"], step="all", names=list(decision.names),
-                                 to=record["to"], by="rollout")
-            log.info("rollout %s: canary held; now %s", record["id"], ", ".join(decision.names))
+            step = self.record["history"][-1]
+            self.app.obs.publish("rollout", id=record["id"], step=step["step"], names=list(decision.names),
+                                 percent=step["percent"], to=record["to"], by="rollout")
+            log.info("rollout %s: held; now %s%% (%s)", record["id"], f"{step['percent']:g}",
+                     ", ".join(decision.names) or "no one more")
             self._replace(list(decision.names), forward=True)
         elif decision.kind == "finish":
             self.record = core.finish(record, self.wall())

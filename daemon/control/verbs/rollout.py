@@ -1,15 +1,16 @@
 """``rollout``: roll an agent version out to a set of workers, canary first, with automatic rollback (DESIGN 3.8).
 
 Wire: ``{"verb": "rollout", "args": {"op": "start", "supervisor": SUP | "children": [NAME, ...], "agent":
-"module:Class"?, "env": {NAME: VALUE}?, "canary": PERCENT (10), "hold": S (300), "interval": S (5), "window": S (60),
-"id": TEXT?}}`` (the canary's share of the targets, at least one, is changed first; after ``hold`` seconds with no
-gate failed, the rest; after another ``hold``, done); ``{"op": "abort", "reason": TEXT?}`` (every changed child gets
-its previous spec back). Each answers the rollout's status, as ``rollouts`` does. Errors: ``bad_request`` (no such
-supervisor or worker, a command worker given an agent class, already at that version), ``busy`` (a rollout is in
-progress), ``not_ready`` (abort with no rollout in progress).
+"module:Class"?, "env": {NAME: VALUE}?, "canary": PERCENT (10), "stages": [PERCENT, ..., 100]?, "hold": S (300),
+"interval": S (5), "window": S (60), "id": TEXT?}}`` (the canary's share of the targets, at least one, is changed
+first; after ``hold`` seconds with no gate failed, the next stage's share, by default the rest; after the last
+stage's ``hold``, done); ``{"op": "abort", "reason": TEXT?}`` (every changed child gets its previous spec back).
+Each answers the rollout's status, as ``rollouts`` does. Errors: ``bad_request`` (no such supervisor or worker, a
+command worker given an agent class, already at that version, bad stages), ``busy`` (a rollout is in progress),
+``not_ready`` (abort with no rollout in progress).
 CLI: ``foundationctl rollout start (--supervisor SUP | --children A,B) [--agent MODULE:CLASS] [--env K=V]...
-[--canary PERCENT] [--hold S] [--interval S] [--window S]``, ``rollout status [--json]`` (asks the read-only
-``rollouts``), ``rollout abort [--reason TEXT]``.
+[--canary PERCENT | --stages 10,50,100] [--hold S] [--interval S] [--window S]``, ``rollout status [--json]``
+(asks the read-only ``rollouts``), ``rollout abort [--reason TEXT]``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def setup(parser: argparse.ArgumentParser) -> None:
     go.add_argument("--agent", metavar="MODULE:CLASS", help="the new agent class")
     go.add_argument("--env", metavar="K=V", action="append", default=[], help="an env entry of the new version")
     go.add_argument("--canary", type=float, default=10.0, metavar="PERCENT", help="the canary's share (10)")
+    go.add_argument("--stages", metavar="P,P,...,100", help="rising percentages instead of --canary then all")
     go.add_argument("--hold", type=float, default=300.0, metavar="S", help="seconds each phase holds (300)")
     go.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds between gate checks (5)")
     go.add_argument("--window", type=float, default=60.0, metavar="S", help="seconds of data the gates judge (60)")
@@ -70,6 +72,11 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"--env wants NAME=VALUE, got {entry!r}")
     if args.op == "start" and not args.agent and not args.env:
         parser.error("rollout start needs --agent, --env, or both")
+    if getattr(args, "stages", None):
+        try:
+            [float(p) for p in args.stages.split(",") if p]
+        except ValueError:
+            parser.error(f"--stages wants percentages separated by commas, got {args.stages!r}")
 
 
 def run(client: ControlClient, args: argparse.Namespace) -> int:
@@ -86,6 +93,8 @@ def run(client: ControlClient, args: argparse.Namespace) -> int:
             extra["env"] = dict(e.split("=", 1) for e in args.env)
         if args.id:
             extra["id"] = args.id
+        if args.stages:
+            extra["stages"] = [float(p) for p in args.stages.split(",") if p]
         result = client.request("rollout", op="start", canary=args.canary, hold=args.hold, interval=args.interval,
                                 window=args.window, **extra)
     print_result(args, result, lambda: render(result))
@@ -100,7 +109,9 @@ def render(result: dict[str, Any]) -> str:
                    *(f"{k}={v}" for k, v in r["to"].get("env", {}).items())])
     held = f", held {r['held_s']:.0f}s of {r['hold']:g}s" if r.get("held_s") is not None else ""
     waiting = ", applying" if r["phase"] in ("canary", "all") and not r["applied"] else ""
-    lines = [f"rollout {r['id']}: {r['phase']}{waiting}{held}; to {to}",
+    stages = r.get("stages") or []
+    at = f" {stages[r.get('stage', 0)]:g}% (stages {', '.join(f'{p:g}' for p in stages)})" if stages else ""
+    lines = [f"rollout {r['id']}: {r['phase']}{at}{waiting}{held}; to {to}",
              f"changed {len(r['changed'])} of {len(r['targets'])}: {', '.join(r['changed'])}"]
     if r.get("reason"):
         lines.append(f"reason: {r['reason']}")
