@@ -3,8 +3,9 @@
 Wire: ``{"verb": "rollouts", "args": {}}`` -> ``{"rollout": null | {"id", "phase": "canary" | "all" | "done" |
 "rolled_back" | "aborted", "applied", "since", "held_s", "hold", "interval", "window", "percent", "targets",
 "canary", "changed", "to": {"agent", "env"}, "previous": {NAME: {"agent", "env"}}, "reason", "by", "started",
-"ended", "stages", "stage", "history": [{"ts", "step", "names", "by", "percent"?, "reason"?}], "gates"?: {"outcome", "failed", "unjudged",
-"figures"}, "crashed"?: [TEXT]}}`` (``gates`` and ``crashed`` while it is in progress).
+"ended", "stages", "stage", "history": [{"ts", "step", "names", "by", "percent"?, "reason"?}],
+"gates"?: {"outcome", "failed", "unjudged", "figures"}, "crashed"?: [TEXT]}}`` (``gates`` and ``crashed`` while it
+is in progress).
 CLI: ``foundationctl rollouts [--json]`` (the same as ``rollout status``).
 """
 
