@@ -24,6 +24,8 @@ from daemon.control.verbs import (
     pid,
     reload,
     restart,
+    rollout,
+    rollouts,
     save,
     send,
     services,
@@ -42,7 +44,8 @@ VERBS: dict[str, Verb] = {
     module.VERB.name: module.VERB
     for module in (status, start, stop, restart, signal, pid, attach, detach, save, shutdown, send, call, state,
                    reload, logs, events, history, metrics, doctor, workflow, task, flags, flag, migrate,
-                   breakers, breaker, limits, services, errors)  # resilience (issue 14)
+                   breakers, breaker, limits, services, errors,  # resilience (issue 14)
+                   rollouts, rollout)
 }
 
 # Verbs later issues will add that a control_group member may already use (they answer unknown_verb until then).
