@@ -64,6 +64,8 @@ class ResilienceClient:
         self._counts: dict[str, list[int]] = {}  # name -> [calls, failures, slow] not yet reported
         self._trials: list[list[Any]] = []  # [name, token, ok]
         self._errors: list[list[Any]] = []  # [code, category, dependency, message]
+        self._leases: dict[str, list[float]] = {}  # limit -> [tokens left, good until (monotonic)]
+        self._http: dict[str, Any] = {}  # dependency -> agents.http.HttpDependency (made by Agent.http)
         self._flushed = time.monotonic()
         self._looked = self._flushed
 
@@ -82,6 +84,15 @@ class ResilienceClient:
 
     def breaker(self, name: str) -> Guard:
         return Guard(self, name)
+
+    def refuse_if_open(self, name: str) -> None:
+        """Raise BreakerOpen if what this agent knows of ``name`` already refuses a call (no round trip): e.g.
+        before taking a rate limit's token for a call that would not be made."""
+        view = self._views.get(name)
+        if view is not None and view.state != "closed":
+            now = time.monotonic()
+            if view.state == "isolated" or (view.state == "open" and now < view.open_until):
+                raise BreakerOpen(name, view.state, max(0.0, view.open_until - now))
 
     def _admit(self, name: str) -> int | None:
         """None: go ahead (closed); a token: go ahead as a half-open trial; raises BreakerOpen otherwise."""
@@ -157,10 +168,20 @@ class ResilienceClient:
     def acquire(self, name: str, tokens: float = 1, wait: float = 10.0) -> None:
         """Take ``tokens`` from the host-wide limit ``name``, waiting up to ``wait`` seconds for them (the daemon
         says when there will be some); RATE_LIMITED if they do not come in time."""
+        lease = self._leases.get(name)
+        if lease is not None:  # tokens a previous grant added ([resilience.limits.NAME] lease), while good
+            if lease[0] >= tokens and time.monotonic() < lease[1]:
+                lease[0] -= tokens
+                return
+            del self._leases[name]
         deadline = time.monotonic() + wait
         while True:
+            asked = time.monotonic()  # a lease runs from before the daemon granted it: never longer than it said
             answer = self._ch.service("limit.acquire", {"name": name, "tokens": tokens})
             if answer["granted"]:
+                extra = float(answer.get("tokens") or tokens) - tokens
+                if extra > 0:
+                    self._leases[name] = [extra, asked + float(answer["lease_for"])]
                 return
             after = float(answer["retry_after"])
             if after < 0 or time.monotonic() + after > deadline:

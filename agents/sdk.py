@@ -16,7 +16,7 @@ Hooks, as in OTP's gen_server plus the state-persistence plan this project grew 
 ``on_after_validate_state``, ``shutdown``. From a handler, ``self.send``, ``self.call``,
 ``self.monitor`` and ``self.set_timer`` reach other agents and the daemon; ``self.breaker``, ``self.guarded``,
 ``self.retry``, ``self.acquire``, ``self.register`` and ``self.discover`` use the host-wide resilience services
-(agents/resilience.py).
+(agents/resilience.py); ``self.http(dependency)`` is a pooled HTTP client behind them (agents/http.py).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ipc.errors import ErrorCode, FoundationError
 from ipc.flags import FlagTable
 
 if TYPE_CHECKING:
+    from agents.http import HttpDependency
     from agents.resilience import Guard, ResilienceClient
     from ipc.workflow_def import RetryPolicy
 
@@ -173,6 +174,25 @@ class Agent:
     def report_error(self, exc: BaseException, dependency: str = "") -> None:
         """Count ``exc`` in the daemon's error tracker (``foundationctl errors``)."""
         self._resilience().report_error(exc, dependency)
+
+    def http(self, name: str, base_url: str | None = None, **options: Any) -> HttpDependency:
+        """The pooled HTTP client of dependency ``name`` (agents/http.py), behind its breaker (``name`` unless
+        ``breaker=``) and, with ``limit=``, a token of that rate limit per request: ``self.http("payments",
+        "http://pay:8081", limit="payments", health="/health")`` once (e.g. in ``mount``), then
+        ``self.http("payments").get("/charge")``. Given ``base_url`` again, the client is made anew."""
+        clients = self._resilience()._http
+        client = clients.get(name)
+        if base_url is None:
+            if client is None:
+                raise FoundationError(ErrorCode.BAD_REQUEST, f"no HTTP client for {name!r} yet: the first "
+                                      f"self.http({name!r}, base_url, ...) makes it")
+            return client  # type: ignore[no-any-return]
+        from agents.http import HttpDependency  # noqa: PLC0415 (httpx only for agents that use it)
+
+        if client is not None:
+            client.close()
+        client = clients[name] = HttpDependency(self._resilience(), name, base_url, **options)
+        return client
 
     def _resilience(self) -> ResilienceClient:
         runtime = self._rt()

@@ -68,6 +68,9 @@ class ErrorCode(StrEnum):
     OS_ERROR = "os_error"  # an OSError of the host: a file, a socket, a process
     TRANSPORT = "transport"  # ZeroMQ failed under a connection
     STORAGE = "storage"  # LMDB failed (full map, too many readers, a corrupt or unreadable file)
+    # the SDK's HTTP client per dependency (agents/http.py)
+    HTTP_ERROR = "http_error"  # a dependency answered 5xx or 429 (context.status); 429 and 503 are unavailable
+    UNREACHABLE = "unreachable"  # no connection to a dependency (refused, reset, name not resolved)
 
 
 class Category(StrEnum):
@@ -93,7 +96,7 @@ CODE_CATEGORIES: dict[str, str] = {
     "invalid_state": "business", "invalid_config": "validation", "busy": "unavailable", "internal": "internal",
     "breaker_open": "unavailable", "rate_limited": "unavailable", "retry_budget_exhausted": "unavailable",
     "no_such_limit": "validation", "os_error": "infrastructure", "transport": "infrastructure",
-    "storage": "infrastructure",
+    "storage": "infrastructure", "http_error": "infrastructure", "unreachable": "unavailable",
 }
 # Codes whose category is retried but which no retry may follow: the retries themselves are what is refused.
 NOT_RETRYABLE = frozenset({"retry_budget_exhausted"})

@@ -283,6 +283,29 @@ class Guarded(Agent):
         return state, state
 
 
+class HttpUser(Agent):
+    """Calls a local HTTP server (``DEP_URL``) through ``self.http``: dependency ``web`` (breaker ``web``, health
+    ``/health`` checked before every request when ``HEALTH`` is set), ``slow`` (0.3 s timeout) and ``limited``
+    (limit ``api``). ``{"dep": D, "get": PATH, "n": N}`` answers, for each request, its status or its error's code."""
+
+    def mount(self, state: dict[str, Any]) -> None:
+        url = os.environ["DEP_URL"]
+        self.http("web", url, health="/health" if os.environ.get("HEALTH") else None, health_every=0.0)
+        self.http("slow", url, timeout=0.3)
+        self.http("limited", url, limit="api")
+
+    def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        from ipc.errors import FoundationError  # noqa: PLC0415
+
+        out: list[Any] = []
+        for _ in range(int(msg.get("n", 1))):
+            try:
+                out.append(self.http(msg["dep"]).get(msg["get"]).status_code)
+            except FoundationError as exc:
+                out.append(str(exc.code))
+        return out, state
+
+
 class Loud(Agent):
     """Says one line on stdout and one on stderr as it starts: the daemon keeps the two streams apart."""
 

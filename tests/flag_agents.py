@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agents.examples.counter import Counter
 from agents.sdk import Agent
 
 
@@ -27,3 +28,19 @@ class FlagProbe(Agent):
         if isinstance(msg, dict) and msg.get("fail"):
             raise RuntimeError("failing on purpose")
         return {"handled": state["handled"] + 1}
+
+
+class CounterV2(Counter):
+    """The rollout tests' new version of the example counter: the same state, and it says which version it is."""
+
+    def handle_call(self, msg: Any, state: dict[str, int]) -> tuple[Any, dict[str, int]]:
+        if isinstance(msg, dict) and msg.get("version"):
+            return 2, state
+        return super().handle_call(msg, state)
+
+
+class CrashOnStart(Counter):
+    """A version that cannot start: it fails as it mounts its state."""
+
+    def mount(self, state: Any) -> None:
+        raise RuntimeError("this version crashes on start")

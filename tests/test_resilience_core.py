@@ -183,6 +183,17 @@ def test_a_token_bucket_grants_its_burst_then_its_rate_and_says_when() -> None:
     assert bucket.take(0.1, count=5) == (False, -1.0)  # more than the burst: never
 
 
+def test_a_leased_grant_takes_spare_whole_tokens_the_bucket_has() -> None:
+    bucket = TokenBucket("api", LimitSettings(rate=10.0, burst=6, lease=4, lease_for=0.1))
+    assert bucket.take_lease(0.0) == (5.0, 0.0)  # one asked, four leased
+    assert bucket.take_lease(0.0) == (1.0, 0.0)  # the last token: nothing spare
+    count, retry_after = bucket.take_lease(0.0)
+    assert count == 0.0
+    assert retry_after == pytest.approx(0.1)
+    assert bucket.take_lease(0.25) == (2.0, 0.0)  # 2.5 tokens came back: one asked, one whole spare
+    assert bucket.describe(0.25)["leased"] == 5
+
+
 def test_retries_add_at_most_their_share_of_calls() -> None:
     budget = RetryBudget(BudgetSettings(ratio=0.2, minimum_per_second=0.0, window=10.0))
     budget.deposit(0.0, 10)
@@ -228,6 +239,8 @@ def test_the_resilience_table_is_validated_naming_the_key() -> None:
     for text, key in [("[resilience.breaker]\nfailure_rate = 2", "resilience.breaker.failure_rate"),
                       ("[resilience.limits.api]\nburst = 3", "resilience.limits.api.rate"),
                       ("[resilience]\nbreakrs = {}", "resilience.breakrs"),
+                      ("[resilience.limits.api]\nrate = 1\nlease = -1", "resilience.limits.api.lease"),
+                      ("[resilience.limits.api]\nrate = 1\nlease_for = 0", "resilience.limits.api.lease_for"),
                       ("[resilience.alerts.thresholds]\ntimeout = 0", "resilience.alerts.thresholds.timeout")]:
         with pytest.raises(ConfigError) as info:
             parse_config(text, "t.toml")

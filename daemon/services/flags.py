@@ -23,6 +23,7 @@ import lmdb
 from daemon.services.flags_core import Change, FlagSet
 from daemon.services.flags_store import FlagStore, flags_path
 from daemon.services.migrations import Migrations
+from daemon.services.rollouts import Rollouts
 from ipc.errors import ErrorCode, FoundationError
 from ipc.flags import PUSH_KEY, bucket, check_name, describe, evaluate
 
@@ -37,6 +38,7 @@ class FlagService:
         self.store: FlagStore | None = None
         self.core = FlagSet()
         self.migrations = Migrations(self, app)
+        self.rollouts = Rollouts(app, state_dir)  # agent versions, canary then all (rollouts.py)
 
     def start(self) -> None:
         """At the daemon's start, once the broker exists and before the tree boots (agents' hellos need it)."""
@@ -50,6 +52,7 @@ class FlagService:
         if self.app.broker is not None:
             self.app.broker.on_welcome(lambda name: {"flags": self.core.table()})
         self.configure(self.app.config, stored)
+        self.rollouts.start()
 
     def configure(self, config: Any, stored: dict[str, Any] | None = None) -> None:
         """The config's ``[flags]`` and ``[migration]`` (at start, and after each reload)."""
@@ -58,6 +61,7 @@ class FlagService:
 
     def close(self) -> None:
         self.migrations.close()
+        self.rollouts.close()
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -183,6 +183,10 @@ class Resilience:
         if isinstance(tokens, bool) or not isinstance(tokens, int | float) or tokens <= 0:
             raise FoundationError(ErrorCode.BAD_REQUEST, "'tokens' must be a positive number")
         bucket = self._bucket(name)
+        if bucket.settings.lease:  # the agent keeps what is over ``tokens`` for lease_for seconds
+            count, retry_after = bucket.take_lease(self.clock(), float(tokens))
+            return {"granted": count > 0, "retry_after": round(retry_after, 4), "tokens": count,
+                    "lease_for": bucket.settings.lease_for}
         granted, retry_after = bucket.take(self.clock(), float(tokens))
         return {"granted": granted, "retry_after": round(retry_after, 4)}
 

@@ -24,6 +24,8 @@ from daemon.control.verbs import (
     pid,
     reload,
     restart,
+    rollout,
+    rollouts,
     save,
     send,
     services,
@@ -44,6 +46,7 @@ VERBS: dict[str, Verb] = {
     for module in (status, start, stop, restart, signal, pid, attach, detach, save, shutdown, send, call, state,
                    reload, logs, events, history, metrics, doctor, workflow, task, flags, flag, migrate,
                    breakers, breaker, limits, services, errors,  # resilience (issue 14)
+                   rollouts, rollout,
                    upgrade)  # in-place upgrade (issue 19)
 }
 

@@ -4,6 +4,11 @@
     that many, else answers how long until there will be (retry-after). Decided in the daemon, one at a time, so
     the grants of every agent on the host together stay within ``burst + rate * t`` over any t seconds.
 
+    Leases (``lease`` > 0): a granted request also takes up to ``lease`` more whole tokens the bucket has, for the
+    agent to spend by itself within ``lease_for`` seconds of the grant (then they are void). A token is still taken
+    from the bucket before it is spent, at most ``lease_for`` earlier, so the host-wide bound becomes
+    ``burst + rate * (t + lease_for)``; what it buys is one round trip to the daemon per ``lease + 1`` tokens.
+
     RetryBudget (Finagle's): over the last ``window`` seconds, retries may add at most ``ratio`` of the calls made,
     plus ``minimum_per_second`` (so that a dependency called rarely can still be retried). Calls are deposited as
     they are reported; each retry withdraws one, or is refused.
@@ -11,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from daemon.core.resilience.window import Window
@@ -20,6 +26,8 @@ from daemon.core.resilience.window import Window
 class LimitSettings:
     rate: float  # tokens a second
     burst: float  # the bucket's size (at least 1)
+    lease: int = 0  # whole tokens a grant may add for the agent to spend by itself (0: none)
+    lease_for: float = 0.1  # seconds those stay good
 
 
 @dataclass
@@ -30,6 +38,7 @@ class TokenBucket:
     last: float = 0.0
     granted: int = 0
     refused: int = 0
+    leased: float = 0.0
 
     def take(self, now: float, count: float = 1.0) -> tuple[bool, float]:
         """(granted, retry_after seconds); a count over the burst is never granted (retry_after -1)."""
@@ -48,6 +57,18 @@ class TokenBucket:
         self.refused += 1
         return False, (count - self.tokens) / s.rate if s.rate > 0 else -1.0
 
+    def take_lease(self, now: float, count: float = 1.0) -> tuple[float, float]:
+        """As ``take``, and a grant adds up to ``settings.lease`` whole tokens more if the bucket has them:
+        (tokens granted, 0 when refused; retry_after seconds)."""
+        granted, retry_after = self.take(now, count)
+        if not granted:
+            return 0.0, retry_after
+        more = float(min(self.settings.lease, math.floor(self.tokens)))
+        if more > 0:
+            self.tokens -= more
+            self.leased += more
+        return count + more, 0.0
+
     def configure(self, settings: LimitSettings) -> None:
         if settings != self.settings:
             self.settings = settings
@@ -57,7 +78,7 @@ class TokenBucket:
         s = self.settings
         available = s.burst if self.tokens < 0 else min(s.burst, self.tokens + max(0.0, now - self.last) * s.rate)
         return {"name": self.name, "rate": s.rate, "burst": s.burst, "available": round(available, 3),
-                "granted": self.granted, "refused": self.refused}
+                "granted": self.granted, "refused": self.refused, "lease": s.lease, "leased": int(self.leased)}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@
     [resilience.limits.api]           # a token bucket: rate a second, burst at most
     rate = 10.0
     burst = 20
+    lease = 5                         # optional: a grant adds up to 5 tokens the agent spends without asking,
+    lease_for = 0.1                   # within 0.1 s (limiter.py)
     [resilience.retry_budget]         # every dependency's retry budget
     ratio = 0.2
     [resilience.alerts]               # the error tracker
@@ -114,12 +116,14 @@ def _breaker(value: object, key: str, base: BreakerSettings) -> BreakerSettings:
 
 
 def _limit(value: object, key: str) -> LimitSettings:
-    table = _table(value, key, ("burst", "rate"))
+    table = _table(value, key, ("burst", "lease", "lease_for", "rate"))
     if "rate" not in table:
         raise SettingError(f"{key}.rate", "missing: tokens a second, e.g. rate = 10.0")
     rate = _number(table["rate"], f"{key}.rate", low=0.0, open_low=True)
     burst = _number(table.get("burst", max(1.0, rate)), f"{key}.burst", low=1.0)
-    return LimitSettings(rate, burst)
+    lease = _integer(table.get("lease", 0), f"{key}.lease", low=0)
+    lease_for = _number(table.get("lease_for", 0.1), f"{key}.lease_for", low=0.0, open_low=True)
+    return LimitSettings(rate, burst, lease, lease_for)
 
 
 def _budget(value: object, key: str) -> BudgetSettings:
