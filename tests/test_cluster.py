@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from agents.testing import DaemonProcess, wait_for
+from tests.helpers import ctl
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -86,9 +87,17 @@ def test_cross_node_casts_are_counted_exactly_once_through_bridge_kills(nats: st
         wait_for(lambda: count(b) >= total, timeout=30, what="every cross-node cast counted")
     finally:
         print("count", count(b), "of", total)
-    status = a.request("call", name="bridge", body={"op": "status"}, timeout=10)["reply"]
+    assert count(b) == total  # nothing twice
+    sent = ctl(a, "send", "counter@b", '{"add": 1000}')
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.startswith("bridge/"), sent.stdout  # accepted here, durably, by the bridge
+    assert wait_for(lambda: count(b) == total + 1000, what="the CLI's cast")
+    status = wait_for(lambda: (s := a.request("cluster", op="status")["cluster"])["nodes"] and len(s["nodes"]) == 2
+                      and s, what="both leases")
     assert {n["node"] for n in status["nodes"]} == {"a", "b"}
-    assert count(b) == total
+    shown = ctl(b, "cluster", "status")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("node b: connected to nats://127.0.0.1:"), shown.stdout
 
 
 def test_a_cluster_table_is_validated(tmp_path: Path) -> None:
