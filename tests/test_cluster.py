@@ -10,13 +10,15 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agents.testing import DaemonProcess, wait_for
+from daemon.config import ConfigError, parse_config
+from daemon.core.spec import WorkerSpec
 from tests.helpers import ctl
 
 pytestmark = pytest.mark.timeout(90)
@@ -69,7 +71,7 @@ def count(daemon: DaemonProcess) -> Any:
     return daemon.request("call", name="counter", body={"get": True}, timeout=10)["reply"]["count"]
 
 
-def test_cross_node_casts_are_counted_exactly_once_through_bridge_kills(nats: str, start_daemon) -> None:
+def test_cross_node_casts_are_counted_exactly_once_through_bridge_kills(nats: str, start_daemon: Callable[[str], DaemonProcess]) -> None:
     a = start_daemon(cluster(nats, "a", counter=False))
     b = start_daemon(cluster(nats, "b", counter=True))
     a.wait_running("bridge")
@@ -92,21 +94,22 @@ def test_cross_node_casts_are_counted_exactly_once_through_bridge_kills(nats: st
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.startswith("bridge/"), sent.stdout  # accepted here, durably, by the bridge
     assert wait_for(lambda: count(b) == total + 1000, what="the CLI's cast")
-    status = wait_for(lambda: (s := a.request("cluster", op="status")["cluster"])["nodes"] and len(s["nodes"]) == 2
-                      and s, what="both leases")
-    assert {n["node"] for n in status["nodes"]} == {"a", "b"}
+    def leases() -> set[str]:
+        return {n["node"] for n in a.request("cluster", op="status")["cluster"]["nodes"]}
+
+    assert wait_for(lambda: leases() == {"a", "b"}, what="both nodes' leases")
     shown = ctl(b, "cluster", "status")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("node b: connected to nats://127.0.0.1:"), shown.stdout
 
 
 def test_a_cluster_table_is_validated(tmp_path: Path) -> None:
-    from daemon.config import ConfigError, parse_config
-
     with pytest.raises(ConfigError, match="servers"):
         parse_config('[cluster]\nservers = []\nnode = "a"\n', "t.toml")
     with pytest.raises(ConfigError, match="node"):
         parse_config('[cluster]\nservers = ["nats://h:4222"]\nnode = "a.b"\n', "t.toml")
     config = parse_config('[cluster]\nservers = ["nats://h:4222"]\nnode = "a"\n', "t.toml")
     bridge = [c for c in config.root.children if c.name == "bridge"]
-    assert bridge and dict(bridge[0].env)["FOUNDATION_CLUSTER_NODE"] == "a"  # type: ignore[union-attr]
+    assert len(bridge) == 1
+    assert isinstance(bridge[0], WorkerSpec)
+    assert dict(bridge[0].env)["FOUNDATION_CLUSTER_NODE"] == "a"

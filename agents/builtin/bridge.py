@@ -90,7 +90,7 @@ class Bridge(Agent):
                                                 config=ConsumerConfig(ack_wait=30.0, max_ack_pending=1024))
         try:
             self.kv = await self.js.key_value(BUCKET)
-        except Exception:  # noqa: BLE001 (nats-py raises several kinds for a missing bucket)
+        except Exception:
             self.kv = await self.js.create_key_value(KeyValueConfig(bucket=BUCKET, ttl=LEASE, replicas=self.replicas,
                                                                     history=1))
 
@@ -120,7 +120,7 @@ class Bridge(Agent):
 
         try:
             msgs = self._run(self.sub.fetch(64, timeout=0.2))
-        except (NatsTimeout, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeout):
             return
         for m in msgs:
             seq = m.metadata.sequence.stream
@@ -158,7 +158,7 @@ class Bridge(Agent):
         nodes = []
         try:
             keys = await self.kv.keys()
-        except Exception:  # noqa: BLE001 (nats-py: no keys yet)
+        except Exception:
             keys = []
         now = time.time()
         for key in sorted(keys):
@@ -167,13 +167,15 @@ class Bridge(Agent):
                 value = orjson.loads(entry.value)
                 nodes.append({"node": key, "age": round(now - value["ts"], 3), "lease": value["lease"]})
         info = await self.sub.consumer_info()
-        return {"node": self.node, "connected": self.nc.is_connected, "server": self.nc.connected_url.geturl() if self.nc.connected_url else None, "nodes": nodes,
+        url = self.nc.connected_url
+        return {"node": self.node, "connected": self.nc.is_connected, "server": url.geturl() if url else None,
+                "nodes": nodes,
                 "lag": info.num_pending, "unacked": info.num_ack_pending}
 
     def shutdown(self, state: Any) -> None:
         try:  # close, not drain: what is unacked comes again from JetStream; drain waits for a pending pull
             self._run(self.nc.close(), timeout=2.0)
-        except Exception as exc:  # noqa: BLE001 (stopping anyway)
+        except Exception as exc:
             print(f"bridge: closing the NATS connection: {exc!r}", flush=True)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
