@@ -71,7 +71,8 @@ def count(daemon: DaemonProcess) -> Any:
     return daemon.request("call", name="counter", body={"get": True}, timeout=10)["reply"]["count"]
 
 
-def test_cross_node_casts_are_counted_exactly_once_through_bridge_kills(nats: str, start_daemon: Callable[[str], DaemonProcess]) -> None:
+def test_cross_node_casts_are_counted_exactly_once_through_bridge_kills(
+        nats: str, start_daemon: Callable[[str], DaemonProcess]) -> None:
     a = start_daemon(cluster(nats, "a", counter=False))
     b = start_daemon(cluster(nats, "b", counter=True))
     a.wait_running("bridge")
