@@ -25,7 +25,8 @@ def main(n: int) -> None:
         base = Path(tmp)
         port = free_port()
         conf = base / "nats.conf"
-        conf.write_text(f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: "{base / "js"}", sync_interval: always }}\n')
+        conf.write_text(f'listen: "127.0.0.1:{port}"\n'
+                        f'jetstream {{ store_dir: "{base / "js"}", sync_interval: always }}\n')
         server = subprocess.Popen([str(NATS_SERVER), "-c", str(conf)], stderr=subprocess.DEVNULL)
         daemons: list[DaemonProcess] = []
         try:

@@ -21,6 +21,7 @@ import asyncio
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -64,6 +65,7 @@ class Bridge(Agent):
         threading.Thread(target=self.loop.run_forever, name="nats", daemon=True).start()
         self._run(self._connect())
         self.renewed = 0.0
+        self.pending: deque[Any] = deque()  # fetched from JetStream, not yet accepted here
         self.set_timer(TICK, TICK)
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float = IO_TIMEOUT) -> T:
@@ -116,24 +118,29 @@ class Bridge(Agent):
         return state
 
     def _pull(self) -> None:
+        """Deliver what JetStream holds for this node, in stream order. A delivery the broker refuses for now (a
+        full mailbox: retryable) stays at the head, unacked, and is tried again on the next tick before anything
+        newer is fetched: the broker's mark for a (bridge, recipient) only ever rises past what it accepted, so a
+        later message must not get in first."""
         from nats.errors import TimeoutError as NatsTimeout  # noqa: PLC0415
 
-        try:
-            msgs = self._run(self.sub.fetch(64, timeout=0.2))
-        except (TimeoutError, NatsTimeout):
-            return
-        for m in msgs:
+        if not self.pending:
+            try:
+                self.pending.extend(self._run(self.sub.fetch(64, timeout=0.2)))
+            except (TimeoutError, NatsTimeout):
+                return
+        while self.pending:
+            m = self.pending[0]
             seq = m.metadata.sequence.stream
             name = m.subject.split(".", 2)[2]
-            data = orjson.loads(m.data)
             try:
-                self._send_once(name, data["body"], (seq, 0))
+                self._send_once(name, orjson.loads(m.data)["body"], (seq, 0))
             except FoundationError as exc:
-                if exc.retryable:  # a full mailbox: JetStream brings it again later, in order
-                    self._run(m.nak(delay=1.0))
+                if exc.retryable:
                     return
-                print(f"bridge: dropping {m.subject} seq {seq}: {exc}", flush=True)  # an unknown agent here
+                print(f"bridge: dropping {m.subject} seq {seq}: {exc}", flush=True)  # no such agent here
             self._run(m.ack_sync())
+            self.pending.popleft()
 
     def _send_once(self, to: str, body: Any, mark: tuple[int, int]) -> str:
         runtime = self._rt()
