@@ -72,6 +72,21 @@ install: $(STAMP) $(HELPER)
 clean:
 	rm -rf $(VENV) build *.egg-info $(HELPER)
 
+# Fault injection checked offline (tests/chaos/, docs/reliability.md): ROUNDS rounds of workload and faults on
+# real daemons, then the checker's table, ending with `chaos: R rounds, lost L, unexpected U, duplicated D,
+# reordered O`. e.g. make chaos ROUNDS=50 CHAOS_ARGS='--nemeses kill-daemon --duration 10 --seed 1'.
+# A CI-sized run is part of `make test` (tests/chaos/test_chaos_run.py).
+ROUNDS ?= 5
+.PHONY: chaos fuzz
+chaos: $(STAMP) $(HELPER)
+	$(BIN)/python -m tests.chaos.run --rounds $(ROUNDS) $(CHAOS_ARGS)
+
+# The long fuzz run (tests/test_fuzz*.py with FUZZ_EXAMPLES generated inputs per test; make test runs a CI-sized one)
+FUZZ_EXAMPLES ?= 100000
+fuzz: $(STAMP) $(HELPER)
+	FOUNDATION_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:cacheprovider -o timeout=0 -o faulthandler_timeout=0 \
+	    tests/test_fuzz_control.py tests/test_fuzz_wire.py tests/test_fuzz_notify.py tests/test_fuzz_config.py
+
 # Opt-in, root only (prints SKIP with the reason otherwise): the shipped systemd/foundation.service under a real
 # systemd booted in private namespaces (tests/systemd/run.sh, docs/systemd.md). Not part of `make test`.
 .PHONY: test-systemd

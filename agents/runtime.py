@@ -69,6 +69,7 @@ class AgentRuntime:
         self._waiting = False
         self.state: Any = None
         self.last_seq = 0
+        self._persisted: bytes | None = None  # the state a handler committed itself (persist), this batch
         self.resilience = ResilienceClient(self)  # breakers, limits, retries, discovery (agents/resilience.py)
         self.flags = FlagTable()  # the daemon's flags: in the welcome, then each change as an info (ipc/flags.py)
         agent._runtime = self
@@ -210,8 +211,11 @@ class AgentRuntime:
             changed = changed or seq is not None or self.state != before
             last_seq = seq if seq is not None else last_seq
             handled.append((msg, fields, accepted))
-        if changed:
+        persisted = (self._persisted is not None and last_seq == self.last_seq
+                     and orjson.dumps(self.state) == self._persisted)
+        if changed and not persisted:
             self._store.commit(self.state, last_seq)  # a failing store crashes us: we come back to the last commit
+        self._persisted = None
         self.last_seq = last_seq
         for msg, fields, accepted in handled:
             if accepted is not None:
@@ -313,9 +317,13 @@ class AgentRuntime:
     def cancel_timer(self, ref: int) -> None:
         self._send("cancel_timer", ref=ref)
 
+    def busy(self, seconds: float) -> None:
+        self._send("heartbeat", busy=seconds)
+
     def persist(self, state: Any) -> None:
         validate_state(self.agent, state)
         self._store.commit(state, self.last_seq)
+        self._persisted = orjson.dumps(state)  # bytes: the handler may change the object after this
 
     def stop(self) -> None:
         self._stopping = True

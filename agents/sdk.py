@@ -49,6 +49,7 @@ class Runtime(Protocol):
     def set_timer(self, after: float, every: float | None) -> int: ...
     def cancel_timer(self, ref: int) -> None: ...
     def persist(self, state: Any) -> None: ...
+    def busy(self, seconds: float) -> None: ...
     def stop(self) -> None: ...
 
 
@@ -129,6 +130,11 @@ class Agent:
         """Commit ``state`` now, in the middle of a handler (the message itself still counts as unhandled until
         the handler returns): an intent written before an effect that must not be repeated blindly after a crash."""
         self._rt().persist(state)
+
+    def busy(self, seconds: float) -> None:
+        """Say that this handler will be silent for up to ``seconds`` (no heartbeats while it runs something long),
+        so that the daemon's liveness check does not kill it meanwhile; ``busy(0)`` when done."""
+        self._rt().busy(seconds)
 
     def stop(self) -> None:
         """Exit normally (status 0) once the current batch is committed and answered: a transient agent that

@@ -404,6 +404,9 @@ class _HarnessRuntime:
     def stop(self) -> None:
         self.h.stopped = True
 
+    def busy(self, seconds: float) -> None:
+        pass
+
 
 def _swap(pair: tuple[Any, Any]) -> tuple[Any, Any]:
     reply, state = pair

@@ -2,11 +2,13 @@
 
 Measured through the control socket as a client would (``workflow run`` then ``workflow wait``, one connection):
 
-* ``1 step python``  — a workflow of one ``python`` no-op step: run, the workflow's process started (a dynamic child
-  forked from a zygote spare), its record committed, the step dispatched to a task agent, run, its result cast back
-  and committed, the process gone, and ``wait`` answered;
+* ``1 step python``  — a workflow of one ``python`` no-op step: run (on a process of the warm pool), its record
+  committed, the step dispatched to a task agent, run, its result cast back and committed, and ``wait`` answered;
 * ``1 step command`` — the same with ``command = ["/bin/true"]`` (run by the daemon's task supervisor);
 * ``3 steps python`` / ``3 steps command`` — three such steps in sequence (DESIGN 6's comparison workflow);
+* ``3 steps python, --id`` — the same with an id given: its process is started for it (not from the pool);
+* ``1 step inline`` / ``3 steps inline`` — ``python`` steps with ``args.inline``: run by the workflow's own process
+  (as Restate's ``ctx.run`` and DBOS's steps run in the application's), one fsync a step;
 * ``step overhead``  — inside the workflow: from a step's dispatch to its result committed (``duration_s``);
 * ``concurrent``     — N workflows of 3 python steps started back to back, until the last has finished: wall time,
   workflows/s, and the memory (USS) of foundationd and everything under it at the peak;
@@ -47,6 +49,7 @@ monitor = false
 """
 
 NOOP = {"action": "python", "args": {"function": "agents.workflow.examples:noop"}}
+INLINE = {"action": "python", "args": {"function": "agents.workflow.examples:noop", "inline": True}}
 TRUE = {"action": "command", "args": {"command": ["/bin/true"]}}
 
 
@@ -55,9 +58,11 @@ def flow(kind: dict[str, Any], steps: int) -> dict[str, Any]:
     return tasks[0] if steps == 1 else {"sequential": tasks}
 
 
-def run_once(client: Any, definition: dict[str, Any], wf_id: str) -> tuple[float, list[float]]:
+def run_once(client: Any, definition: dict[str, Any], wf_id: str | None) -> tuple[float, list[float]]:
+    """One workflow, run to wait: with ``wf_id`` its process is started for it; without, it comes from the pool."""
     began = time.perf_counter()
-    client.request("workflow", op="run", definition=definition, id=wf_id)
+    answer = client.request("workflow", op="run", definition=definition, **({"id": wf_id} if wf_id else {}))
+    wf_id = answer["id"]
     summary = client.request("workflow", op="wait", id=wf_id, timeout=60)
     took = time.perf_counter() - began
     if summary["state"] != "completed":
@@ -65,11 +70,12 @@ def run_once(client: Any, definition: dict[str, Any], wf_id: str) -> tuple[float
     return took, [s["duration_s"] for s in summary["steps"]]
 
 
-def measure(daemon: Any, name: str, definition: dict[str, Any], runs: int, warmup: int = 10) -> dict[str, Any]:
+def measure(daemon: Any, name: str, definition: dict[str, Any], runs: int, *, warmup: int = 10,
+            own_process: bool = False) -> dict[str, Any]:
     totals, steps = [], []
     with daemon.client(timeout=120) as client:
         for i in range(warmup + runs):
-            took, durations = run_once(client, definition, f"{name}-{i}")
+            took, durations = run_once(client, definition, f"{name}-{i}" if own_process else None)
             if i >= warmup:
                 totals.append(took)
                 steps.extend(durations)
@@ -97,12 +103,11 @@ def concurrent(daemon: Any, count: int) -> dict[str, Any]:
     sampler.start()
     began = time.perf_counter()
     with daemon.client(timeout=600) as client:
-        for i in range(count):
-            client.request("workflow", op="run", definition=flow(NOOP, 3), id=f"c-{i}")
-        for i in range(count):
-            summary = client.request("workflow", op="wait", id=f"c-{i}", timeout=600)
+        ids = [client.request("workflow", op="run", definition=flow(NOOP, 3))["id"] for _ in range(count)]
+        for wf_id in ids:
+            summary = client.request("workflow", op="wait", id=wf_id, timeout=600)
             if summary["state"] != "completed":
-                raise RuntimeError(f"c-{i} ended {summary['state']}")
+                raise RuntimeError(f"{wf_id} ended {summary['state']}")
     wall = time.perf_counter() - began
     done.set()
     sampler.join()
@@ -130,6 +135,9 @@ def main() -> int:
         for name, definition in (("1 step python", flow(NOOP, 1)), ("1 step command", flow(TRUE, 1)),
                                  ("3 steps python", flow(NOOP, 3)), ("3 steps command", flow(TRUE, 3))):
             results[name] = measure(daemon, name.replace(" ", "-"), definition, args.runs)
+        results["1 step inline"] = measure(daemon, "i1", flow(INLINE, 1), args.runs)
+        results["3 steps inline"] = measure(daemon, "i3", flow(INLINE, 3), args.runs)
+        results["3 steps python, --id"] = measure(daemon, "own", flow(NOOP, 3), args.runs, own_process=True)
         if args.concurrent:
             results["concurrent"] = concurrent(daemon, args.concurrent)
     rows = [[name, r["p50_ms"], r["p99_ms"], r["step_p50_ms"], r["step_p99_ms"]]
@@ -139,13 +147,16 @@ def main() -> int:
 
         for peer, fn in (("DBOS", "measure_dbos"), ("Restate", "measure_restate")):
             try:
-                got = getattr(workflow_peers, fn)(args.runs)
+                got = getattr(workflow_peers, fn)(args.runs, concurrent=args.concurrent or 1)
             except Exception as exc:
                 print(f"{peer}: not measured: {exc}", file=sys.stderr)
                 continue
             results[peer] = got
             rows.append([f"{peer} 1 step", got.get("step_p50_ms"), got.get("step_p99_ms"), None, None])
             rows.append([f"{peer} 3 steps", got.get("wf3_p50_ms"), got.get("wf3_p99_ms"), None, None])
+            if args.concurrent:
+                print(f"{peer} concurrent: {got.get('concurrent_n')} workflows of 3 steps in "
+                      f"{got.get('concurrent_s', 0):.2f} s ({got.get('concurrent_per_s', 0):.0f}/s)")
     print_table(["workflow", "p50 ms", "p99 ms", "step p50 ms", "step p99 ms"], rows)
     print(f"floor: one durable LMDB commit p50 {results['floor_commit_p50_ms']:.3f} ms")
     if "concurrent" in results:

@@ -58,6 +58,11 @@ class Task:
     idempotent: bool = False
 
 
+def inline(task: Task) -> bool:
+    """A ``python`` step run by the workflow's own process (``args.inline``), not by a task agent."""
+    return task.action == "python" and task.args.get("inline") is True
+
+
 @dataclass(frozen=True)
 class Group:
     kind: str  # "parallel" | "sequential"
@@ -160,6 +165,8 @@ def _check_args(action: str, args: dict[str, Any], here: str) -> None:
             raise DefinitionError(f"{here}.args.function: 'module:function', not {function!r}")
         if not isinstance(args.get("kwargs", {}), dict):
             raise DefinitionError(f"{here}.args.kwargs: an object")
+        if not isinstance(args.get("inline", False), bool):
+            raise DefinitionError(f"{here}.args.inline: true (run it in the workflow's own process) or false")
 
 
 def _retry(obj: Any, here: str) -> RetryPolicy:

@@ -12,7 +12,7 @@ from agents.workflow import engine
 from agents.workflow.errors import BusinessError, InfrastructureError, classify
 from agents.workflow.process import WorkflowProcess, task_agent
 from ipc.errors import ErrorCode, FoundationError
-from ipc.workflow_def import DefinitionError, RetryPolicy, parse, retryable, tasks
+from ipc.workflow_def import DefinitionError, RetryPolicy, inline, parse, retryable, tasks
 from ipc.workflow_record import summary
 
 
@@ -194,3 +194,14 @@ def test_a_failing_operator_request_leaves_the_state_untouched() -> None:
     with pytest.raises(ValueError, match="is running"):
         h.call({"resolve": {"step": "a", "retry": True}})
     assert h.state == before
+
+
+def test_dispatch_takes_only_the_steps_select_wants_and_inline_is_a_python_option() -> None:
+    flow = {"parallel": [task("a", args={"function": "m:f", "inline": True}), task("b")]}
+    rec = record(flow)
+    root = parse(flow)
+    assert [d.task.id for d in engine.dispatch(root, rec, 2.0, select=inline)] == ["a"]
+    assert rec["steps"]["b"]["state"] == "pending"
+    assert [d.task.id for d in engine.dispatch(root, rec, 2.0)] == ["b"]
+    with pytest.raises(DefinitionError, match=r"args\.inline"):
+        parse(task("x", args={"function": "m:f", "inline": "yes"}))

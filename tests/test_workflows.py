@@ -220,6 +220,9 @@ def test_cancel_kills_running_commands_and_list_shows_every_workflow(start_daemo
     listing = json.loads(ctl(daemon, "workflow", "list", "--json").stdout)
     assert [(w["id"], w["state"]) for w in listing] == [("cancelme", "cancelled")]
     assert json.loads(ctl(daemon, "workflow", "list", "--state", "running", "--json").stdout) == []
+    assert ctl(daemon, "workflow", "forget", wf).returncode == 0
+    assert json.loads(ctl(daemon, "workflow", "list", "--json").stdout) == []
+    assert "no_such_child" in ctl(daemon, "workflow", "status", wf).stderr
 
 
 def test_invalid_definitions_are_refused_naming_the_step(start_daemon, tmp_path):
@@ -295,3 +298,35 @@ def test_pause_lets_the_running_step_finish_and_starts_no_other_until_resume(sta
     assert ctl(daemon, "workflow", "resume", wf).returncode == 0
     assert ctl(daemon, "workflow", "wait", wf, "--timeout", "60").returncode == 0
     assert out.read_text().split() == ["first", "second"]
+
+
+def inline_step(sid: str, out: Path, gate: Path | None = None, **extra: Any) -> dict[str, Any]:
+    kwargs = {"out": str(out), "line": sid, "gate": str(gate) if gate else ""}
+    return {"task": {"id": sid, "action": "python", **extra,
+                     "args": {"function": "agents.workflow.examples:append_and_wait", "kwargs": kwargs,
+                              "inline": True}}}
+
+
+def test_inline_steps_run_in_the_workflows_process_and_a_kill_mid_step_is_ambiguous_unless_idempotent(
+        start_daemon, tmp_path):
+    daemon = start_daemon(WORKFLOWS)
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    wf = run(daemon, {"sequential": [inline_step("a", out), inline_step("b", out, gate),
+                                     inline_step("c", out, gate, idempotent=True, retry={"initial_interval": 0.01}),
+                                     inline_step("d", out)]}, tmp_path, "inl")
+    wait_for(lambda: out.exists() and out.read_text().split() == ["a", "b"], timeout=20, what="step b running")
+    pid = kill(daemon, "workflow-inl")
+    done = ctl(daemon, "workflow", "wait", wf, "--timeout", "60", "--json")
+    assert json.loads(done.stdout)["state"] == "waiting", done.stdout
+    assert steps(daemon, wf)["b"]["state"] == "ambiguous"
+    assert ctl(daemon, "workflow", "resolve", wf, "b", "--done", '"b"').returncode == 0
+    wait_for(lambda: out.read_text().split() == ["a", "b", "c"], timeout=20, what="step c running")
+    kill(daemon, "workflow-inl")  # c is idempotent: run again, once the process is back
+    daemon.wait_running("workflow-inl", not_pid=pid, timeout=20)
+    gate.touch()
+    assert ctl(daemon, "workflow", "wait", wf, "--timeout", "60").returncode == 0
+    assert out.read_text().split() == ["a", "b", "c", "c", "d"]
+    got = steps(daemon, wf)
+    assert got["c"]["attempts"] == 2
+    assert got["d"]["result"] == "d"
+    assert [p.info["name"] for p in psutil.process_iter(["name"])].count("never") == 0

@@ -53,10 +53,25 @@ class Coordinator(Agent):
         pool = [i for i in state.get("pool", []) if self._read(i) is None]
         for wf_id in pool:
             self._attach(wf_id, again=True, sync=False)
+        self._drop_strays(pool)
         pool = self._refill(pool)
         if pool != state.get("pool"):
             self.persist({**state, "pool": pool})
             state["pool"] = pool
+
+    def _drop_strays(self, pool: list[str]) -> None:
+        """Pooled processes we took but never gave a run (we died in between) wait forever: detach them."""
+        try:
+            tree = self._daemon.request("status", name="workflows")["tree"]
+        except FoundationError:
+            return
+        for child in _children_of(tree, "workflows"):
+            wf_id = child["name"][len(PREFIX):]
+            if child["name"].startswith(PREFIX) and wf_id not in pool and self._read(wf_id) is None:
+                try:
+                    self._daemon.request("detach", name=child["name"])
+                except FoundationError:
+                    pass
 
     def _refill(self, pool: list[str]) -> list[str]:
         pool = list(pool)
@@ -110,13 +125,15 @@ class Coordinator(Agent):
         pool = list(state["pool"])
         while pool:
             wf_id = pool.pop(0)
-            try:
-                answer = self._ask(wf_id, {"start": {"id": wf_id, "definition": body["definition"]}})
+            # Taken for good before the cast, so that no later run can be given the same process.
+            self.persist({**state, "pool": pool})
+            try:  # once accepted, the cast is on disk: the run is (until the process has handled it, the daemon
+                # answers status and wait from the accepted message)
+                self.send(PREFIX + wf_id, {"start": {"id": wf_id, "definition": body["definition"]}})
             except FoundationError:
                 continue  # that process is gone: the next one
-            if isinstance(answer, dict) and answer.get("id") == wf_id and self._is_ours(answer, body):
-                self._refill_soon()
-                return {"id": wf_id}, {**state, "pool": pool}
+            self._refill_soon()
+            return {"id": wf_id}, {**state, "pool": pool}
         reply = self._run(body)  # the pool was used up: start one now
         self._refill_soon()
         return reply, {**state, "pool": pool}
@@ -133,21 +150,17 @@ class Coordinator(Agent):
             return {**state, "pool": self._refill(state.get("pool", []))}
         return state
 
-    def _is_ours(self, answer: dict[str, Any], body: dict[str, Any]) -> bool:
-        """A pooled process started by a run whose answer we lost (we crashed before our commit) is not ours."""
-        record = self._read(answer["id"])
-        return record is not None and record.get("definition") == body["definition"]
-
     def _operate(self, kind: str, body: dict[str, Any]) -> Any:
         wf_id = body.get("id")
         self._record(wf_id)  # it exists
         return self._ask(wf_id, {kind: body})
 
     def _ask(self, wf_id: str, request: dict[str, Any]) -> Any:
-        """Call the workflow's process (answered once its record is committed), attaching it first if it is not
-        running: a call, not a cast, so that an answer means applied; a process that exits meanwhile is asked again."""
+        """Call the workflow's process (answered once its record is committed), attaching it again if it is not in
+        the tree: a call, not a cast, so that an answer means applied; a process that exits meanwhile is asked again."""
         for attempt in range(3):  # the process may be exiting just as we ask: attach it again and ask again
-            self._attach(wf_id, again=True)
+            if attempt > 0:
+                self._attach(wf_id, again=True)
             try:
                 return self.call(PREFIX + wf_id, request, timeout=30.0)
             except FoundationError as exc:
@@ -196,3 +209,13 @@ class Coordinator(Agent):
                             "finished": record["finished"]})
         return sorted(out, key=lambda r: r["created"])
 
+
+
+def _children_of(node: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    if node.get("name") == name:
+        return list(node.get("children", []))
+    for child in node.get("children", []):
+        found = _children_of(child, name)
+        if found:
+            return found
+    return []

@@ -14,23 +14,16 @@ the broker as a duplicate.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import signal
 import sys
 import traceback
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from agents.sdk import Agent
 from agents.workflow.client import Daemon
-from agents.workflow.errors import classify, error
-
-
-class StepTimeout(TimeoutError):
-    pass
+from agents.workflow.errors import classify
+from agents.workflow.steps import run_python
 
 
 class TaskAgent(Agent):
@@ -62,15 +55,11 @@ class TaskAgent(Agent):
 
     def _execute(self, run: dict[str, Any]) -> dict[str, Any]:
         args = run["args"]
+        if run["action"] == "python":
+            return run_python(args, run["timeout"], run["key"], self.busy)
         try:
-            if run["action"] == "call":
-                value = self.call(args["agent"], args["msg"], timeout=run["timeout"])
-            else:
-                with _deadline(run["timeout"]):
-                    value = _function(args["function"])(**args.get("kwargs", {}))
+            value = self.call(args["agent"], args["msg"], timeout=run["timeout"])
             orjson.dumps(value)
-        except StepTimeout:
-            return {"error": error("timeout", "timeout", f"step {run['step']} ran past {run['timeout']}s")}
         except Exception as exc:
             print(f"{self.name}: step {run['key']} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
             return {"error": classify(exc)}
@@ -90,23 +79,3 @@ class TaskAgent(Agent):
     def _report(self, run: dict[str, Any], result: dict[str, Any]) -> None:
         self.send(run["workflow"], {"step_done": {"step": run["step"], "attempt": run["attempt"], "result": result}})
 
-
-def _function(ref: str) -> Any:
-    module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """SIGALRM at the step's timeout, raised as StepTimeout in the step (Python code is interrupted between
-    bytecodes; a C call that never returns is ended by the task agent's own watchdog, not here)."""
-    def expire(signum: int, frame: object) -> None:
-        raise StepTimeout
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)

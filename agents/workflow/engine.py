@@ -18,6 +18,7 @@ it waits for ``workflow resolve``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,13 +47,17 @@ def new_record(wf_id: str, definition: Any, now: float) -> dict[str, Any]:
     }
 
 
-def dispatch(root: Step, record: dict[str, Any], now: float) -> list[Dispatch]:
-    """Mark every step that may run now as running (one more attempt) and say which to dispatch."""
+def dispatch(root: Step, record: dict[str, Any], now: float,
+             select: Callable[[Task], bool] = lambda task: True) -> list[Dispatch]:
+    """Mark every step that may run now (of those ``select`` takes) as running (one more attempt) and say which
+    to dispatch."""
     if record["paused"] or record["cancelled"] or record["state"] in TERMINAL:
         return []
     out = []
     for task in _runnable(root, record["steps"]):
         step = record["steps"][task.id]
+        if not select(task):
+            continue
         if step.get("retry_wait"):
             continue  # its retry cast will release it
         step["state"], step["attempts"], step["started"] = "running", step["attempts"] + 1, now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from agents.workflow.errors import BusinessError, InfrastructureError
@@ -28,3 +29,12 @@ def flaky(counter: str, succeed_on: int) -> str:
 def refuse(reason: str) -> None:
     """Fails with a business error: never retried."""
     raise BusinessError(reason, code="refused")
+
+
+def append_and_wait(out: str, line: str, gate: str = "") -> str:
+    """Append ``line`` to the file ``out``; then, with ``gate``, wait until that file exists (tests kill meanwhile)."""
+    with open(out, "a") as f:
+        f.write(line + "\n")
+    while gate and not Path(gate).exists():
+        time.sleep(0.01)
+    return line

@@ -27,8 +27,9 @@ from agents.sdk import Agent
 from agents.workflow import engine
 from agents.workflow.client import Daemon
 from agents.workflow.errors import classify
+from agents.workflow.steps import run_python
 from ipc.errors import FoundationError
-from ipc.workflow_def import Step, parse, tasks
+from ipc.workflow_def import Step, inline, parse, tasks
 
 log = logging.getLogger("workflow")
 
@@ -60,9 +61,21 @@ class WorkflowProcess(Agent):
             start = os.environ.get(START_VARIABLE)
             if start:  # a cast to ourselves: handled (and committed) as any message; a repeat is ignored
                 self.send(self.name, {"start": orjson.loads(start)})
+            else:
+                _warm_up()
             return
         self._root = parse(state["definition"])
         now = time.time()
+        interrupted = [t for t in tasks(self._root) if inline(t) and state["steps"][t.id]["state"] == "running"]
+        for task in interrupted:  # this process died while it ran them: an intent with no result
+            attempt = state["steps"][task.id]["attempts"]
+            delay = engine.outcome(self._root, state, task.id, attempt,
+                                   {"lost": "the workflow's process died while it ran the step"}, now=now)
+            if delay is not None:
+                state["steps"][task.id]["retry_at"] = now + delay
+        if interrupted:  # then a message to ourselves: its handling settles the workflow (and may end this process)
+            self.persist(state)
+            self.send(self.name, {"advance": {}})
         for sid, step in state["steps"].items():
             if step.get("retry_wait"):
                 self._arm_retry(sid, step["attempts"], max(0.0, step.get("retry_at", now) - now))
@@ -75,10 +88,10 @@ class WorkflowProcess(Agent):
         knows it was applied (a process that exits meanwhile fails the call, and the coordinator tries again)."""
         if isinstance(msg, dict) and msg.get("status"):
             return (engine.summary(state) if state else None), state
-        state = self._apply(msg, state)
+        state = self._apply(msg, state, inline_now=False)
         return engine.summary(state), state
 
-    def _apply(self, msg: Any, state: dict[str, Any]) -> dict[str, Any]:
+    def _apply(self, msg: Any, state: dict[str, Any], inline_now: bool = True) -> dict[str, Any]:
         if not isinstance(msg, dict) or len(msg) != 1:
             raise ValueError(f"not a workflow message: {msg!r}")
         ((kind, body),) = msg.items()
@@ -98,8 +111,12 @@ class WorkflowProcess(Agent):
                 self._arm_retry(body["step"], body["attempt"], delay)
         elif kind == "retry":
             engine.release(state, body["step"], body["attempt"])
-        else:
+        elif kind != "advance":
             self._control(kind, body, state, now)
+        if inline_now:
+            self._run_inline(state)
+        elif self._inline_due(state):  # not in a call: its caller would wait for the steps
+            self.send(self.name, {"advance": {}})
         self._dispatch(state, now)
         if engine.idle(state):
             self.stop()
@@ -146,7 +163,7 @@ class WorkflowProcess(Agent):
 
     def _dispatch(self, state: dict[str, Any], now: float) -> None:
         assert self._root is not None
-        for item in engine.dispatch(self._root, state, now):
+        for item in engine.dispatch(self._root, state, now, select=lambda task: not inline(task)):
             task = item.task
             run = {"workflow": self.name, "key": task_key(state["id"], task.id, item.attempt), "step": task.id,
                    "attempt": item.attempt, "action": task.action, "args": task.args, "timeout": task.timeout,
@@ -159,6 +176,49 @@ class WorkflowProcess(Agent):
                     state["steps"][task.id]["retry_at"] = now + delay
                     self._arm_retry(task.id, item.attempt, delay)
 
+    def _run_inline(self, state: dict[str, Any]) -> None:
+        """Run the ``inline`` python steps that may run, here, one after the other: each one's intent is committed
+        with the previous one's result (one fsync a step), and all before any cast of this handler leaves (so a
+        crash never leaves a cast that a replay of this message would not make again)."""
+        assert self._root is not None
+        while batch := engine.dispatch(self._root, state, time.time(), select=inline):
+            self.persist(state)
+            for item in batch:
+                task = item.task
+                result = run_python(task.args, task.timeout, task_key(state["id"], task.id, item.attempt), self.busy)
+                now = time.time()
+                delay = engine.outcome(self._root, state, task.id, item.attempt, result, now=now)
+                if delay is not None:
+                    state["steps"][task.id]["retry_at"] = now + delay
+                    self._arm_retry(task.id, item.attempt, delay)
+
+    def _inline_due(self, state: dict[str, Any]) -> bool:
+        assert self._root is not None
+        probe = orjson.loads(orjson.dumps(state))
+        return bool(engine.dispatch(self._root, probe, 0.0, select=inline))
+
     def _arm_retry(self, step_id: str, attempt: int, delay: float) -> None:
         self._retries[self.set_timer(max(delay, 0.001))] = (step_id, attempt)
 
+
+
+WARM_UP = {"sequential": [
+    {"parallel": [{"task": {"id": "a", "action": "python", "args": {"function": "agents.workflow.examples:noop",
+                                                                      "inline": True}}},
+                  {"task": {"id": "b", "action": "command", "args": {"command": ["true"]}}}]},
+    {"task": {"id": "c", "action": "call", "args": {"agent": "x", "msg": {}}, "retry": {"maximum_attempts": 2}}},
+]}
+
+
+def _warm_up() -> None:
+    """A process of the warm pool, forked from the zygote, would pay on its first run for every page its code
+    touches (copy-on-write of the objects whose reference counts change, first calls): it runs the engine once on
+    a dummy workflow while it waits, so that a run's latency is the work, not the faults. Nothing is kept or sent."""
+    record = engine.new_record("warm-up", WARM_UP, 0.0)
+    root = parse(WARM_UP)
+    for item in engine.dispatch(root, record, 0.0, select=inline):
+        result = run_python(item.task.args, 1.0, "warm-up")
+        engine.outcome(root, record, item.task.id, item.attempt, result, now=0.0)
+    for item in engine.dispatch(root, record, 0.0):
+        engine.outcome(root, record, item.task.id, item.attempt, {"ok": None}, now=0.0)
+    orjson.loads(orjson.dumps(engine.summary(record)))

@@ -190,6 +190,11 @@ class Broker:
         """More fields for each agent's welcome frame (the flag table)."""
         self._peers.welcome_fields = fields
 
+    def undone(self, name: str) -> list[Any]:
+        """The bodies of the messages to ``name`` accepted and not yet done (in flight first, then queued)."""
+        box = self._boxes.get(name)
+        return [e.body for e in [*box.inflight.values(), *box.queue]] if box is not None else []
+
     def stats(self) -> dict[str, Any]:
         return {
             "monitors": len(self._monitors),
@@ -271,7 +276,9 @@ class Broker:
         self.on_done(session.name)
 
     def _on_heartbeat(self, session: Session, msg: dict[str, Any]) -> None:
-        pass  # last_seen was updated for every frame
+        busy = msg.get("busy")  # last_seen was updated for every frame; "busy": S announces a silence of S seconds
+        if isinstance(busy, int | float) and not isinstance(busy, bool) and 0 <= busy <= 86400:
+            session.busy_until = self._loop.clock() + busy
 
     def _on_monitor(self, session: Session, msg: dict[str, Any]) -> None:
         ref, target = msg["ref"], msg["target"]

@@ -5,7 +5,8 @@
                  └──── any still connected ─┘
 
 Every frame counts as a sign of life (the session's ``last_seen``); an idle agent sends ``heartbeat`` frames at
-the interval its ``welcome`` gave it (Paranoid Pirate).
+the interval its ``welcome`` gave it (Paranoid Pirate). A heartbeat with ``"busy": S`` says the agent will be silent
+for up to S seconds (a handler running a long workflow step cannot beat); ``"busy": 0`` ends that.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Liveness:
         self._timer = None
         now = self._loop.clock()
         for session in self._connected():
-            if session.name and now - session.last_seen > self._limit(session.name):
+            if session.name and now - max(session.last_seen, session.busy_until) > self._limit(session.name):
                 log.warning("%s sent no heartbeat for %.1fs; killing it", session.name, now - session.last_seen)
                 self._on_silent(session.name)
         if self._connected():

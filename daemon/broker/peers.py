@@ -44,6 +44,7 @@ class Session:
     identity: bytes
     name: str | None  # None: an anonymous client (no mailbox, may cast and call)
     last_seen: float = 0.0
+    busy_until: float = 0.0  # an agent that said it will be silent (a long step) is not silent before this
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from daemon.control.verbs import QUIET_VERBS, READ_VERBS
+from daemon.control.verbs import QUIET_VERBS, READ_OPS, READ_VERBS
 from daemon.shell.loop import EventLoop
 from daemon.shell.socket_path import check_startup_socket
 from ipc.control import MAX_LINE, SOCKET_NAME, Request, error_reply, ok_reply, parse_request
@@ -154,10 +154,11 @@ class ControlServer:
             handler = self._handlers.get(req.verb)
             if handler is None:
                 raise FoundationError(ErrorCode.UNKNOWN_VERB, f"unknown verb {req.verb!r}")
-            self._authorize(conn.peer, req.verb)
+            reading = req.verb in READ_VERBS or req.args.get("op") in READ_OPS.get(req.verb, ())
+            self._authorize(conn.peer, req.verb, reading)
             if req.verb in QUIET_VERBS:
                 log.debug("control: %s %s by %r", req.verb, _brief(req.args), conn.peer)
-            elif req.verb not in READ_VERBS:
+            elif not reading:
                 log.info("control: %s %s by %r", req.verb, _brief(req.args), conn.peer)
             handler(req, conn.peer, lambda result, rid=req_id: self._send(conn, _reply(rid, result)))
         except FoundationError as err:
@@ -166,10 +167,10 @@ class ControlServer:
             log.exception("control: %s failed", line[:200])
             self._send(conn, error_reply(req_id, FoundationError(ErrorCode.INTERNAL, repr(exc))))
 
-    def _authorize(self, peer: Peer, verb: str) -> None:
+    def _authorize(self, peer: Peer, verb: str, reading: bool) -> None:
         if peer.uid in (0, os.getuid()):
             return
-        if verb in READ_VERBS and self._read_gid is not None and self._in_group(peer, self._read_gid):
+        if reading and self._read_gid is not None and self._in_group(peer, self._read_gid):
             return
         group = f", and members of gid {self._read_gid} for read verbs" if self._read_gid is not None else ""
         raise FoundationError(ErrorCode.PERMISSION_DENIED, f"uid {peer.uid} may not use {verb!r}: allowed are root, "

@@ -23,7 +23,7 @@ from daemon.shell.loop import TimerHandle
 from ipc.errors import ErrorCode, FoundationError
 from ipc.state_store import StateError, shared_store_path
 from ipc.workflow_def import parse, tasks
-from ipc.workflow_record import idle, summary
+from ipc.workflow_record import TERMINAL, idle, summary
 
 if TYPE_CHECKING:
     from daemon.app import App
@@ -80,18 +80,38 @@ class WorkflowSide:
         return record
 
     def _starting(self, name: str) -> dict[str, Any] | None:
-        """A workflow whose process has not committed its record yet: what its durable attach says it will be."""
+        """A workflow whose process has not committed its record yet: what its durable attach, or the ``start``
+        message accepted for it and not yet handled, says it will be."""
         spec = self.durable.spec(name)
         start = (spec or {}).get("env", {}).get(START_VARIABLE)
-        if not start:
-            return None
-        begun = orjson.loads(start)
+        if start:
+            begun = orjson.loads(start)
+        else:
+            broker = self._app.broker
+            bodies = broker.undone(name) if broker is not None else []
+            begun = next((b["start"] for b in bodies if isinstance(b, dict) and isinstance(b.get("start"), dict)),
+                         None)
+            if begun is None:
+                return None
         steps = {t.id: {"state": "pending", "attempts": 0} for t in tasks(parse(begun["definition"]))}
         return {"id": begun["id"], "definition": begun["definition"], "state": "running", "created": None,
                 "finished": None, "steps": steps}
 
     def summary(self, wf_id: str) -> dict[str, Any]:
         return summary(self.record(wf_id))
+
+    def forget(self, wf_id: str) -> dict[str, Any]:
+        """Delete the record of a workflow that has ended; its process is gone by then."""
+        record = self.record(wf_id)
+        name = PREFIX + wf_id
+        if record["state"] not in TERMINAL or self._app.tree.find_quiet(name) is not None:
+            raise FoundationError(ErrorCode.BAD_REQUEST, f"workflow {wf_id!r} is {record['state']}: only a workflow "
+                                  "that has ended (completed, failed, cancelled) can be forgotten; cancel it first")
+        path = shared_store_path(self._state_dir, name)
+        store = self._app.states.shared(path) if path is not None else None
+        if store is not None:
+            store.delete_of(name)
+        return {"id": wf_id, "forgotten": True}
 
     def listing(self) -> list[dict[str, Any]]:
         path = shared_store_path(self._state_dir, PREFIX)

@@ -51,3 +51,4 @@ VERBS: dict[str, Verb] = {
 FUTURE_READ_VERBS: frozenset[str] = frozenset()
 READ_VERBS = frozenset({v.name for v in VERBS.values() if v.access == "read"}) | FUTURE_READ_VERBS
 QUIET_VERBS = frozenset(v.name for v in VERBS.values() if v.access == "quiet")
+READ_OPS = {v.name: v.read_ops for v in VERBS.values() if v.read_ops}  # e.g. workflow status: read, workflow run: not

@@ -44,6 +44,7 @@ class Verb:
     check: Check | None = None
     takes_tail: bool = False
     usage: str | None = None
+    read_ops: frozenset[str] = frozenset()  # a write verb's ``op`` values that only read (control_group may use them)
     local: Callable[[argparse.Namespace], int | None] | None = None  # runs first; an int: done, no daemon needed
 
 

@@ -69,4 +69,5 @@ def run(client: ControlClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-VERB = Verb("task", "a workflow command step run by the daemon (status, kill)", "quiet", handle, run, setup=setup)
+VERB = Verb("task", "a workflow command step run by the daemon (status, kill)", "quiet", handle, run, setup=setup,
+            read_ops=frozenset({"status"}))

@@ -7,10 +7,11 @@ Wire: ``{"verb": "workflow", "args": {"op": OP, ...}}`` with OP
   ``wait`` (``id``, ``timeout``) -> the summary once the workflow's process has left the tree (it has finished, or
   waits for an operator), or after ``timeout`` with ``"pending": true``;
   ``list`` (``state``?) -> ``[{"id", "state", "created", "finished"}]``, oldest first;
+  ``forget`` (``id``) deletes the record of a workflow that has ended (completed, failed, cancelled);
   ``cancel`` / ``pause`` / ``resume`` (``id``), ``resolve`` (``id``, ``step``, ``done`` | ``retry``): the coordinator
   hands them to the workflow's process (attaching it again if it had exited).
 CLI: ``foundationctl workflow run FILE [--id ID]``, ``status ID [--json]``, ``wait ID [--timeout S]`` (exit 0
-completed, 1 otherwise), ``results ID``, ``list [--state S] [--json]``, ``cancel|pause|resume ID``,
+completed, 1 otherwise), ``results ID``, ``list [--state S] [--json]``, ``cancel|pause|resume|forget ID``,
 ``resolve ID STEP (--done JSON | --retry)``. FILE is JSON or TOML (by its extension; ``-`` reads JSON on stdin).
 """
 
@@ -31,7 +32,7 @@ from ipc.workflow_def import DefinitionError, parse
 from ipc.workflow_record import STATES
 
 COORDINATOR = "coordinator"
-OPS = ("run", "status", "wait", "results", "list", "cancel", "pause", "resume", "resolve")
+OPS = ("run", "status", "wait", "results", "list", "cancel", "pause", "resume", "resolve", "forget")
 CALL_TIMEOUT = 60.0
 
 
@@ -58,6 +59,8 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     wf_id = str_arg(req.args, "id")
     if op == "status":
         reply(side.summary(wf_id))
+    elif op == "forget":
+        reply(side.forget(wf_id))
     elif op == "results":
         from ipc.workflow_record import results
 
@@ -96,6 +99,7 @@ def setup(parser: argparse.ArgumentParser) -> None:
     run.add_argument("file", metavar="FILE")
     run.add_argument("--id", help="the workflow's id (default: a random one)")
     for name, text in (("status", "steps and their states"), ("results", "the results of the steps done"),
+                       ("forget", "delete a finished workflow's record"),
                        ("cancel", "cancel it (kills its running commands)"), ("pause", "start no more steps"),
                        ("resume", "go on after pause")):
         sub = ops.add_parser(name, help=text)
@@ -172,7 +176,7 @@ def run(client: ControlClient, args: argparse.Namespace) -> int:
     if op == "resolve":
         extra = {"step": args.step, "retry": True} if args.retry else {"step": args.step, "done": args.done}
     result = client.request("workflow", op=op, id=args.id, **extra)
-    print_result(args, result, lambda: _render(result))
+    print_result(args, result, lambda: f"forgot workflow {args.id}" if op == "forget" else _render(result))
     return EXIT_OK
 
 
@@ -189,4 +193,5 @@ def _render(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-VERB = Verb("workflow", "run and watch durable workflows", "write", handle, run, setup=setup, check=check)
+VERB = Verb("workflow", "run and watch durable workflows", "write", handle, run, setup=setup, check=check,
+            read_ops=frozenset({"status", "wait", "results", "list"}))
