@@ -38,6 +38,7 @@ LEASE = 10.0  # seconds a node's registry entry lives without renewal
 TICK = 0.1  # how often the inbound consumer is pulled
 RENEW = 2.0  # how often the lease is renewed
 IO_TIMEOUT = 5.0
+PUBLISH_PATIENCE = 20.0  # seconds of failed publishes before the bridge exits (and is restarted)
 
 
 def subject(node: str, name: str) -> str:
@@ -105,8 +106,25 @@ class Bridge(Agent):
         msg_id = str(getattr(self._rt(), "message_id", None) or "")
         payload = orjson.dumps({"from": self.node, "body": msg.get("body")})
         headers = {"Nats-Msg-Id": f"{self.node}:{msg_id}"} if msg_id else None
-        self._run(self.js.publish(subject(node, name), payload, headers=headers, stream=STREAM))
+        self._publish(subject(node, name), payload, headers)
         return state  # done (and acked here) only now that JetStream has acked the publish
+
+    def _publish(self, subj: str, payload: bytes, headers: dict[str, str] | None) -> None:
+        """Publish until JetStream acks. A handler that raised would count its message as handled (and lost), so
+        a link that stays down for PUBLISH_PATIENCE ends the process instead: the supervisor starts the bridge
+        again, the broker delivers the message again (same id), and JetStream drops it if it had got in."""
+        deadline, pause = time.monotonic() + PUBLISH_PATIENCE, 0.05
+        while True:
+            try:
+                self._run(self.js.publish(subj, payload, headers=headers, stream=STREAM))
+                return
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    print(f"bridge: JetStream has not acked a publish for {PUBLISH_PATIENCE:g}s ({exc!r}); "
+                          "exiting so that the message comes again", flush=True)
+                    os._exit(70)
+                time.sleep(pause)  # backoff between attempts at a link that is down, not a synchronisation
+                pause = min(pause * 2, 1.0)
 
     # ---- inbound, and the lease ----
 
