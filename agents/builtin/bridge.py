@@ -88,9 +88,9 @@ class Bridge(Agent):
         except NotFoundError:
             await self.js.add_stream(StreamConfig(name=STREAM, subjects=["foundation.>"], num_replicas=self.replicas,
                                                   storage=StorageType.FILE, duplicate_window=120.0))
-        durable = f"bridge-{self.node}"
+        durable = f"bridge-{self.node}"  # ack_wait short: a fetch abandoned by a timed-out wait is redelivered soon
         self.sub = await self.js.pull_subscribe(subject(self.node, ">"), durable=durable, stream=STREAM,
-                                                config=ConsumerConfig(ack_wait=30.0, max_ack_pending=1024))
+                                                config=ConsumerConfig(ack_wait=5.0, max_ack_pending=1024))
         try:
             self.kv = await self.js.key_value(BUCKET)
         except Exception:
