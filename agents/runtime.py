@@ -64,6 +64,7 @@ class AgentRuntime:
         self._next_beat = 0.0
         self._cause: int | None = None
         self._sends_in_cause = 0
+        self.message_id: str | None = None  # the id of the message being handled (the cluster bridge's Nats-Msg-Id)
         self._stopping = False
         self._waiting = False
         self.state: Any = None
@@ -225,7 +226,7 @@ class AgentRuntime:
 
     def _apply(self, msg: dict[str, Any], seq: int | None) -> tuple[dict[str, Any], Any]:
         """Run the handler; on success the new state becomes current. Returns (done fields, accepted state)."""
-        self._cause, self._sends_in_cause = seq, 0
+        self._cause, self._sends_in_cause, self.message_id = seq, 0, msg["id"]
         try:
             with error_context(agent=self.name, message=msg["id"]):
                 new_state, reply = self._run_handler(msg)
@@ -278,6 +279,16 @@ class AgentRuntime:
         if answer["kind"] == "reject":
             raise FoundationError.from_wire(answer["error"])
         return answer["id"]
+
+    def send_once(self, to: str, body: Any, mark: tuple[int, int]) -> str:
+        """A cast whose resend the broker drops: ``mark`` increases per (this agent, ``to``), as a handler's sends
+        do; the cluster bridge marks what it delivers with the JetStream sequence it came with."""
+        ref = self._next_ref()
+        self._send("cast", ref=ref, to=to, body=body, chan=list(mark))
+        answer = self._await_ref(ref, ("accept", "reject"), REQUEST_TIMEOUT)
+        if answer["kind"] == "reject":
+            raise FoundationError.from_wire(answer["error"])
+        return str(answer["id"])
 
     def call(self, to: str, body: Any, timeout: float) -> Any:
         ref = self._next_ref()

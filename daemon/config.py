@@ -48,7 +48,9 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 AGENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
-_TOP_KEYS = ("daemon", "dashboard", "flags", "metrics", "migration", "resilience", "supervisor", "workflows")
+_TOP_KEYS = ("daemon", "dashboard", "flags", "metrics", "migration", "resilience", "supervisor", "workflows",
+             "cluster")
+_CLUSTER_KEYS = ("servers", "node", "creds", "replicas")
 _WORKFLOWS_KEYS = ("task_agents", "monitor", "pool")
 MAX_TASK_AGENTS = 64
 _DAEMON_KEYS = ("control_group", "fork_server", "log_dir", "log_keep", "log_max_size", "runtime_dir", "state_dir")
@@ -153,6 +155,8 @@ def parse_config(text: str, source: str) -> DaemonConfig:
     _check_log_keys(data.get("supervisor"), "supervisor", source, logs.directory is not None)
     if "workflows" in data:
         root = _with_workflows(root, data["workflows"], source)
+    if "cluster" in data:
+        root = _with_cluster(root, data["cluster"], source)
     return DaemonConfig(root=root, source=source, logs=logs, **settings)
 
 
@@ -654,6 +658,31 @@ def _with_workflows(root: SupervisorSpec, value: object, source: str) -> Supervi
                 raise table.error("task_agents", f"[workflows] adds a child named {name!r}, and the tree has "
                                   "one already: rename yours")
     return replace(root, children=(*root.children, *added))
+
+
+def _with_cluster(root: SupervisorSpec, value: object, source: str) -> SupervisorSpec:
+    """``[cluster]`` (DESIGN 3.10): the child ``bridge``, an SDK agent that carries casts to ``NAME@node`` through
+    NATS JetStream and delivers the other nodes' casts here. ``servers`` (NATS URLs), ``node`` (this host's name, a
+    child name's characters), ``creds`` (a NATS credentials file, optional), ``replicas`` (the stream's, 1 to 5,
+    default 3)."""
+    table = _Table.of(value, "cluster", source, _CLUSTER_KEYS, "a table")
+    servers = table.data.get("servers")
+    if not (isinstance(servers, list) and servers and all(isinstance(s, str) and "://" in s for s in servers)):
+        raise table.error("servers", f"a non-empty list of NATS URLs (nats://host:4222), not {_describe(servers)}")
+    node = _string(table.data.get("node", ""), table.at("node"), source)
+    if not NAME_RE.fullmatch(node) or "." in node:
+        raise table.error("node", f"letters, digits, '_' and '-' (a NATS subject token), not {node!r}")
+    replicas = table.data.get("replicas", 3)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
+        raise table.error("replicas", f"an integer from 1 to 5, not {_describe(replicas)}")
+    env = [("FOUNDATION_CLUSTER_SERVERS", ",".join(servers)), ("FOUNDATION_CLUSTER_NODE", node),
+           ("FOUNDATION_CLUSTER_REPLICAS", str(replicas))]
+    if "creds" in table.data:
+        env.append(("FOUNDATION_CLUSTER_CREDS", _string(table.data["creds"], table.at("creds"), source)))
+    if any(spec.name == "bridge" for spec in _walk(root)):
+        raise table.error("node", "[cluster] adds a child named 'bridge', and the tree has one already: rename yours")
+    bridge = WorkerSpec(name="bridge", agent="agents.builtin.bridge:Bridge", env=tuple(env))
+    return replace(root, children=(*root.children, bridge))
 
 
 def _walk(spec: ChildSpec) -> list[ChildSpec]:

@@ -159,7 +159,7 @@ ERRORS = [
     (_child(""), C0, "needs a command or an agent"),
     (_worker('agent = "m:C"'), C0, "not both"),
     ('[[supervisor.children]]\ncommand = ["x"]', f"{C0}.name", "missing"),
-    ("unknown = 1", "unknown", "unknown key (known: daemon, dashboard, flags, metrics, migration, resilience, "
+    ("unknown = 1", "unknown", "unknown key (known: cluster, daemon, dashboard, flags, metrics, migration, resilience, "
                                "supervisor, workflows)"),
     ("[workflows]\ntask_agents = 0", "workflows.task_agents", "an integer from 1 to 64"),
     ("[workflows]\nmonitors = 1", "workflows.monitors", "unknown key"),

@@ -318,6 +318,8 @@ class Broker:
 
     def _cast(self, sender: str | None, to: str, body: Any, chan: list[int] | None, respond: Respond, *,
               gapless: bool = False) -> None:
+        if "@" in to:  # NAME@node (no local name has an @): the cluster bridge carries it
+            to, body = "bridge", {"to": to, "body": body}
         decision = self._admission.cast(sender, to, body, chan, self._recipient(to), respond=respond, gapless=gapless)
         if isinstance(decision, Refused):
             self._rejected(sender, to, decision.error)

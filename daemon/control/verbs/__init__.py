@@ -10,6 +10,7 @@ from daemon.control.verbs import (
     breaker,
     breakers,
     call,
+    cluster,
     detach,
     doctor,
     errors,
@@ -47,7 +48,8 @@ VERBS: dict[str, Verb] = {
                    reload, logs, events, history, metrics, doctor, workflow, task, flags, flag, migrate,
                    breakers, breaker, limits, services, errors,  # resilience (issue 14)
                    rollouts, rollout,
-                   upgrade)  # in-place upgrade (issue 19)
+                   upgrade,  # in-place upgrade (issue 19)
+                   cluster)  # more than one host (issue 18)
 }
 
 # Verbs later issues will add that a control_group member may already use (they answer unknown_verb until then).
