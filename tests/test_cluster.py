@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import ctl
 
 from agents.testing import DaemonProcess, wait_for
 from daemon.config import ConfigError, parse_config
 from daemon.core.spec import WorkerSpec
-from tests.helpers import ctl
 
 pytestmark = pytest.mark.timeout(120)
 
