@@ -80,7 +80,7 @@ RESTATE_NPM_DIR = PEERS / "restate"
 if str(REPO) not in sys.path:  # run as `python bench/workflow_peers.py`
     sys.path.insert(0, str(REPO))
 
-from bench.common import contention, machine  # noqa: E402
+from bench.common import contention, machine, percentile  # noqa: E402
 
 # import module -> distribution name in pyproject's `bench` extra
 PEER_MODULES = {
@@ -369,14 +369,7 @@ def restate_server_binary() -> Path:
 # ---- statistics ----
 
 
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    rank = (len(ordered) - 1) * p / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+_percentile = percentile  # (bench/common.py's)
 
 
 def summarize(wf1_s: list[float], wf3_s: list[float], concurrent_n: int, concurrent_s: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from agents.sdk import Agent
 from agents.workflow.client import Daemon
+from ipc.errors import FoundationError
 
 
 class Monitor(Agent):
@@ -38,7 +39,7 @@ class Monitor(Agent):
     def _collect(self) -> None:
         try:
             tree = self._daemon.request("status")["tree"]
-        except Exception:
+        except (FoundationError, OSError, ValueError, KeyError):
             return  # the daemon is busy or going away; the next tick tries again
         health: dict[str, Any] = {}
         _walk(tree, health)
