@@ -13,6 +13,7 @@ from typing import Any
 
 from agents.sdk import Agent
 from agents.workflow.client import Daemon
+from ipc.control import ControlUnreachable
 from ipc.errors import FoundationError
 
 
@@ -39,7 +40,7 @@ class Monitor(Agent):
     def _collect(self) -> None:
         try:
             tree = self._daemon.request("status")["tree"]
-        except (FoundationError, OSError, ValueError, KeyError):
+        except (FoundationError, ControlUnreachable, OSError, ValueError, KeyError):
             return  # the daemon is busy or going away; the next tick tries again
         health: dict[str, Any] = {}
         _walk(tree, health)
