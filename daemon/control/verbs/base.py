@@ -48,6 +48,14 @@ class Verb:
     local: Callable[[argparse.Namespace], int | None] | None = None  # runs first; an int: done, no daemon needed
 
 
+def count_arg(args: dict[str, Any], key: str, default: int) -> int:
+    """A non-negative integer argument (a number of lines, of events)."""
+    value = args.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise FoundationError(ErrorCode.BAD_REQUEST, f"'{key}' must be a non-negative integer")
+    return value
+
+
 def str_arg(args: dict[str, Any], key: str) -> str:
     value = args.get(key)
     if not isinstance(value, str) or not value:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from daemon.control.cli_common import EXIT_OK, add_json
-from daemon.control.verbs.base import Reply, Verb, str_arg
+from daemon.control.verbs.base import Reply, Verb, count_arg, str_arg
 from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
 
@@ -32,9 +32,7 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     from daemon.services.events import matcher
 
     name = str_arg(req.args, "name") if "name" in req.args else None
-    count = req.args.get("lines", 50)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise FoundationError(ErrorCode.BAD_REQUEST, "'lines' must be a non-negative integer")
+    count = count_arg(req.args, "lines", 50)
     types = req.args.get("types", [])
     if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise FoundationError(ErrorCode.BAD_REQUEST, "'types' must be a list of strings")

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon.control.cli_common import EXIT_OK, add_json, print_result
-from daemon.control.verbs.base import Reply, Verb, str_arg
+from daemon.control.verbs.base import Reply, Verb, count_arg, str_arg
 from ipc.control import ControlClient, Request
 from ipc.errors import ErrorCode, FoundationError
 
@@ -28,9 +28,7 @@ class Context(Protocol):
 
 def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     name = str_arg(req.args, "name") if "name" in req.args else None
-    count = req.args.get("lines", 50)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise FoundationError(ErrorCode.BAD_REQUEST, "'lines' must be a non-negative integer")
+    count = count_arg(req.args, "lines", 50)
     store = ctx.obs.history
     if store is None:
         raise FoundationError(ErrorCode.INTERNAL, "the restart history could not be opened (see the daemon's log)")
