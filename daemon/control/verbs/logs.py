@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from daemon.control.cli_common import EXIT_OK, add_json, print_result
-from daemon.control.verbs.base import Reply, Verb, str_arg
+from daemon.control.verbs.base import Reply, Verb, count_arg, str_arg
 
 if TYPE_CHECKING:
     from daemon.core.tree import SupervisionTree
@@ -56,9 +56,7 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
     node = ctx.tree.find_quiet(name)
     if node is None and name not in (ZYGOTE_NAME, GUARDIAN_NAME, DAEMON_NAME):
         raise FoundationError(ErrorCode.NO_SUCH_CHILD, f"no child named {name!r}")
-    count = req.args.get("lines", 50)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise FoundationError(ErrorCode.BAD_REQUEST, "'lines' must be a non-negative integer")
+    count = count_arg(req.args, "lines", 50)
     stream = req.args.get("stream")
     if stream is not None and stream not in STREAMS:
         raise FoundationError(ErrorCode.BAD_REQUEST, f"'stream' must be one of {', '.join(STREAMS)}")
