@@ -105,7 +105,7 @@ class HttpDependency:
         """Whether a health check passes now (False too while the breaker refuses calls)."""
         try:
             self.check()
-        except Exception:
+        except FoundationError:  # the breaker refused, or the check failed (mapped at _send)
             return False
         return True
 

@@ -93,16 +93,7 @@ class Migrations:
 
     def sample(self) -> float:
         """Take one sample of the counters now; returns the monotonic time."""
-        now = float(self.app.loop.clock())
-        broker, counts = self.app.broker, self.app.obs.stream.counts
-        c = broker.counters if broker is not None else {}
-        latencies: list[tuple[float, float]] = []
-        if broker is not None and broker.latencies:
-            latencies = list(broker.latencies)
-            broker.latencies.clear()
-        self.samples.add(Sample(now, c.get("done", 0), c.get("failed", 0), c.get("accepted", 0),
-                                c.get("rejected", 0), counts.get("child_restarted", 0)), latencies)
-        return now
+        return take_sample(self.app, self.samples, latencies=True)
 
     def judge(self, now: float) -> Verdict:
         assert self.spec is not None
@@ -206,3 +197,19 @@ def offline_emergency_rollback(state_dir: Path, reason: str, by: str) -> dict[st
         return {**record, "changed": [c.name for c in changes]}
     finally:
         store.close()
+
+
+def take_sample(app: Any, samples: Samples, *, latencies: bool) -> float:
+    """One sample of the broker's counters and the restart count into ``samples`` (the health gates' input, for
+    migrations and rollouts alike); with ``latencies`` it also takes (and clears) the broker's latency samples, which
+    only one consumer may have. Returns the monotonic time of the sample."""
+    now = float(app.loop.clock())
+    broker, counts = app.broker, app.obs.stream.counts
+    c = broker.counters if broker is not None else {}
+    taken: list[tuple[float, float]] = []
+    if latencies and broker is not None and broker.latencies:
+        taken = list(broker.latencies)
+        broker.latencies.clear()
+    samples.add(Sample(now, c.get("done", 0), c.get("failed", 0), c.get("accepted", 0), c.get("rejected", 0),
+                       counts.get("child_restarted", 0)), taken)
+    return now

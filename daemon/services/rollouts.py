@@ -30,7 +30,8 @@ from daemon.core import plan as plans
 from daemon.core.spec import WorkerSpec
 from daemon.core.tree import Worker
 from daemon.services import rollout_core as core
-from daemon.services.migrations_health import Sample, Samples, Thresholds, baseline, figures, judge
+from daemon.services.migrations import take_sample
+from daemon.services.migrations_health import Samples, Thresholds, baseline, figures, judge
 from daemon.services.plan_runner import PlanRunner
 from ipc.errors import ErrorCode, FoundationError
 
@@ -204,16 +205,8 @@ class Rollouts:
         self._arm()
 
     def _sample(self) -> float:
-        now = float(self.app.loop.clock())
-        broker, counts = self.app.broker, self.app.obs.stream.counts
-        c = broker.counters if broker is not None else {}
-        latencies: list[tuple[float, float]] = []
-        if broker is not None and broker.latencies and self.app.flags.migrations.spec is None:
-            latencies = list(broker.latencies)
-            broker.latencies.clear()
-        self.samples.add(Sample(now, c.get("done", 0), c.get("failed", 0), c.get("accepted", 0),
-                                c.get("rejected", 0), counts.get("child_restarted", 0)), latencies)
-        return now
+        # The latency samples are the migration's while one is configured (both would clear them).
+        return take_sample(self.app, self.samples, latencies=self.app.flags.migrations.spec is None)
 
     def _judge(self, now: float) -> Any:
         assert self.record is not None
