@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -41,6 +42,10 @@ log = logging.getLogger("agent")
 REQUEST_TIMEOUT = 30.0  # how long a send waits for the daemon's accept
 MAX_BATCH = 256  # messages handled per state commit at most
 MAX_REPLY = wire.MAX_MESSAGE - 4096  # a reply's JSON; the rest is room for the frames that carry it to the caller
+# Frames kept to send again after an in-place upgrade of foundationd (``resume``): those the old image had not read
+# when it went (a heartbeat or two, one request, at most a window of dones in practice), with room to spare.
+RESUME_FRAMES = 1024
+RESUME_BYTES = 8 << 20
 
 
 class Stop(Exception):
@@ -58,6 +63,12 @@ class AgentRuntime:
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 2000)
         self._sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE)
+        # A routing id of our own: after an in-place upgrade of foundationd the DEALER reconnects to the new image's
+        # ROUTER under the same id, which the handed-over session knows (a generated one would be new).
+        self._sock.setsockopt(zmq.ROUTING_ID, b"agent-" + secrets.token_hex(8).encode())
+        self._sent = -1  # frames sent since hello (-1: before it), and the last of them, for ``resume``
+        self._ring: deque[bytes] = deque()
+        self._ring_bytes = 0
         self._inbox: deque[dict[str, Any]] = deque()  # deliveries that arrived while we waited for a reply
         self._ref = 0
         self._heartbeat = 1.0
@@ -110,7 +121,8 @@ class AgentRuntime:
             raise Stop
 
     def _hello(self) -> None:
-        self._send("hello", name=self.name, token=self._token)
+        self._send("hello", name=self.name, token=self._token, resume=True)
+        self._sent = 0
         msg = self._receive_until(lambda m: m["kind"] in ("welcome", "error"), timeout=REQUEST_TIMEOUT)
         if msg is None or msg["kind"] == "error":
             detail = msg["error"] if msg else "no answer"
@@ -171,6 +183,8 @@ class AgentRuntime:
             self._inbox.append(msg)
         elif kind == "breaker":
             self.resilience.on_push(msg)
+        elif kind == "resume":
+            self._resume(int(msg["received"]))
         elif kind == "error":
             log.error("agent %s: daemon says: %s", self.name, msg["error"])
 
@@ -187,7 +201,7 @@ class AgentRuntime:
                 continue
             if match(msg):
                 return msg
-            if msg["kind"] in ("deliver", "breaker"):
+            if msg["kind"] in ("deliver", "breaker", "resume"):
                 self._dispatch(msg)
 
     # ---- handling ----
@@ -339,10 +353,33 @@ class AgentRuntime:
         return self._ref
 
     def _send(self, kind: str, **fields: Any) -> None:
+        frame = wire.encode(kind, **fields)
         try:
-            self._sock.send(wire.encode(kind, **fields))
+            self._sock.send(frame)
         except zmq.ZMQError as exc:  # mapped at the boundary: the SDK raises the one error shape
             raise from_exception(exc, f"sending {kind} to foundationd") from exc
+        if self._sent >= 0:
+            self._sent += 1
+            self._ring.append(frame)
+            self._ring_bytes += len(frame)
+            while len(self._ring) > RESUME_FRAMES or (self._ring_bytes > RESUME_BYTES and len(self._ring) > 1):
+                self._ring_bytes -= len(self._ring.popleft())
+
+    def _resume(self, received: int) -> None:
+        """foundationd was upgraded in place (docs/upgrade.md): the new image has handled ``received`` of our frames
+        and dropped the rest; say how many we sent, then send again, in order, those it has not handled. Nothing
+        is lost (the old image answered all it read before it went) and nothing comes twice."""
+        missing = self._sent - received
+        if missing < 0 or missing > len(self._ring):
+            raise SystemExit(f"agent {self.name}: cannot resume after foundationd's upgrade: it handled {received} "
+                             f"of our frames, we sent {self._sent} and kept the last {len(self._ring)}")
+        again = list(self._ring)[len(self._ring) - missing:]
+        try:
+            self._sock.send(wire.encode("resumed", sent=self._sent))
+            for frame in again:
+                self._sock.send(frame)
+        except zmq.ZMQError as exc:
+            raise from_exception(exc, "resuming with foundationd") from exc
 
     # ---- the resilience services' channel (agents/resilience.py) ----
 

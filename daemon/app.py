@@ -149,11 +149,11 @@ class App:
         if not self.config.root.children:
             log.warning("the config has no children: the tree is empty (add [[supervisor.children]], or attach)")
         try:
-            if self.shell.zygote.state == "booting":  # the tree's agents start from spares, not by exec
+            if self.shell.zygote.state == "booting" and not self.upgrader.adopting:  # agents: from spares, not exec
                 self.shell.zygote.wait_for_spare(forkserver.BOOT_WAIT)
             self.apply(self.tree.boot())
+            self.workflows.booted()  # (durable children attached again: an upgrade adopts them too)
             self.upgrader.booted()
-            self.workflows.booted()
             self.loop.run()
         finally:
             self._close()

@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     MAILBOX_FULL = "mailbox_full"  # the recipient's mailbox is at its bound: back off and retry
     TIMEOUT = "timeout"  # a call got no reply in time
     AGENT_DOWN = "agent_down"  # the callee died before it answered
+    UPGRADING = "upgrading"  # foundationd was upgraded in place with the call pending (docs/upgrade.md): call again
     UNAUTHORIZED = "unauthorized"  # a hello with a wrong or reused token
     HANDLER_ERROR = "handler_error"  # the recipient's handler raised; the message failed, its state is unchanged
     INVALID_STATE = "invalid_state"  # a handler returned a state its schema rejects; the old state stays

@@ -21,6 +21,9 @@ kind for people who write an agent in another language.
                                <──────     reply {ref, body} | reply {ref, error}
       svc_cast {op, args}      ──────>     outcomes of guarded calls, errors (batched, no answer)
                                <──────     breaker {name, state, open_until, slow_call_duration} (pushed)
+    after an in-place upgrade of foundationd (docs/upgrade.md), once per agent, at its first frame to the new image:
+                               <──────     resume {received}  (frames of this session the daemon has handled)
+      resumed {sent}           ──────>     frames the agent sent since hello; those after ``received`` follow again
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "svc": {"ref": int, "op": str, "args": dict},
     "svc_cast": {"op": str, "args": dict},
     "breaker": {"name": str, "state": str},
+    # an in-place upgrade (daemon/broker/resume.py): the new image asks, the agent sends again what was not handled
+    "resume": {"received": int},
+    "resumed": {"sent": int},
 }
 
 

@@ -99,6 +99,7 @@ class Broker:
             **(services or {}),  # frame kinds of daemon services (resilience: svc, svc_cast)
         }
         self._peers = Peers(runtime_dir, loop, heartbeat=heartbeat, handlers=handlers, on_hello=self._hello)
+        self._peers.on_resumed = self._resumed
         self.endpoint = self._peers.endpoint
         self._liveness = Liveness(loop, heartbeat, liveness, self._peers.connected, self._silent)
         # Totals since the daemon started (metrics), and who hears of a refused message (the event stream).
@@ -119,10 +120,10 @@ class Broker:
             log.info("recovered %d undelivered message(s) from the outbox", len(stored))
         return admission
 
-    def close(self) -> None:
+    def close(self, linger: int = 0) -> None:
         if self._admission:
             self._flush()
-        self._peers.close()
+        self._peers.close(linger)
         self._outbox.close()
 
     # ---- hooks for the daemon ----
@@ -173,7 +174,7 @@ class Broker:
     def push(self, to: str, kind: str, **fields: Any) -> bool:
         """For services: a frame to agent ``to``'s live session; False when it has none."""
         session = self._peers.session(to)
-        if session is None:
+        if session is None or session.resuming:
             return False
         self._peers.send(session.identity, kind, **fields)
         return True
@@ -225,6 +226,11 @@ class Broker:
         self._pump(name)
         self._liveness.arm()
         self._on_hello(name)  # the agent is ready: its supervisor may start the next sibling
+
+    def _resumed(self, name: str) -> None:
+        """A session handed over by the previous image caught up (daemon/broker/resume.py): what waits goes out."""
+        self._pump(name)
+        self._liveness.arm()
 
     def _on_cast(self, session: Session, msg: dict[str, Any]) -> None:
         chan = msg.get("chan")
@@ -386,7 +392,7 @@ class Broker:
 
     def _pump(self, name: str) -> None:
         session = self._peers.session(name)
-        if session is None:
+        if session is None or session.resuming:
             return
         entries = self._box(name).take(self.window)
         self.counters["delivered"] += len(entries)

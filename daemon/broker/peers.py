@@ -45,6 +45,10 @@ class Session:
     name: str | None  # None: an anonymous client (no mailbox, may cast and call)
     last_seen: float = 0.0
     busy_until: float = 0.0  # an agent that said it will be silent (a long step) is not silent before this
+    received: int = 0  # frames handled since hello: where a ``resume`` after an in-place upgrade starts again
+    resumable: bool = False  # its hello said it can resume (its DEALER has a routing id of its own)
+    resuming: bool = False  # handed over by the previous image, ``resumed`` not heard yet: nothing is sent to it
+    asked: bool = False  # ``resume`` sent
 
 
 @dataclass
@@ -64,6 +68,7 @@ class Peers:
         self._handlers = handlers
         self._on_hello = on_hello
         self.welcome_fields: Callable[[str], dict[str, Any]] = lambda name: {}  # more for an agent's welcome (flags)
+        self.on_resumed: Callable[[str], None] = lambda name: None  # a handed-over session caught up (resume.py)
         self._socket_path = runtime_dir / wire.BROKER_SOCKET
         self.endpoint = f"ipc://{self._socket_path}"
         self._ctx = zmq.Context(io_threads=1)
@@ -83,9 +88,10 @@ class Peers:
         self._fd = self._sock.getsockopt(zmq.FD)
         loop.add_reader(self._fd, self._on_readable)
 
-    def close(self) -> None:
+    def close(self, linger: int = 0) -> None:
+        """``linger`` (ms): how long what is queued may still take to reach the agents (an in-place upgrade's)."""
         self._loop.remove_reader(self._fd)
-        self._sock.close(linger=0)
+        self._sock.close(linger=linger)
         self._ctx.term()
         for path in [self._socket_path, *(path for _, path in self._user_sockets.values())]:
             with contextlib.suppress(FileNotFoundError):
@@ -157,6 +163,19 @@ class Peers:
     def connected(self) -> list[Session]:
         return [a.session for a in self._agents.values() if a.session is not None]
 
+    def hand_over(self) -> list[dict[str, Any]]:
+        """The agents' sessions, for the next image (daemon/broker/resume.py)."""
+        return [{"name": s.name, "identity": s.identity.hex(), "received": s.received, "last_seen": s.last_seen,
+                 "busy_until": s.busy_until} for s in self.connected()]
+
+    def adopt(self, sessions: list[dict[str, Any]]) -> None:
+        """Sessions handed over by the previous image: each waits for its agent's first frame to ask it to resume."""
+        for raw in sessions:
+            session = Session(bytes.fromhex(raw["identity"]), raw["name"], float(raw["last_seen"]),
+                              float(raw["busy_until"]), int(raw["received"]), resumable=True, resuming=True)
+            self._sessions[session.identity] = session
+            self._agents[raw["name"]] = _Agent(None, session)
+
     # ---- frames ----
 
     def send(self, identity: bytes, kind: str, **fields: Any) -> None:
@@ -208,6 +227,10 @@ class Peers:
             self.send(identity, "error", error=wire.error_body(ErrorCode.UNAUTHORIZED, "say hello first"))
             return
         session.last_seen = self._loop.clock()
+        if session.resuming:
+            self._resuming(session, msg)
+            return
+        session.received += 1
         handler = self._handlers.get(kind)
         if handler is None:
             self.send(identity, "error", error=wire.error_body(ErrorCode.BAD_REQUEST, f"{kind} is not for the broker"))
@@ -217,6 +240,18 @@ class Peers:
         except Exception as exc:  # a frame that passed validation but trips a bug: answer it, keep the daemon
             log.exception("broker: %s frame from %r failed", kind, session.name)
             self.send(identity, "error", error=wire.error_body(ErrorCode.INTERNAL, repr(exc)))
+
+    def _resuming(self, session: Session, msg: dict[str, Any]) -> None:
+        """A session handed over by the previous image: frames up to its ``resumed`` are dropped, as the agent sends
+        again everything after the ``received`` it is told (the old image's last read; some never reached it)."""
+        if msg["kind"] == "resumed":
+            session.resuming = False
+            log.debug("%s resumed: %d frame(s) handled, %d sent", session.name, session.received, msg["sent"])
+            if session.name is not None:
+                self.on_resumed(session.name)
+        elif not session.asked:
+            session.asked = True
+            self.send(session.identity, "resume", received=session.received)
 
     def _hello(self, identity: bytes, msg: dict[str, Any]) -> None:
         name, token = msg["name"], msg["token"]
@@ -230,7 +265,7 @@ class Peers:
             self.send(identity, "error", error=wire.error_body(ErrorCode.UNAUTHORIZED, f"bad token for {name!r}"))
             return
         agent.token = None  # one hello per incarnation
-        session = Session(identity, name, self._loop.clock())
+        session = Session(identity, name, self._loop.clock(), resumable=msg.get("resume") is True)
         self._sessions[identity] = session
         agent.session = session
         self.send(identity, "welcome", name=name, heartbeat=self.heartbeat, **self.welcome_fields(name))

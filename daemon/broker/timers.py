@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from daemon.shell.loop import EventLoop, TimerHandle
 
@@ -22,6 +23,7 @@ MIN_TICK = 0.01  # seconds: the shortest period of an agent's periodic timer
 class _AgentTimers:
     handles: dict[int, TimerHandle] = field(default_factory=dict)
     ticking: set[int] = field(default_factory=set)  # refs with a tick in the mailbox, not yet done
+    every: dict[int, float | None] = field(default_factory=dict)  # each armed ref's period (an upgrade hands it over)
 
 
 class Timers:
@@ -46,6 +48,7 @@ class Timers:
                 timers.handles[ref] = self._loop.call_later(float(every), fire)
 
         self.cancel(name, ref)
+        timers.every[ref] = every
         timers.handles[ref] = self._loop.call_later(max(0.0, after), fire)
 
     def cancel(self, name: str, ref: int) -> None:
@@ -59,6 +62,20 @@ class Timers:
         timers = self._agents.get(name)
         if timers is not None:
             timers.ticking.discard(ref)
+
+    def hand_over(self) -> list[dict[str, Any]]:
+        """Every armed timer and unhandled tick, for the next image (an in-place upgrade; monotonic deadlines)."""
+        return [{"name": name, "armed": [[ref, handle.deadline, timers.every.get(ref)]
+                                         for ref, handle in timers.handles.items() if not handle.cancelled],
+                 "ticking": sorted(timers.ticking)} for name, timers in self._agents.items()]
+
+    def adopt(self, raw: list[dict[str, Any]]) -> None:
+        """The previous image's timers (``hand_over``), each due when it would have been."""
+        now = self._loop.clock()
+        for item in raw:
+            for ref, deadline, every in item["armed"]:
+                self.set(item["name"], int(ref), float(deadline) - now, every)
+            self._agents.setdefault(item["name"], _AgentTimers()).ticking.update(int(r) for r in item["ticking"])
 
     def clear(self, name: str) -> None:
         """The incarnation is gone: its timers with it."""

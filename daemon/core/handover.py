@@ -2,13 +2,16 @@
 
     old image: App ──collect──> Handover ──to_plain──> JSON in <state dir>/upgrade.json ──execve(--adopt FILE)─┐
     new image: Handover <──from_plain── JSON file (read by daemon/services/upgrade.py) <──────────────────────┘
-               └─> ProcessShell adopts the pidfds and output pipes, the guardian keeps its pipe, the tree boots
-                   with each worker's Spawn answered by its running pid, then restart counts and intensity
-                   histories are put back.
+               └─> ProcessShell adopts the pidfds and output pipes, the guardian keeps its pipe, the broker takes
+                   back its sessions, mailboxes, timers and monitors (daemon/broker/resume.py), the tree boots
+                   with each worker's Spawn answered by its running pid (agents and durable dynamic children
+                   included), then restart counts and intensity histories are put back.
 
 Descriptors are numbers here: the old image clears close-on-exec on them, the new one adopts them. Times are
 ``CLOCK_MONOTONIC`` readings, valid across ``execve`` (same process, same clock). ``VERSION`` is the format's;
-a daemon refuses a file with a newer version, naming both (an older foundationd cannot adopt a newer tree).
+a daemon refuses a file with a newer version, naming both (an older foundationd cannot adopt a newer tree), and
+reads older ones. Version 2 added ``broker`` (agents' sessions, mailboxes, timers, monitors: plain data whose
+shape daemon/broker/resume.py owns).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-VERSION = 1
+VERSION = 2
 FILE_NAME = "upgrade.json"
 
 
@@ -58,6 +61,7 @@ class Handover:
     guardian: HandedGuardian | None = None
     started_at: float = 0.0  # when the upgrade began (monotonic), for its duration
     failed: str | None = None  # set on the fallback's handover: why the new image did not adopt
+    broker: dict[str, Any] | None = None  # (version 2) the broker's state, daemon/broker/resume.py's snapshot
     version: int = VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -74,7 +78,7 @@ def to_plain(h: Handover) -> dict[str, Any]:
     """Plain data (JSON types only); the shell writes it."""
     return {
         "version": h.version, "generation": h.generation, "argv": list(h.argv), "started_at": h.started_at,
-        "failed": h.failed, "extra": h.extra,
+        "failed": h.failed, "extra": h.extra, "broker": h.broker,
         "workers": [{"name": w.name, "pid": w.pid, "pidfd": w.pidfd, "pipes": [list(p) for p in w.pipes],
                      "restarts": w.restarts} for w in h.workers],
         "supervisors": [{"name": s.name, "restarts": s.restarts, "history": list(s.history)}
@@ -99,6 +103,7 @@ def from_plain(data: Any) -> Handover:
         return Handover(
             version=data["version"], generation=int(data["generation"]), argv=tuple(data["argv"]),
             started_at=float(data.get("started_at", 0.0)), failed=data.get("failed"), extra=dict(data["extra"]),
+            broker=_broker(data.get("broker")),
             workers=tuple(HandedWorker(w["name"], int(w["pid"]), int(w["pidfd"]), _pipes(w["pipes"]),
                                        int(w["restarts"])) for w in data["workers"]),
             supervisors=tuple(HandedSupervisor(s["name"], int(s["restarts"]), tuple(float(t) for t in s["history"]))
@@ -108,6 +113,14 @@ def from_plain(data: Any) -> Handover:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise HandoverError(f"handover file is malformed: {exc!r}") from None
+
+
+def _broker(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(k), list) for k in ("sessions", "gaps", "monitors")):
+        raise ValueError(f"broker state is not what version {VERSION} writes")
+    return raw
 
 
 def _pipes(raw: Any) -> tuple[tuple[int, str], ...]:

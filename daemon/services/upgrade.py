@@ -1,21 +1,27 @@
 """In-place upgrade: ``foundationctl upgrade`` or SIGUSR2 re-executes the foundationd now installed, same pid.
 
-    old image: upgrade ─> refuse? (agents, a child not running, run-time attaches, a config edited on disk,
-               a new image that does not import)
-               └─> RELOADING=1, Handover written (daemon/core/handover.py), fds inheritable, sockets and LMDB closed
+    old image: upgrade ─> refuse? (a child not running, run-time attaches other than durable ones, an agent
+               that cannot resume, a config edited on disk, a new image that does not import)
+               └─> RELOADING=1, pending calls failed and the broker's turn committed, Handover written
+                   (daemon/core/handover.py, the broker's part daemon/broker/resume.py), fds inheritable, sockets
+                   and LMDB closed (the broker lingers until all it sent is out), the zygote and spares ended
                    ─> execve(sys.executable, original argv + --adopt FILE)
-    new image: main --adopt FILE ─> Upgrader.load ─> guardian kept (same pipe), each boot Spawn answered by
-               the running pid, restart counts and intensity histories put back, READY=1
+    new image: main --adopt FILE ─> Upgrader.load ─> guardian kept (same pipe), the broker's sessions, mailboxes,
+               timers and monitors taken back, each boot Spawn answered by the running pid (durable dynamic
+               children too, as workflows attach them again), restart counts and intensity histories put back,
+               READY=1; a fresh zygote (the new code's) starts without holding up the boot; each agent resumes
+               at its first frame (daemon/broker/resume.py)
                adoption fails ─> execve again with the handover marked ``failed``: that image adopts without the
                failing step, reports the error to ``upgrade --wait``; nothing restarted either way.
 
-Scope (issue 19, first part): command children are handed over. Agents are not yet (their broker state and
-the zygote's spares would need their own handover): with an agent in the tree, ``upgrade`` refuses with
-``busy`` and says why, and nothing changes.
+Still refused (``busy``, with the reason): a child that is not running (stopped, parked, in backoff), a child
+attached at run time that is not durable (an operator's ``attach``, a workflow's running command step), an agent
+whose runtime predates resuming.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,15 +30,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from daemon.broker import resume
 from daemon.config import ConfigError, load_config
 from daemon.core import handover as ho
 from daemon.core.protocol import Ready
 from daemon.core.reload import diff as reload_diff
 from daemon.core.states import State
-from daemon.core.tree import Supervisor, Worker
+from daemon.core.tree import Supervisor, Worker, spec_names
+from daemon.shell import forkserver
 from daemon.shell.process import GUARDIAN_NAME, OutputPipe, ProcessHandle
 from ipc.errors import ErrorCode, FoundationError
 
@@ -45,6 +54,7 @@ log = logging.getLogger("foundationd")
 # For tests: "adopt" makes the new image fail as it reads the handover, "booted" raise once the tree is adopted.
 FAIL_VARIABLE = "FOUNDATION_UPGRADE_FAIL"
 PRECHECK_TIMEOUT = 60.0
+BROKER_LINGER_MS = 2000  # ample for local agents, which read their socket from ZeroMQ's own thread
 T = TypeVar("T")
 # Blocked from just before the exec until the new image's loop has its handlers: one arriving meanwhile stays
 # pending (execve keeps the mask and pending signals) instead of killing the new image or being lost.
@@ -114,12 +124,17 @@ class Upgrader:
         if app.attached:
             return (f"{', '.join(sorted(app.attached))} attached at run time: only the config's tree is handed over "
                     "(detach, or save into the config and reload, first)")
+        configured = set(spec_names(app.config.root))
         for node in app.tree.workers():
-            if node.spec.agent:
-                return f"{node.name} is an agent: agents are not handed over yet (docs/upgrade.md)"
             if node.state is not State.RUNNING:
                 return (f"{node.name} is {node.state.value}: every child must be running (start it, detach it, "
                         "or wait until the tree has settled)")
+            if node.name not in configured and app.workflows.durable.spec(node.name) is None:
+                return (f"{node.name} was attached at run time and is not durable: only the config's tree and "
+                        "durable children are handed over (wait until it has ended, or detach it)")
+        agents = [n.name for n in app.tree.workers() if n.spec.agent]
+        if agents and app.broker is not None and (why := resume.refusal(app.broker, agents)) is not None:
+            return why
         try:
             on_disk = load_config(app.config_path)
         except ConfigError as exc:
@@ -159,17 +174,22 @@ class Upgrader:
         if g is not None and link.fd >= 0:
             guardian = ho.HandedGuardian(g.pid, g.pidfd, link.fd, tuple(sorted(link.groups)),
                                          tuple((p.fd, p.stream) for p in g.pipes))
+        broker = resume.snapshot(app.broker) if app.broker is not None else None
         return ho.Handover(self.generation + 1, tuple(sys.orig_argv), tuple(workers), tuple(sups), guardian,
-                           started_at=time.monotonic())
+                           started_at=time.monotonic(), broker=broker)
 
     def _execute(self, failed: str | None = None, h: ho.Handover | None = None) -> None:
         app = self._app
         app.notifier.reloading()
         if h is None:
+            if app.broker is not None:  # calls answered, the turn committed: the snapshot is what is on disk
+                failed_calls = resume.settle(app.broker)
+                if failed_calls:
+                    log.warning("upgrade: %d pending call(s) failed (upgrading: call again)", failed_calls)
             h = self.collect()
             h.extra["mask"] = sorted(int(s) for s in self._mask)
         if failed is not None:
-            h = ho.Handover(h.generation, h.argv, h.workers, h.supervisors, h.guardian, h.started_at, failed)
+            h = replace(h, failed=failed)
         path = app.state_dir / ho.FILE_NAME
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(ho.to_plain(h), sort_keys=True))
@@ -188,11 +208,27 @@ class Upgrader:
     def _close_parts(self) -> None:
         """What holds sockets or LMDB environments the new image opens again; never the children."""
         app = self._app
-        app.shell.zygote.close()
-        for part in (app.memory, app.control, app.broker, app.child_notify, app.states, app.workflows, app.flags,
+        self._end_zygote()
+        if app.broker is not None:
+            app.broker.close(linger=BROKER_LINGER_MS)  # what it sent reaches the agents before the exec
+        for part in (app.memory, app.control, app.child_notify, app.states, app.workflows, app.flags,
                      app.obs, app.resilience):
             if part is not None:
                 part.close()
+
+    def _end_zygote(self) -> None:
+        """The zygote and its spares hold the old code: they end here (reaped, off the guardian's list) and the new
+        image starts a zygote of its own. Agents already forked from them are children like any other."""
+        shell = self._app.shell
+        shell.zygote.close()
+        mine = [h for h in shell.live.values() if h.name in (forkserver.NAME, forkserver.SPARE_NAME)]
+        for handle in mine:
+            shell.signal(handle.pid, signal.SIGKILL)
+        for handle in mine:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitid(os.P_PIDFD, handle.pidfd, os.WEXITED | os.WNOWAIT)
+        if mine:
+            shell.reap()
 
     # ---- the new image ----
 
@@ -209,9 +245,18 @@ class Upgrader:
             self._fall_back(f"{FAIL_VARIABLE}=adopt: the new image failed at adoption (test)")
         self._adopt = {w.name: w for w in h.workers}
 
+    @property
+    def adopting(self) -> bool:
+        """This image was started to adopt a tree (until it has)."""
+        return self._handover is not None
+
     def start_guardian(self) -> None:
-        """At boot: the guardian handed over keeps its pipe (no EOF, nothing killed); else a new one."""
+        """At boot: the guardian handed over keeps its pipe (no EOF, nothing killed); else a new one. The broker's
+        state comes back here too, before the tree boots and anything is sent."""
         self._guarded(self._start_guardian)
+        if self._handover is not None and self._handover.broker is not None and self._app.broker is not None:
+            broker, state = self._app.broker, self._handover.broker
+            self._guarded(lambda: resume.restore(broker, state))
 
     def _start_guardian(self) -> None:
         h = self._handover
