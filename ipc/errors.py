@@ -95,6 +95,7 @@ CODE_CATEGORIES: dict[str, str] = {
     "shutting_down": "unavailable", "no_such_agent": "unavailable", "mailbox_full": "unavailable",
     "timeout": "timeout", "agent_down": "unavailable", "unauthorized": "validation", "handler_error": "business",
     "invalid_state": "business", "invalid_config": "validation", "busy": "unavailable", "internal": "internal",
+    "upgrading": "unavailable",
     "breaker_open": "unavailable", "rate_limited": "unavailable", "retry_budget_exhausted": "unavailable",
     "no_such_limit": "validation", "os_error": "infrastructure", "transport": "infrastructure",
     "storage": "infrastructure", "http_error": "infrastructure", "unreachable": "unavailable",

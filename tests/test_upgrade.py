@@ -123,7 +123,9 @@ def test_a_sigterm_right_after_sigusr2_is_not_lost(start_daemon) -> None:
 def test_a_new_image_that_fails_to_adopt_falls_back(start_daemon, monkeypatch: pytest.MonkeyPatch,
                                                      where: str) -> None:
     monkeypatch.setenv("FOUNDATION_UPGRADE_FAIL", where)
-    daemon = start_daemon(fleet(5))
+    daemon = start_daemon(agents_fleet(5))
+    for name in ("relay", "recorder", "counter", "beats", "sleepy"):
+        daemon.wait_running(name)
     crash_once(daemon, "c1")
     before = workers(daemon)
     done = ctl(daemon, "upgrade", "--wait", "--json", timeout=60)
@@ -133,6 +135,11 @@ def test_a_new_image_that_fails_to_adopt_falls_back(start_daemon, monkeypatch: p
     assert "failed at adoption" in result["error"] or f"FOUNDATION_UPGRADE_FAIL={where}" in result["error"]
     assert workers(daemon) == before
     assert "previous image took the tree back" in daemon.log()
+    lines = "".join(json.dumps({"to": "recorder", "body": i}) + "\n" for i in range(1, 101))
+    assert ctl(daemon, "send", "relay", "-", stdin=lines).returncode == 0
+    assert settled(daemon, "relay") == {"relayed": 100}
+    assert settled(daemon, "recorder")["got"] == list(range(1, 101))
+    assert workers(daemon) == before
 
 
 def agents_fleet(n: int) -> str:
