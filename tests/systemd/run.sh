@@ -9,6 +9,7 @@
 #   watchdog  SIGSTOP of foundationd: WatchdogSec= kills it and the unit is restarted
 #   reload    `systemctl reload`: SIGHUP applies the new config in place (same MainPID), back to running;
 #             an invalid config leaves the unit running and the tree unchanged
+#   upgrade   `foundationctl upgrade --wait`: foundationd re-executes itself, same MainPID, no restart, same tree
 #   stop      `systemctl stop`: Result=success, exit status 0, the daemon stopped its tree itself, nothing left
 #   teardown  the namespace leaves no process, mount or cgroup behind
 # Every check prints PASS:/FAIL: lines; the exit status is 1 if any failed.
@@ -332,6 +333,27 @@ verdict $? "reload (invalid config): systemctl reload exited $rc and the unit st
 [ "${P[MainPID]}" = "$main" ] && [ "$(tree)" = "$before" ]
 verdict $? "reload (invalid config): same daemon, tree unchanged"
 IN cp "$W/tree-added.toml" /etc/foundation/foundation.toml
+
+# ---- upgrade: foundationctl upgrade re-executes foundationd in place ----
+
+phase upgrade
+same_tree() { [ "$(tree)" = "$1" ] && is_up; }
+props; main=${P[MainPID]}; n0=${P[NRestarts]}; before=$(tree)
+mark=$(journal_mark)
+t0=$(now)
+IN "$CTL" --runtime-dir /run/foundation upgrade --wait > "$W/upgrade.out" 2>&1
+rc=$?
+took=$(since "$t0")
+verdict $rc "upgrade: foundationctl upgrade --wait exited $rc after $took s: $(tr '\n' ' ' < "$W/upgrade.out")"
+wait_until 20 same_tree "$before"
+verdict $? "upgrade: the unit is up with the same tree (every pid kept): $(unit_state); $(tree | tr '\n' ';')"
+[ "${P[MainPID]}" = "$main" ] && [ "${P[NRestarts]}" = "$n0" ]
+verdict $? "upgrade: same main pid, no restart: MainPID $main -> ${P[MainPID]}, NRestarts $n0 -> ${P[NRestarts]}"
+wait_until 10 journal_has "$mark" "children adopted"
+verdict $? "upgrade: foundationd logged the adoption: $(journal_since "$mark" | grep -m1 'children adopted')"
+exited=$(journal_since "$mark" | grep -E "Main process exited|Killing process|Failed with result")
+[ -z "$exited" ]
+verdict $? "upgrade: systemd saw no exit of the main process and killed nothing${exited:+: $exited}"
 
 # ---- stop ----
 
