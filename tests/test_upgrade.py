@@ -17,6 +17,14 @@ from agents.testing import DaemonProcess, wait_for
 pytestmark = pytest.mark.timeout(90)
 
 COUNTER = "agents.examples.counter:Counter"
+WORKFLOWS = """
+    [supervisor]
+    intensity = 100
+    period = 1
+    [workflows]
+    task_agents = 2
+    monitor = false
+"""
 TICKER = json.dumps(["sh", "-c", "while :; do echo tick; sleep 0.05; done"])
 
 
@@ -223,23 +231,77 @@ def test_the_default_tree_is_upgradable(start_daemon) -> None:
     wait_for(lambda: get(daemon, "counter")["count"] >= 2, timeout=20, what="the counter after the upgrade")
 
 
-def test_an_operator_attached_child_is_still_refused(start_daemon) -> None:
+def test_stopped_ended_and_attached_children_are_handed_over_as_they_are(start_daemon) -> None:
+    """A child stopped by the operator stays stopped (and can be started after), a temporary child that ended stays
+    ended, a child attached at run time keeps its process and its place, and `save` still knows it."""
+    daemon = start_daemon(fleet(3) + """
+        [[supervisor.children]]
+        name = "once"
+        command = ["true"]
+        restart = "temporary"
+    """)
+    wait_for(lambda: workers(daemon)["once"]["state"] == "stopped", timeout=10, what="the temporary child to end")
+    assert ctl(daemon, "stop", "c1").returncode == 0
+    assert ctl(daemon, "attach", "extra", "--", "sleep", "1000").returncode == 0
+    daemon.wait_running("extra")
+    crash_once(daemon, "extra")
+    before = workers(daemon)
+    order = [c["name"] for c in daemon.status()["tree"]["children"]]
+    done = ctl(daemon, "upgrade", "--wait", "--json", timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr + daemon.log()
+    assert workers(daemon) == before
+    assert before["c1"]["state"] == "stopped"
+    assert before["extra"]["restarts"] == 1
+    assert [c["name"] for c in daemon.status()["tree"]["children"]] == order
+    crash_once(daemon, "c0")  # the stopped and the ended stay down through a sibling's restart
+    assert workers(daemon)["c1"]["state"] == "stopped"
+    assert workers(daemon)["once"]["state"] == "stopped"
+    assert ctl(daemon, "start", "c1").returncode == 0
+    daemon.wait_running("c1")
+    assert ctl(daemon, "upgrade", "--wait", timeout=90).returncode == 0  # a second time: attached again, again
+    assert workers(daemon)["extra"] == {**before["extra"]}
+    assert ctl(daemon, "detach", "extra").returncode == 0
+
+
+def test_an_attached_child_that_is_stopped_is_refused(start_daemon) -> None:
     daemon = start_daemon(fleet(1))
     assert ctl(daemon, "attach", "extra", "--", "sleep", "1000").returncode == 0
+    assert ctl(daemon, "stop", "extra").returncode == 0
+    before = workers(daemon)
     done = ctl(daemon, "upgrade")
     assert done.returncode == 1
-    assert "extra attached at run time" in done.stderr
+    assert "extra was attached at run time and is stopped" in done.stderr
+    assert workers(daemon) == before
+
+
+def test_a_workflow_command_step_running_across_the_upgrade_completes_once(start_daemon, tmp_path) -> None:
+    """The step's command is a temporary child of `tasks`, the workflow's process a durable child of `workflows`:
+    both keep their processes, the step's result is recorded once, the workflow completes."""
+    daemon = start_daemon(WORKFLOWS)
+    out, gate = tmp_path / "out.txt", tmp_path / "gate"
+    script = f'echo ran >> "{out}"; while [ ! -e "{gate}" ]; do sleep 0.01; done; echo "{{\\"ok\\": 1}}"'
+    definition = {"sequential": [{"task": {"id": "slow", "action": "command", "timeout": 120,
+                                           "args": {"command": ["sh", "-c", script]}}}]}
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(definition))
+    assert ctl(daemon, "workflow", "run", str(path), "--id", "w1").returncode == 0
+    wait_for(out.exists, timeout=30, what="the step's command to start")
+    before = {n: w for n, w in workers(daemon).items() if n.startswith(("cmd-", "workflow-w1"))}
+    assert len(before) == 2, workers(daemon)
+    done = ctl(daemon, "upgrade", "--wait", "--json", timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr + daemon.log()
+    assert {n: w for n, w in workers(daemon).items() if n in before} == before
+    gate.touch()
+    waited = ctl(daemon, "workflow", "wait", "w1", "--timeout", "60", timeout=90)
+    assert waited.returncode == 0, waited.stdout + waited.stderr + daemon.log()
+    assert json.loads(ctl(daemon, "workflow", "results", "w1").stdout) == {"slow": {"ok": 1}}
+    assert out.read_text() == "ran\n"
+    assert "lost" not in daemon.log()
 
 
 def test_a_tree_that_differs_from_the_config_is_refused_and_untouched(start_daemon) -> None:
     daemon = start_daemon(fleet(3))
-    assert ctl(daemon, "stop", "c1").returncode == 0
     before = workers(daemon)
-    done = ctl(daemon, "upgrade")
-    assert done.returncode == 1
-    assert "c1 is stopped: every child must be running" in done.stderr
-    assert ctl(daemon, "start", "c1").returncode == 0
-    daemon.wait_running("c1")
     assert daemon.config_path is not None
     daemon.config_path.write_text(daemon.config_path.read_text().replace('name = "c2"', 'name = "c9"'))
     done = ctl(daemon, "upgrade")

@@ -44,6 +44,33 @@ class HandedSupervisor:
 
 
 @dataclass(frozen=True)
+class HandedDown:
+    """A child (worker or supervisor) that is down: stopped by the operator, ended, failed or parked. The new image
+    does not start it at boot and puts its state back."""
+
+    name: str
+    state: str  # "stopped" | "failed"
+    held: bool  # stopped by the operator (or parked): strategies leave it down until it is started
+    restarts: int = 0
+    last_exit: str | None = None
+    last_exit_at: float | None = None
+
+
+@dataclass(frozen=True)
+class HandedAttach:
+    """A child attached at run time that is not durable: attached again at the same place, its process adopted.
+    ``spec`` is the attach's spec as plain data; ``kind`` says whose it is: ``operator`` (``attach``, what ``save``
+    writes) or ``task`` (a workflow's command step, daemon/services/tasks.py, with its ``task`` state)."""
+
+    parent: str
+    index: int
+    spec: dict[str, Any]
+    kind: str = "operator"
+    ephemeral: bool = False
+    task: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class HandedGuardian:
     pid: int
     pidfd: int
@@ -62,6 +89,9 @@ class Handover:
     started_at: float = 0.0  # when the upgrade began (monotonic), for its duration
     failed: str | None = None  # set on the fallback's handover: why the new image did not adopt
     broker: dict[str, Any] | None = None  # (version 2) the broker's state, daemon/broker/resume.py's snapshot
+    down: tuple[HandedDown, ...] = ()  # (version 2)
+    attached: tuple[HandedAttach, ...] = ()  # (version 2) in tree order: a parent before its children
+    tasks_boot: str | None = None  # (version 2) the boot id of the tasks' records (daemon/services/tasks.py)
     version: int = VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -78,7 +108,11 @@ def to_plain(h: Handover) -> dict[str, Any]:
     """Plain data (JSON types only); the shell writes it."""
     return {
         "version": h.version, "generation": h.generation, "argv": list(h.argv), "started_at": h.started_at,
-        "failed": h.failed, "extra": h.extra, "broker": h.broker,
+        "failed": h.failed, "extra": h.extra, "broker": h.broker, "tasks_boot": h.tasks_boot,
+        "down": [{"name": d.name, "state": d.state, "held": d.held, "restarts": d.restarts, "last_exit": d.last_exit,
+                  "last_exit_at": d.last_exit_at} for d in h.down],
+        "attached": [{"parent": a.parent, "index": a.index, "spec": a.spec, "kind": a.kind, "ephemeral": a.ephemeral,
+                      "task": a.task} for a in h.attached],
         "workers": [{"name": w.name, "pid": w.pid, "pidfd": w.pidfd, "pipes": [list(p) for p in w.pipes],
                      "restarts": w.restarts} for w in h.workers],
         "supervisors": [{"name": s.name, "restarts": s.restarts, "history": list(s.history)}
@@ -103,7 +137,9 @@ def from_plain(data: Any) -> Handover:
         return Handover(
             version=data["version"], generation=int(data["generation"]), argv=tuple(data["argv"]),
             started_at=float(data.get("started_at", 0.0)), failed=data.get("failed"), extra=dict(data["extra"]),
-            broker=_broker(data.get("broker")),
+            broker=_broker(data.get("broker")), tasks_boot=data.get("tasks_boot"),
+            down=tuple(_down(d) for d in data.get("down", [])),
+            attached=tuple(_attach(a) for a in data.get("attached", [])),
             workers=tuple(HandedWorker(w["name"], int(w["pid"]), int(w["pidfd"]), _pipes(w["pipes"]),
                                        int(w["restarts"])) for w in data["workers"]),
             supervisors=tuple(HandedSupervisor(s["name"], int(s["restarts"]), tuple(float(t) for t in s["history"]))
@@ -113,6 +149,21 @@ def from_plain(data: Any) -> Handover:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise HandoverError(f"handover file is malformed: {exc!r}") from None
+
+
+def _down(raw: Any) -> HandedDown:
+    if raw["state"] not in ("stopped", "failed"):
+        raise ValueError(f"a child handed over down cannot be {raw['state']!r}")
+    at = raw.get("last_exit_at")
+    return HandedDown(str(raw["name"]), raw["state"], bool(raw["held"]), int(raw["restarts"]), raw.get("last_exit"),
+                      None if at is None else float(at))
+
+
+def _attach(raw: Any) -> HandedAttach:
+    if not isinstance(raw["spec"], dict) or raw.get("kind", "operator") not in ("operator", "task"):
+        raise ValueError(f"an attached child handed over is malformed: {raw!r}")
+    return HandedAttach(str(raw["parent"]), int(raw["index"]), raw["spec"], raw.get("kind", "operator"),
+                        bool(raw.get("ephemeral", False)), raw.get("task"))
 
 
 def _broker(raw: Any) -> dict[str, Any] | None:

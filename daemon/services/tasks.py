@@ -72,6 +72,7 @@ class Tasks:
         self.broker: Broker | None = None
         self._boot = os.urandom(8).hex()
         self._running: dict[str, str] = {}  # child name -> key
+        self._specs: dict[str, dict[str, Any]] = {}  # child name -> its spec as plain data (an upgrade hands it over)
         self._timers: dict[str, TimerHandle] = {}
         self._ended: dict[str, str] = {}  # child name -> why we killed it ("timeout" | "cancelled")
         self.on_step: Callable[..., None] = lambda phase, **fields: None  # workflow_step events (observability)
@@ -91,9 +92,9 @@ class Tasks:
                 self._notify(key, record)
             return {"key": key, "state": record["state"], "duplicate": True}
         name = child_name(key)
+        raw = {**spec, "name": name, "restart": "temporary", "shutdown": "brutal_kill"}
         try:
-            worker = child_spec_from_dict({**spec, "name": name, "restart": "temporary", "shutdown": "brutal_kill"},
-                                          key="command step")
+            worker = child_spec_from_dict(raw, key="command step")
         except ConfigError as exc:
             raise FoundationError(ErrorCode.INVALID_SPEC, str(exc)) from None
         assert isinstance(worker, WorkerSpec)
@@ -101,6 +102,7 @@ class Tasks:
                   "name": name, "at": time.time()}
         self._put(key, record)
         self._running[name] = key
+        self._specs[name] = raw
         self._ctx.apply(self._ctx.tree.attach(SUPERVISOR, worker, synchronous=True, ephemeral=True))
         node = self._ctx.tree.find_quiet(name)
         if node is None or node.rejected is not None:
@@ -173,6 +175,40 @@ class Tasks:
         if lost:
             log.warning("%d workflow command(s) were running when the daemon died: reported lost", len(lost))
 
+    # ---- an in-place upgrade (daemon/services/upgrade.py) ----
+
+    def handed(self, name: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """A running command step's spec and state (record key, timeout deadline), for the next image; else None."""
+        key, spec = self._running.get(name), self._specs.get(name)
+        if key is None or spec is None:
+            return None
+        timer = self._timers.get(name)
+        return spec, {"key": key, "deadline": timer.deadline if timer is not None else None,
+                      "ended": self._ended.get(name)}
+
+    @property
+    def boot(self) -> str:
+        """This boot's id in the records (a record ``running`` under another is a command lost with its daemon)."""
+        return self._boot
+
+    def adopt_boot(self, boot: str) -> None:
+        """The previous image's records are this image's (before ``recover``): its running commands are handed over,
+        not lost."""
+        self._boot = boot
+
+    def adopt(self, spec: dict[str, Any], task: dict[str, Any]) -> None:
+        """A running command step handed over: attached again (the upgrade answers its start with the running
+        process), its timeout still where it was."""
+        worker = child_spec_from_dict(spec, key="command step")
+        name = worker.name
+        self._running[name], self._specs[name] = task["key"], spec
+        if task.get("ended"):
+            self._ended[name] = task["ended"]
+        self._ctx.apply(self._ctx.tree.attach(SUPERVISOR, worker, synchronous=True, ephemeral=True))
+        if task.get("deadline") is not None:
+            left = float(task["deadline"]) - time.monotonic()
+            self._timers[name] = self._call_later(max(0.0, left), lambda: self._expire(name, "timeout"))
+
     # ---- internals ----
 
     def _expire(self, name: str, why: str) -> None:
@@ -184,6 +220,7 @@ class Tasks:
 
     def _finish(self, name: str, result: dict[str, Any]) -> None:
         key = self._running.pop(name, None)
+        self._specs.pop(name, None)
         timer = self._timers.pop(name, None)
         if timer is not None:
             timer.cancel()

@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from daemon.broker import resume
-from daemon.config import ConfigError, load_config
+from daemon.config import ConfigError, child_spec_from_dict, load_config
 from daemon.core import handover as ho
 from daemon.core.protocol import Ready
 from daemon.core.reload import diff as reload_diff
-from daemon.core.states import State
+from daemon.core.states import DOWN, State
 from daemon.core.tree import Supervisor, Worker, spec_names
 from daemon.shell import forkserver
 from daemon.shell.process import GUARDIAN_NAME, OutputPipe, ProcessHandle
@@ -121,17 +121,23 @@ class Upgrader:
             return "an upgrade is already under way"
         if app.tree.shutting_down:
             return "foundationd is shutting down"
-        if app.attached:
-            return (f"{', '.join(sorted(app.attached))} attached at run time: only the config's tree is handed over "
-                    "(detach, or save into the config and reload, first)")
         configured = set(spec_names(app.config.root))
-        for node in app.tree.workers():
-            if node.state is not State.RUNNING:
-                return (f"{node.name} is {node.state.value}: every child must be running (start it, detach it, "
-                        "or wait until the tree has settled)")
-            if node.name not in configured and app.workflows.durable.spec(node.name) is None:
-                return (f"{node.name} was attached at run time and is not durable: only the config's tree and "
-                        "durable children are handed over (wait until it has ended, or detach it)")
+        owners: dict[str, str | None] = {}  # dynamic node -> who brings it back in the new image (None: nobody)
+        for parent, _, node in _walk(app.tree.root):
+            if node.state in (State.STARTING, State.STOPPING):
+                return f"{node.name} is {node.state.value}: wait until the tree has settled"
+            if node.backoff_timer is not None:
+                return f"{node.name} waits to be restarted (backoff): wait until it has been"
+            if node.name in configured:
+                continue
+            owner = self._owner(node) or (owners.get(parent.name) if parent is not None else None)
+            owners[node.name] = owner
+            if owner is None:
+                return (f"{node.name} was attached at run time, not by `attach`, not durable and not a workflow's "
+                        "command step: it cannot be handed over (wait until it has ended, or detach it)")
+            if node.state in DOWN:
+                return (f"{node.name} was attached at run time and is {node.state.value}: the new image would start "
+                        "it (start or detach it first)")
         agents = [n.name for n in app.tree.workers() if n.spec.agent]
         if agents and app.broker is not None and (why := resume.refusal(app.broker, agents)) is not None:
             return why
@@ -141,6 +147,18 @@ class Upgrader:
             return f"the config no longer loads: {exc}"
         if not reload_diff(app.config.root, on_disk.root).empty:
             return "the config on disk differs from the running tree: reload first (or restore the file)"
+        return None
+
+    def _owner(self, node: Supervisor | Worker) -> str | None:
+        """Who attaches dynamic ``node`` again in the new image: workflows (durable), this (an operator's attach,
+        a command step), or nobody (None)."""
+        app = self._app
+        if app.workflows.durable.spec(node.name) is not None:
+            return "durable"
+        if node.name in app.attached:
+            return "operator"
+        if isinstance(node, Worker) and app.workflows.tasks.handed(node.name) is not None:
+            return "task"
         return None
 
     def _precheck(self) -> str | None:
@@ -175,8 +193,19 @@ class Upgrader:
             guardian = ho.HandedGuardian(g.pid, g.pidfd, link.fd, tuple(sorted(link.groups)),
                                          tuple((p.fd, p.stream) for p in g.pipes))
         broker = resume.snapshot(app.broker) if app.broker is not None else None
+        down, attached = [], []
+        for parent, index, node in _walk(app.tree.root):
+            if node.state in DOWN:
+                down.append(ho.HandedDown(node.name, node.state.value, node.held, node.restarts,
+                                          getattr(node, "last_exit", None), getattr(node, "last_exit_at", None)))
+            owner = None if parent is None else self._owner(node)
+            if owner == "operator":
+                attached.append(ho.HandedAttach(parent.name, index, app.attached[node.name][1]))
+            elif owner == "task" and (task := app.workflows.tasks.handed(node.name)) is not None:
+                attached.append(ho.HandedAttach(parent.name, index, task[0], "task", True, task[1]))
         return ho.Handover(self.generation + 1, tuple(sys.orig_argv), tuple(workers), tuple(sups), guardian,
-                           started_at=time.monotonic(), broker=broker)
+                           started_at=time.monotonic(), broker=broker, down=tuple(down), attached=tuple(attached),
+                           tasks_boot=app.workflows.tasks.boot)
 
     def _execute(self, failed: str | None = None, h: ho.Handover | None = None) -> None:
         app = self._app
@@ -254,9 +283,21 @@ class Upgrader:
         """At boot: the guardian handed over keeps its pipe (no EOF, nothing killed); else a new one. The broker's
         state comes back here too, before the tree boots and anything is sent."""
         self._guarded(self._start_guardian)
-        if self._handover is not None and self._handover.broker is not None and self._app.broker is not None:
-            broker, state = self._app.broker, self._handover.broker
+        h = self._handover
+        if h is not None and h.broker is not None and self._app.broker is not None:
+            broker, state = self._app.broker, h.broker
             self._guarded(lambda: resume.restore(broker, state))
+        if h is not None:
+            self._guarded(lambda: self._before_boot(h))
+
+    def _before_boot(self, h: ho.Handover) -> None:
+        """What was down stays down: the boot skips it (held until ``booted`` puts its own state back)."""
+        for d in h.down:
+            node = self._app.tree.find_quiet(d.name)
+            if node is not None:
+                node.held = True
+        if h.tasks_boot is not None:
+            self._app.workflows.tasks.adopt_boot(h.tasks_boot)
 
     def _start_guardian(self) -> None:
         h = self._handover
@@ -295,6 +336,13 @@ class Upgrader:
         if h.failed is None and os.environ.get(FAIL_VARIABLE) == "booted":
             raise RuntimeError(f"{FAIL_VARIABLE}=booted (test)")
         app = self._app
+        for a in h.attached:  # in tree order: a parent before its children
+            if a.kind == "task" and a.task is not None:
+                app.workflows.tasks.adopt(a.spec, a.task)
+            else:
+                spec = child_spec_from_dict(a.spec, key="spec")
+                app.apply(app.tree.attach(a.parent, spec, a.index))
+                app.attached[spec.name] = (a.parent, a.spec)
         while True:
             waiting = [n for n in app.tree.workers() if n.name in self._adopted and n.state is State.STARTING]
             if not waiting:
@@ -308,6 +356,12 @@ class Upgrader:
         for sup in _supervisors(app.tree.root):
             if (s := by_name.get(sup.name)) is not None:
                 sup.restarts, sup.history = s.restarts, s.history
+        for d in h.down:  # as they were: stopped or failed, held (operator, parked) or not, their last exit
+            node = app.tree.find_quiet(d.name)
+            if node is not None and node.state in DOWN:
+                node.held, node.state, node.restarts = d.held, State(d.state), d.restarts
+                if isinstance(node, Worker):
+                    node.last_exit, node.last_exit_at = d.last_exit, d.last_exit_at
         for w in self._adopt.values():  # handed over but no longer in the tree (a config edited meanwhile)
             log.warning("upgrade: %s (pid %d) is not in the tree any more: stopping it", w.name, w.pid)
             with_handle = ProcessHandle(w.name, w.pid, w.pidfd, None, _pipes(w.pipes), on_exit=lambda _: None)
@@ -352,6 +406,20 @@ class Upgrader:
 
 def _pipes(raw: tuple[tuple[int, str], ...]) -> list[OutputPipe]:
     return [OutputPipe(fd, stream) for fd, stream in raw]
+
+
+def _walk(root: Supervisor) -> list[tuple[Supervisor | None, int, Supervisor | Worker]]:
+    """Every node in tree order (a parent before its children): (its parent, its index there, the node)."""
+    out: list[tuple[Supervisor | None, int, Supervisor | Worker]] = []
+
+    def visit(parent: Supervisor | None, index: int, node: Supervisor | Worker) -> None:
+        out.append((parent, index, node))
+        if isinstance(node, Supervisor):
+            for i, child in enumerate(node.children):
+                visit(node, i, child)
+
+    visit(None, 0, root)
+    return out
 
 
 def _supervisors(root: Supervisor | Worker) -> list[Supervisor]:
