@@ -1,7 +1,7 @@
 """In-place upgrade: ``foundationctl upgrade`` or SIGUSR2 re-executes the foundationd now installed, same pid.
 
-    old image: upgrade ─> refuse? (a child not running, run-time attaches other than durable ones, an agent
-               that cannot resume, a config edited on disk, a new image that does not import)
+    old image: upgrade ─> refuse? (a child mid-transition, a run-time attach nothing brings back, an agent that
+               cannot resume, a config edited on disk, a new image that does not import)
                └─> RELOADING=1, pending calls failed and the broker's turn committed, Handover written
                    (daemon/core/handover.py, the broker's part daemon/broker/resume.py), fds inheritable, sockets
                    and LMDB closed (the broker lingers until all it sent is out), the zygote and spares ended
@@ -14,9 +14,11 @@
                adoption fails ─> execve again with the handover marked ``failed``: that image adopts without the
                failing step, reports the error to ``upgrade --wait``; nothing restarted either way.
 
-Still refused (``busy``, with the reason): a child that is not running (stopped, parked, in backoff), a child
-attached at run time that is not durable (an operator's ``attach``, a workflow's running command step), an agent
-whose runtime predates resuming.
+Down children (stopped by the operator, ended, failed, parked) stay down as they were; children attached at run time
+come back at their place: durable ones through workflows, an operator's ``attach`` and a workflow's running command
+step (its record's boot id and its timeout kept) from the handover. Still refused (``busy``, with the reason): a
+child mid-transition or in backoff, a dynamic child nothing attaches again or that is down, an agent whose runtime
+predates resuming.
 """
 
 from __future__ import annotations
