@@ -198,6 +198,23 @@ def test_upgrade_with_agents_under_traffic_loses_and_repeats_nothing(start_daemo
     assert "cannot resume" not in daemon.log()
 
 
+def test_monitors_carry_on_across_the_upgrade(start_daemon) -> None:
+    daemon = start_daemon(agents_fleet(1) + f"""
+        [[supervisor.children]]
+        name = "watcher"
+        agent = "tests.agents_for_tests:Watcher"
+        working_dir = "{REPO}"
+    """)
+    daemon.wait_running("watcher")
+    daemon.wait_running("sleepy")
+    ref = daemon.request("call", name="watcher", body={"monitor": "sleepy"}, timeout=10)["reply"]
+    assert ctl(daemon, "upgrade", "--wait", timeout=90).returncode == 0
+    crash_once(daemon, "sleepy")
+    wait_for(lambda: [d["ref"] for d in get(daemon, "watcher")["downs"]] == [ref], timeout=20,
+             what="the down notice of a monitor set before the upgrade")
+    assert "resumed after the upgrade" in daemon.log()
+
+
 def test_a_call_pending_across_the_upgrade_fails_clearly_and_the_agent_carries_on(start_daemon) -> None:
     daemon = start_daemon(agents_fleet(1))
     daemon.wait_running("sleepy")

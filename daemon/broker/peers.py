@@ -246,7 +246,8 @@ class Peers:
         again everything after the ``received`` it is told (the old image's last read; some never reached it)."""
         if msg["kind"] == "resumed":
             session.resuming = False
-            log.debug("%s resumed: %d frame(s) handled, %d sent", session.name, session.received, msg["sent"])
+            log.info("%s resumed after the upgrade: %d of its frame(s) to come again", session.name,
+                     max(0, msg["sent"] - session.received))
             if session.name is not None:
                 self.on_resumed(session.name)
         elif not session.asked:
