@@ -10,6 +10,7 @@
 #   reload    `systemctl reload`: SIGHUP applies the new config in place (same MainPID), back to running;
 #             an invalid config leaves the unit running and the tree unchanged
 #   upgrade   `foundationctl upgrade --wait`: foundationd re-executes itself, same MainPID, no restart, same tree
+#             (an agent attached at run time included: same pid, its messages counted once)
 #   stop      `systemctl stop`: Result=success, exit status 0, the daemon stopped its tree itself, nothing left
 #   teardown  the namespace leaves no process, mount or cgroup behind
 # Every check prints PASS:/FAIL: lines; the exit status is 1 if any failed.
@@ -338,6 +339,14 @@ IN cp "$W/tree-added.toml" /etc/foundation/foundation.toml
 
 phase upgrade
 same_tree() { [ "$(tree)" = "$1" ] && is_up; }
+FCTL() { IN "$CTL" --runtime-dir /run/foundation "$@"; }
+counted() { FCTL call counter '{"get": true}' 2>/dev/null | grep -qF "\"count\":$1}"; }
+# An agent too (attached at run time): its messages before and after the upgrade all count, once.
+FCTL attach counter --agent agents.examples.counter:Counter > "$W/attach.out" 2>&1
+verdict $? "upgrade: an agent attached at run time: $(tr '\n' ' ' < "$W/attach.out")"
+printf '{"add": 1}\n%.0s' $(seq 200) | FCTL send counter - > /dev/null
+wait_until 20 counted 200
+verdict $? "upgrade: the agent counted 200 messages before the upgrade"
 props; main=${P[MainPID]}; n0=${P[NRestarts]}; before=$(tree)
 mark=$(journal_mark)
 t0=$(now)
@@ -349,6 +358,9 @@ wait_until 20 same_tree "$before"
 verdict $? "upgrade: the unit is up with the same tree (every pid kept): $(unit_state); $(tree | tr '\n' ';')"
 [ "${P[MainPID]}" = "$main" ] && [ "${P[NRestarts]}" = "$n0" ]
 verdict $? "upgrade: same main pid, no restart: MainPID $main -> ${P[MainPID]}, NRestarts $n0 -> ${P[NRestarts]}"
+printf '{"add": 1}\n%.0s' $(seq 200) | FCTL send counter - > /dev/null
+wait_until 20 counted 400
+verdict $? "upgrade: the agent, same pid $(pid_of counter), counted 400 after 200 more, each once"
 wait_until 10 journal_has "$mark" "children adopted"
 verdict $? "upgrade: foundationd logged the adoption: $(journal_since "$mark" | grep -m1 'children adopted')"
 exited=$(journal_since "$mark" | grep -E "Main process exited|Killing process|Failed with result")
