@@ -219,7 +219,7 @@ def test_a_call_pending_across_the_upgrade_fails_clearly_and_the_agent_carries_o
     daemon = start_daemon(agents_fleet(1))
     daemon.wait_running("sleepy")
     pid = daemon.pid("sleepy")
-    call = ctl_popen(daemon, "call", "sleepy", '{"sleep": 3}', "--timeout", "60")
+    call = ctl_popen(daemon, "call", "sleepy", '{"sleep": 8}', "--timeout", "60")  # still in flight at the exec
     wait_for(lambda: daemon.status()["broker"]["pending_calls"] == 1, timeout=10, what="the call in flight")
     done = ctl(daemon, "upgrade", "--wait", timeout=90)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -227,7 +227,8 @@ def test_a_call_pending_across_the_upgrade_fails_clearly_and_the_agent_carries_o
     assert call.returncode == 1
     assert "upgrading" in err
     assert "upgraded in place" in err
-    assert get(daemon, "sleepy") == {"handled": 1}  # it was delivered, and handled once; its done was dropped
+    # It was delivered, so it is handled (once); its answer is dropped as stale by the new image.
+    wait_for(lambda: get(daemon, "sleepy", timeout=20) == {"handled": 1}, timeout=60, what="the call handled once")
     assert daemon.pid("sleepy") == pid
     assert ctl(daemon, "call", "sleepy", '{"sleep": 0}').returncode == 0
 
