@@ -5,6 +5,9 @@ longer covers. The whole exchange across a real exec is in tests/test_upgrade.py
 
 from __future__ import annotations
 
+import os
+import pwd
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -149,3 +152,26 @@ def test_the_agent_sends_again_exactly_what_the_new_image_did_not_handle(tmp_pat
         runtime._ctx.term()
         router.close()
         router_ctx.term()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a broker socket for another user needs a root daemon")
+def test_the_broker_sockets_of_other_users_are_bound_again(tmp_path: Path) -> None:
+    """Agents with ``user`` connect to broker-UID.sock: the old image hands the (uid, gid) over, the new one binds
+    it again, owned by that user, before anything reconnects."""
+    nobody = pwd.getpwnam("nobody")
+    loop = EventLoop()
+    old = Peers(tmp_path, loop, heartbeat=1.0, handlers={}, on_hello=lambda name: None)
+    old.endpoint_for(nobody.pw_uid, nobody.pw_gid)
+    handed = old.user_sockets()
+    old.close()
+    path = tmp_path / f"broker-{nobody.pw_uid}.sock"
+    assert handed == [[nobody.pw_uid, nobody.pw_gid]]
+    assert not path.exists()
+    new = Peers(tmp_path, loop, heartbeat=1.0, handlers={}, on_hello=lambda name: None)
+    try:
+        for uid, gid in handed:
+            new.endpoint_for(uid, gid)
+        assert (path.stat().st_uid, stat.S_IMODE(path.stat().st_mode)) == (nobody.pw_uid, 0o600)
+    finally:
+        new.close()
+        loop.close()

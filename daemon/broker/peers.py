@@ -168,6 +168,14 @@ class Peers:
         return [{"name": s.name, "identity": s.identity.hex(), "received": s.received, "last_seen": s.last_seen,
                  "busy_until": s.busy_until} for s in self.connected()]
 
+    def user_sockets(self) -> list[list[int]]:
+        """[uid, gid] of each ``broker-UID.sock`` bound, for the next image to bind again (agents with ``user``)."""
+        out = []
+        for uid, (_, path) in self._user_sockets.items():
+            with contextlib.suppress(OSError):
+                out.append([uid, path.stat().st_gid])
+        return out
+
     def adopt(self, sessions: list[dict[str, Any]]) -> None:
         """Sessions handed over by the previous image: each waits for its agent's first frame to ask it to resume."""
         for raw in sessions:

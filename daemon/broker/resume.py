@@ -81,6 +81,7 @@ def snapshot(broker: Broker) -> dict[str, Any]:
             boxes[name] = entries
     return {
         "sessions": broker._peers.hand_over(),
+        "user_sockets": broker._peers.user_sockets(),
         "boxes": boxes,
         "counter": broker._admission._counter,
         "gaps": [[sender, to, chan] for (sender, to), chan in broker._admission.gaps.items()],
@@ -99,6 +100,8 @@ def _entry(e: Entry, inflight: bool) -> dict[str, Any]:
 def restore(broker: Broker, data: dict[str, Any]) -> None:
     """Take back the old image's broker (``snapshot``), after the outbox was read again: nothing is sent until each
     session has resumed."""
+    for uid, gid in data.get("user_sockets", []):  # agents running as another user reconnect to theirs
+        broker.endpoint_for(int(uid), int(gid))
     broker._peers.adopt(data["sessions"])
     for name, entries in data["boxes"].items():
         box = broker._box(name)
