@@ -23,7 +23,6 @@ predates resuming.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -217,6 +216,7 @@ class Upgrader:
                 failed_calls = resume.settle(app.broker)
                 if failed_calls:
                     log.warning("upgrade: %d pending call(s) failed (upgrading: call again)", failed_calls)
+            self._end_zygote()  # (before collect: the guardian's list handed over is without them)
             h = self.collect()
             h.extra["mask"] = sorted(int(s) for s in self._mask)
         if failed is not None:
@@ -239,7 +239,6 @@ class Upgrader:
     def _close_parts(self) -> None:
         """What holds sockets or LMDB environments the new image opens again; never the children."""
         app = self._app
-        self._end_zygote()
         if app.broker is not None:
             app.broker.close(linger=BROKER_LINGER_MS)  # what it sent reaches the agents before the exec
         for part in (app.memory, app.control, app.child_notify, app.states, app.workflows, app.flags,
@@ -248,18 +247,16 @@ class Upgrader:
                 part.close()
 
     def _end_zygote(self) -> None:
-        """The zygote and its spares hold the old code: they end here (reaped, off the guardian's list) and the new
-        image starts a zygote of its own. Agents already forked from them are children like any other."""
+        """The zygote and its spares hold the old code: they are killed here and taken off the guardian's list (their
+        groups are gone; a later group of the same id must not be killed by it), and the new image starts a zygote
+        of its own and reaps these as the unknown children they are then. Not reaped here: a reap would also
+        collect a worker that has just exited, whose exit this image must leave to the next. Agents already forked
+        from them are children like any other."""
         shell = self._app.shell
         shell.zygote.close()
-        mine = [h for h in shell.live.values() if h.name in (forkserver.NAME, forkserver.SPARE_NAME)]
-        for handle in mine:
+        for handle in [h for h in shell.live.values() if h.name in (forkserver.NAME, forkserver.SPARE_NAME)]:
             shell.signal(handle.pid, signal.SIGKILL)
-        for handle in mine:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitid(os.P_PIDFD, handle.pidfd, os.WEXITED | os.WNOWAIT)
-        if mine:
-            shell.reap()
+            shell.guardian.remove(handle.pid)
 
     # ---- the new image ----
 
@@ -396,6 +393,7 @@ class Upgrader:
         assert self._handover is not None
         log.error("upgrade: %s; falling back", why)
         if self._app.control is not None:  # the new image got as far as run(): its sockets and stores are open
+            self._end_zygote()
             self._close_parts()
         self._execute(failed=why, h=self._handover)
 
