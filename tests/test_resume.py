@@ -19,6 +19,7 @@ from agents.runtime import AgentRuntime
 from agents.sdk import Agent
 from daemon.broker.peers import Peers, Session
 from daemon.broker.resume import refusal
+from daemon.broker.timers import Timers
 from daemon.shell.loop import EventLoop
 from ipc import wire
 
@@ -175,3 +176,32 @@ def test_the_broker_sockets_of_other_users_are_bound_again(tmp_path: Path) -> No
     finally:
         new.close()
         loop.close()
+
+
+def test_agents_timers_are_handed_over_due_when_they_would_have_been() -> None:
+    now = [100.0]
+    ticks: list[tuple[str, int]] = []
+    old_loop = EventLoop(clock=lambda: now[0])
+    old = Timers(old_loop, lambda name, ref: ticks.append((name, ref)))
+    old.set("a", 1, after=5.0, every=None)  # one-shot, due at 105
+    old.set("a", 2, after=1.0, every=2.0)  # periodic, due at 101, 103, ...
+    old.set("b", 3, after=1.0, every=None)
+    old.cancel("b", 3)
+    old.ticked("a", 9)
+    handed = old.hand_over()
+    assert handed == [{"name": "a", "armed": [[1, 105.0, None], [2, 101.0, 2.0]], "ticking": []},
+                      {"name": "b", "armed": [], "ticking": []}]
+    old_loop.close()
+    new_loop = EventLoop(clock=lambda: now[0])
+    new = Timers(new_loop, lambda name, ref: ticks.append((name, ref)))
+    new.adopt(handed)
+    try:
+        for at, expected in [(100.5, []), (101.0, [("a", 2)]), (103.0, [("a", 2)]), (105.0, [("a", 2), ("a", 1)])]:
+            now[0] = at
+            new_loop.call_later(0, lambda: None)  # due now: the turn does not wait
+            new_loop.run_once()
+            assert sorted(ticks) == sorted(expected), at
+            new.ticked("a", 2)  # done with it: the next may come
+            ticks.clear()
+    finally:
+        new_loop.close()

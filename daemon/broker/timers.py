@@ -23,7 +23,7 @@ MIN_TICK = 0.01  # seconds: the shortest period of an agent's periodic timer
 class _AgentTimers:
     handles: dict[int, TimerHandle] = field(default_factory=dict)
     ticking: set[int] = field(default_factory=set)  # refs with a tick in the mailbox, not yet done
-    every: dict[int, float | None] = field(default_factory=dict)  # each armed ref's period (an upgrade hands it over)
+    every: dict[int, float] = field(default_factory=dict)  # periodic refs' periods (an upgrade hands them over)
 
 
 class Timers:
@@ -48,7 +48,8 @@ class Timers:
                 timers.handles[ref] = self._loop.call_later(float(every), fire)
 
         self.cancel(name, ref)
-        timers.every[ref] = every
+        if every is not None and every > 0:
+            timers.every[ref] = every
         timers.handles[ref] = self._loop.call_later(max(0.0, after), fire)
 
     def cancel(self, name: str, ref: int) -> None:
@@ -56,6 +57,8 @@ class Timers:
         handle = timers.handles.pop(ref, None) if timers is not None else None
         if handle is not None:
             handle.cancel()
+        if timers is not None:
+            timers.every.pop(ref, None)
 
     def ticked(self, name: str, ref: int) -> None:
         """The agent is done with a tick of ``ref``: the next one may be queued."""
