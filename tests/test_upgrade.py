@@ -281,6 +281,35 @@ def test_stopped_ended_and_attached_children_are_handed_over_as_they_are(start_d
     assert ctl(daemon, "detach", "extra").returncode == 0
 
 
+def test_a_child_waiting_out_its_backoff_is_restarted_when_due(start_daemon) -> None:
+    """A crash-looping child with a backoff is down most of the time: the upgrade hands its pending restart over."""
+    daemon = start_daemon(f"""
+        [supervisor]
+        intensity = 100
+        period = 60
+        [[supervisor.children]]
+        name = "s"
+        command = {SLEEP}
+        [[supervisor.children]]
+        name = "crashy"
+        command = ["false"]
+        backoff = {{ initial = 6.0, factor = 1.0, max = 6.0, jitter = 0.0 }}
+    """)
+
+    def waiting() -> bool:
+        w = workers(daemon)["crashy"]
+        return w["state"] == "failed" and w["restarts"] >= 1  # (failed: down, its restart decided and counted)
+
+    wait_for(waiting, timeout=30, what="crashy waiting out its backoff")
+    restarts = workers(daemon)["crashy"]["restarts"]
+    done = ctl(daemon, "upgrade", "--wait", "--json", timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr + daemon.log()
+    after = workers(daemon)["crashy"]["restarts"]  # (one more if its backoff ended before the exec: it crashed again)
+    assert after - restarts in (0, 1)
+    wait_for(lambda: workers(daemon)["crashy"]["restarts"] > after, timeout=30,
+             what="crashy restarted when its backoff was over, and crashing again")
+
+
 def test_an_attached_child_that_is_stopped_is_refused(start_daemon) -> None:
     daemon = start_daemon(fleet(1))
     assert ctl(daemon, "attach", "extra", "--", "sleep", "1000").returncode == 0

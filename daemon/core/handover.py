@@ -54,6 +54,8 @@ class HandedDown:
     restarts: int = 0
     last_exit: str | None = None
     last_exit_at: float | None = None
+    restart_at: float | None = None  # waiting for a restart (backoff): when it is due (monotonic)
+    backoff_attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ def to_plain(h: Handover) -> dict[str, Any]:
         "version": h.version, "generation": h.generation, "argv": list(h.argv), "started_at": h.started_at,
         "failed": h.failed, "extra": h.extra, "broker": h.broker, "tasks_boot": h.tasks_boot,
         "down": [{"name": d.name, "state": d.state, "held": d.held, "restarts": d.restarts, "last_exit": d.last_exit,
-                  "last_exit_at": d.last_exit_at} for d in h.down],
+                  "last_exit_at": d.last_exit_at, "restart_at": d.restart_at, "backoff_attempt": d.backoff_attempt}
+                 for d in h.down],
         "attached": [{"parent": a.parent, "index": a.index, "spec": a.spec, "kind": a.kind, "ephemeral": a.ephemeral,
                       "task": a.task} for a in h.attached],
         "workers": [{"name": w.name, "pid": w.pid, "pidfd": w.pidfd, "pipes": [list(p) for p in w.pipes],
@@ -154,9 +157,10 @@ def from_plain(data: Any) -> Handover:
 def _down(raw: Any) -> HandedDown:
     if raw["state"] not in ("stopped", "failed"):
         raise ValueError(f"a child handed over down cannot be {raw['state']!r}")
-    at = raw.get("last_exit_at")
+    at, due = raw.get("last_exit_at"), raw.get("restart_at")
     return HandedDown(str(raw["name"]), raw["state"], bool(raw["held"]), int(raw["restarts"]), raw.get("last_exit"),
-                      None if at is None else float(at))
+                      None if at is None else float(at), None if due is None else float(due),
+                      int(raw.get("backoff_attempt", 0)))
 
 
 def _attach(raw: Any) -> HandedAttach:

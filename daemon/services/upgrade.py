@@ -127,8 +127,10 @@ class Upgrader:
         for parent, _, node in _walk(app.tree.root):
             if node.state in (State.STARTING, State.STOPPING):
                 return f"{node.name} is {node.state.value}: wait until the tree has settled"
-            if node.backoff_timer is not None:
-                return f"{node.name} waits to be restarted (backoff): wait until it has been"
+            if isinstance(node, Supervisor) and (node.plan or node.waiting is not None or node.inbox):
+                return f"{node.name} is restarting or stopping children: wait until the tree has settled"
+            if node.backoff_timer is not None and self._restart_due(node) is None:
+                return f"{node.name} waits to be restarted: wait until it has been"
             if node.name in configured:
                 continue
             owner = self._owner(node) or (owners.get(parent.name) if parent is not None else None)
@@ -149,6 +151,11 @@ class Upgrader:
         if not reload_diff(app.config.root, on_disk.root).empty:
             return "the config on disk differs from the running tree: reload first (or restore the file)"
         return None
+
+    def _restart_due(self, node: Supervisor | Worker) -> float | None:
+        """When a child waiting out its backoff is due to start (monotonic), or None."""
+        handle = self._app._timers.get(node.backoff_timer) if node.backoff_timer is not None else None
+        return handle.deadline if handle is not None and not handle.cancelled else None
 
     def _owner(self, node: Supervisor | Worker) -> str | None:
         """Who attaches dynamic ``node`` again in the new image: workflows (durable), this (an operator's attach,
@@ -198,7 +205,8 @@ class Upgrader:
         for parent, index, node in _walk(app.tree.root):
             if node.state in DOWN:
                 down.append(ho.HandedDown(node.name, node.state.value, node.held, node.restarts,
-                                          getattr(node, "last_exit", None), getattr(node, "last_exit_at", None)))
+                                          getattr(node, "last_exit", None), getattr(node, "last_exit_at", None),
+                                          self._restart_due(node), getattr(node, "backoff_attempt", 0)))
             owner = None if parent is None else self._owner(node)
             if owner == "operator":
                 attached.append(ho.HandedAttach(parent.name, index, app.attached[node.name][1]))
@@ -361,6 +369,9 @@ class Upgrader:
                 node.held, node.state, node.restarts = d.held, State(d.state), d.restarts
                 if isinstance(node, Worker):
                     node.last_exit, node.last_exit_at = d.last_exit, d.last_exit_at
+                    node.backoff_attempt = d.backoff_attempt
+                if d.restart_at is not None:  # its restart (decided and counted already) when it is due
+                    app.loop.call_later(d.restart_at - time.monotonic(), lambda name=d.name: self._restart(name))
         for w in self._adopt.values():  # handed over but no longer in the tree (a config edited meanwhile)
             log.warning("upgrade: %s (pid %d) is not in the tree any more: stopping it", w.name, w.pid)
             with_handle = ProcessHandle(w.name, w.pid, w.pidfd, None, _pipes(w.pipes), on_exit=lambda _: None)
@@ -378,6 +389,13 @@ class Upgrader:
         self._handover, self._adopt = None, {}
         if self._path is not None:
             self._path.unlink(missing_ok=True)
+
+    def _restart(self, name: str) -> None:
+        """A restart the previous image had scheduled (backoff), now due: as its timer would have."""
+        node = self._app.tree.find_quiet(name)
+        if node is None or node.state not in DOWN or node.held or self._app.tree.shutting_down:
+            return  # detached, started, stopped by the operator meanwhile, or going away
+        self._app.apply(self._app.tree.request("start", name))
 
     def _guarded(self, step: Callable[[], T]) -> T:
         """An adoption step that raises makes this image fall back (once: a fallback that raises again exits)."""
