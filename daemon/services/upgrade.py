@@ -14,11 +14,12 @@
                adoption fails ─> execve again with the handover marked ``failed``: that image adopts without the
                failing step, reports the error to ``upgrade --wait``; nothing restarted either way.
 
-Down children (stopped by the operator, ended, failed, parked) stay down as they were; children attached at run time
-come back at their place: durable ones through workflows, an operator's ``attach`` and a workflow's running command
-step (its record's boot id and its timeout kept) from the handover. Still refused (``busy``, with the reason): a
-child mid-transition or in backoff, a dynamic child nothing attaches again or that is down, an agent whose runtime
-predates resuming.
+Down children (stopped by the operator, ended, failed, parked) stay down as they were, one waiting out its backoff is
+restarted when it is due; children attached at run time come back at their place: durable ones through workflows,
+an operator's ``attach`` and a workflow's running command step (its record's boot id and its timeout kept) from the
+handover. Still refused (``busy``, with the reason): a
+child mid-transition, a dynamic child nothing attaches again or that is down, an agent whose runtime predates
+resuming, a supervisor in the middle of a plan (a group restart or its backoff sleep).
 """
 
 from __future__ import annotations
