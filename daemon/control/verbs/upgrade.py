@@ -1,8 +1,8 @@
 """``upgrade``: re-execute the foundationd now installed in place (same pid, no child restarted); also SIGUSR2.
 
 Wire: ``{"verb": "upgrade"}`` -> ``{"upgrading": true, "pid": P, "generation": G}`` at once, or ``busy`` with the
-reason it is refused (an agent in the tree, a child not running, a run-time attach, a config edited on disk, an
-installed image that does not import).
+reason it is refused (a child mid-transition, a run-time attach nothing can attach again, an agent that cannot
+resume, a config edited on disk, an installed image that does not import).
 ``{"verb": "upgrade", "result": G}`` -> ``{"done": false}`` while upgrade G is under way, then
 ``{"done": true, "ok": bool, "error": str | null, "children": N, "took_ms": T, "pid": P}``.
 CLI: ``foundationctl upgrade [--wait] [--json]``; with ``--wait`` it returns once the new image has adopted the
