@@ -44,3 +44,66 @@ class CrashOnStart(Counter):
 
     def mount(self, state: Any) -> None:
         raise RuntimeError("this version crashes on start")
+
+
+class Feeder(Agent):
+    """Steady traffic for the rollout tests: a cast ``{"go": [NAMES], "every": S}`` makes it send ``{"n": N}``
+    (N = 1, 2, ...) to each of NAMES every S seconds (a timer, no sleeping), until ``{"stop": true}``; a call
+    ``{"sent": true}`` answers the last N sent."""
+
+    def init(self) -> dict[str, Any]:
+        return {"to": [], "n": 0}
+
+    def handle_cast(self, msg: Any, state: dict[str, Any]) -> dict[str, Any]:
+        if "go" in msg:
+            self._timer = self.set_timer(msg["every"], every=msg["every"])
+            return {"to": list(msg["go"]), "n": state["n"]}
+        if msg.get("stop") and getattr(self, "_timer", None) is not None:
+            self.cancel_timer(self._timer)
+            return {"to": [], "n": state["n"]}
+        return state
+
+    def handle_info(self, info: Any, state: dict[str, Any]) -> dict[str, Any]:
+        if not state["to"] or "tick" not in info:
+            return state
+        n = state["n"] + 1
+        for name in state["to"]:
+            self.send(name, {"n": n})
+        return {"to": state["to"], "n": n}
+
+    def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        return state["n"], state
+
+
+class Ledger(Agent):
+    """Keeps every ``n`` it was sent, in order: a lost message is a gap, a duplicate shows twice. A call
+    ``{"get": true}`` answers the list, ``{"version": true}`` 1."""
+
+    version = 1
+
+    def init(self) -> dict[str, Any]:
+        return {"seen": []}
+
+    def handle_cast(self, msg: Any, state: dict[str, Any]) -> dict[str, Any]:
+        return {"seen": [*state["seen"], msg["n"]]} if isinstance(msg, dict) and "n" in msg else state
+
+    def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        return (self.version if msg.get("version") else state["seen"]), state
+
+
+class LedgerV2(Ledger):
+    """The healthy new version."""
+
+    version = 2
+
+
+class FlakyLedger(Ledger):
+    """A new version that fails 20 % of its messages: every ``n`` divisible by 5 raises (the state is not changed
+    and the message is done with an error, as any failing handler's)."""
+
+    version = 3
+
+    def handle_cast(self, msg: Any, state: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(msg, dict) and msg.get("n", 1) % 5 == 0:
+            raise RuntimeError(f"version 3 fails message {msg['n']}")
+        return super().handle_cast(msg, state)

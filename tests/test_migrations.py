@@ -55,6 +55,16 @@ def test_exactly_at_the_thresholds_is_not_a_failure() -> None:
     assert judge(figures(data, now=10, window=60, since=0), baseline_p50=0.010).failed == ()
 
 
+def test_a_doubled_median_of_a_few_milliseconds_is_noise() -> None:
+    """2.4 ms -> 5.3 ms (seen right after a restart, when queued messages finish in one batch) is not a failure;
+    2x and more than 10 ms above the baseline is."""
+    data = samples((0, 0, 0, 0, 0, 0), (10, 100, 0, 100, 0, 0), latencies=tuple((5.0, 0.0053) for _ in range(30)))
+    assert judge(figures(data, now=10, window=60, since=0), baseline_p50=0.0024).failed == ()
+    data = samples((0, 0, 0, 0, 0, 0), (10, 100, 0, 100, 0, 0), latencies=tuple((5.0, 0.0125) for _ in range(30)))
+    assert judge(figures(data, now=10, window=60, since=0), baseline_p50=0.0024).failed == (
+        "p50 latency 12.5 ms > 2x the baseline 2.4 ms",)
+
+
 def test_too_few_data_is_not_judged() -> None:
     data = samples((0, 0, 0, 0, 0, 0), (10, 10, 10, 10, 5, 0))  # all failed, but too few of each
     verdict = judge(figures(data, now=10, window=60, since=0), baseline_p50=None)
@@ -188,6 +198,9 @@ def test_next_rollback_and_emergency_rollback_with_events_and_history(start_daem
         assert out.returncode == 0, out.stderr
         assert stage(daemon) == expected
     assert values(daemon) == {"registry": "on", "enforce": "100%"}
+    gates = daemon.request("events", types=["gate"])["events"]
+    assert [(g["name"], g["decision"]) for g in gates if g["decision"] == "next"] == [("registry", "next"),
+                                                                                    ("canary", "next")]
     last = ctl(daemon, "migrate", "next")
     assert last.returncode == 1
     assert "not_ready: already at the last stage" in last.stderr
@@ -260,6 +273,8 @@ def test_a_failing_stage_is_rolled_back_by_itself(start_daemon) -> None:
     assert rollback["automatic"] is True
     assert rollback["by"] == "health gates"
     assert "error rate" in rollback["reason"]
+    gate = [e for e in daemon.request("events", types=["gate"])["events"] if e["decision"] == "rollback"]
+    assert (gate[-1]["source"], gate[-1]["outcome"], gate[-1]["name"]) == ("migration", "failed", "canary")
     alert = daemon.request("events", types=["alert"])["events"][-1]
     assert alert["source"] == "migration"
     assert "canary" in alert["message"]

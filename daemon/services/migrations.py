@@ -82,14 +82,25 @@ class Migrations:
             return
         now = self.sample()
         if self.pos["stage"] > 0:
+            last = self.verdict.outcome if self.verdict is not None else None
             self.verdict = self.judge(now)
-            if self.verdict.outcome == "failed" and self.spec.auto_rollback:
+            rollback = self.verdict.outcome == "failed" and self.spec.auto_rollback
+            if rollback or self.verdict.outcome != last:  # a change of verdict, or a decision: one event
+                self._gate_event(self.verdict, "rollback" if rollback else "wait")
+            if rollback:
                 reason = "; ".join(self.verdict.failed)
                 self.app.obs.publish("alert", severity="critical", source="migration",
                                      message=f"stage {self.spec.name(self.pos['stage'])} is unhealthy: {reason}",
                                      figures=self.verdict.figures)
                 self.step(plan(self.spec, self.pos["stage"], "auto_rollback", reason), by="health gates")
         self._arm()
+
+    def _gate_event(self, verdict: Verdict, decision: str, **extra: Any) -> None:
+        """A gate decision: ``gate`` with ``source: "migration"`` (a change of verdict while a stage runs, an
+        automatic rollback, ``migrate next`` allowed or refused)."""
+        assert self.spec is not None
+        self.app.obs.publish("gate", source="migration", stage=self.pos["stage"],
+                             name=self.spec.name(self.pos["stage"]), decision=decision, **extra, **verdict.to_dict())
 
     def sample(self) -> float:
         """Take one sample of the counters now; returns the monotonic time."""
@@ -111,6 +122,9 @@ class Migrations:
             now = self.sample()
             verdict = self.judge(now) if stage > 0 else None
             blockers = readiness(spec, self.pos, self.wall(), verdict.to_dict() if verdict else None)
+            if verdict is not None:
+                self._gate_event(verdict, "refused" if blockers else "next", by=by,
+                                 **({"reason": "; ".join(blockers)} if blockers else {}))
             if blockers:
                 raise FoundationError(ErrorCode.NOT_READY, "; ".join(blockers))
         try:
