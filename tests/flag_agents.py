@@ -10,8 +10,9 @@ from agents.sdk import Agent
 
 
 class FlagProbe(Agent):
-    """Answers ``{"enabled": [FLAG, ID]}`` from its runtime's flag table, ``{"version": true}`` with that table's
-    version; a cast ``{"fail": true}`` fails (a handler error), any other cast is counted."""
+    """Answers ``{"enabled": [FLAG, ID]}`` from its runtime's flag table (``{"on_among": [FLAG, [ID, ...]]}``: the
+    ids that are on), ``{"version": true}`` with that table's version; a cast ``{"fail": true}`` fails (a handler
+    error), any other cast is counted."""
 
     def init(self) -> dict[str, Any]:
         return {"handled": 0}
@@ -20,6 +21,9 @@ class FlagProbe(Agent):
         if "enabled" in msg:
             flag, ident = msg["enabled"]
             return self.enabled(flag, ident), state
+        if "on_among" in msg:  # [FLAG, [ID, ...]] -> the ids that are on, from this agent's own copy
+            flag, idents = msg["on_among"]
+            return [i for i in idents if self.enabled(flag, i)], state
         if "version" in msg:
             return self._rt().flags.version, state
         return state, state
@@ -107,3 +111,48 @@ class FlakyLedger(Ledger):
         if isinstance(msg, dict) and msg.get("n", 1) % 5 == 0:
             raise RuntimeError(f"version 3 fails message {msg['n']}")
         return super().handle_cast(msg, state)
+
+
+class Profile(Agent):
+    """The state migration tests' agent: ``{"name": "Ada Lovelace", "visits": N}`` at first; a cast ``{"visit":
+    true}`` counts, ``{"fail": true}`` fails; a call answers the state. It has no schema: the expand and contract
+    stages below change its state's shape while it runs."""
+
+    def init(self) -> dict[str, Any]:
+        return {"name": "Ada Lovelace", "visits": 0}
+
+    def handle_cast(self, msg: Any, state: dict[str, Any]) -> dict[str, Any]:
+        if msg.get("fail"):
+            raise RuntimeError("failing on purpose")
+        return {**state, "visits": state["visits"] + 1}
+
+    def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        return state, state
+
+
+# State migrations of Profile (``module:function`` in [[migration.stages]] state): expand, then contract, each with
+# its reverse. They run in the agent's process as it starts.
+
+def split_name(state: dict[str, Any]) -> dict[str, Any]:
+    """Expand: the new fields beside the old one (old and new code both work)."""
+    first, _, last = state["name"].partition(" ")
+    return {**state, "first": first, "last": last}
+
+
+def drop_split(state: dict[str, Any]) -> dict[str, Any]:
+    """Expand's reverse."""
+    return {k: v for k, v in state.items() if k not in ("first", "last")}
+
+
+def drop_name(state: dict[str, Any]) -> dict[str, Any]:
+    """Contract: the old field goes."""
+    return {k: v for k, v in state.items() if k != "name"}
+
+
+def join_name(state: dict[str, Any]) -> dict[str, Any]:
+    """Contract's reverse: the old field from the new ones."""
+    return {**state, "name": f"{state['first']} {state['last']}"}
+
+
+def broken(state: dict[str, Any]) -> dict[str, Any]:
+    raise ValueError("this migration cannot run")

@@ -13,6 +13,7 @@ from daemon.config import ConfigError, parse_config
 from daemon.services import flags_store
 from daemon.services.migrations_core import MigrationSpec, Stage, plan, readiness
 from daemon.services.migrations_health import Sample, Samples, Thresholds, baseline, figures, judge
+from ipc import state_migration
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -296,3 +297,179 @@ def test_the_store_keeps_the_last_steps(tmp_path, monkeypatch: pytest.MonkeyPatc
         assert store.load() == ({"version": 1, "flags": {}}, {"stage": 0})
     finally:
         store.close()
+
+
+# ---- state migrations ----
+
+EXPAND = {"id": "expand", "forward": "tests.flag_agents:split_name", "reverse": "tests.flag_agents:drop_split"}
+CONTRACT = {"id": "contract", "forward": "tests.flag_agents:drop_name", "reverse": "tests.flag_agents:join_name"}
+
+
+def test_the_state_plan_undoes_what_is_not_wanted_then_applies_what_is_new() -> None:
+    assert state_migration.plan([], [EXPAND, CONTRACT]) == [("forward", EXPAND), ("forward", CONTRACT)]
+    assert state_migration.plan([EXPAND, CONTRACT], [EXPAND]) == [("reverse", CONTRACT)]
+    assert state_migration.plan([EXPAND, CONTRACT], []) == [("reverse", CONTRACT), ("reverse", EXPAND)]
+    assert state_migration.plan([EXPAND], [EXPAND]) == []
+    changed = {**EXPAND, "forward": "tests.flag_agents:other"}  # the config changed an applied one: redo it
+    assert state_migration.plan([EXPAND, CONTRACT], [changed]) == [
+        ("reverse", CONTRACT), ("reverse", EXPAND), ("forward", changed)]
+
+
+def test_running_a_plan_there_and_back_gives_the_state_back() -> None:
+    start = {"name": "Ada Lovelace", "visits": 3}
+    there, applied = state_migration.run(start, [], state_migration.plan([], [EXPAND, CONTRACT]))
+    assert there == {"first": "Ada", "last": "Lovelace", "visits": 3}
+    assert applied == [EXPAND, CONTRACT]
+    back, applied = state_migration.run(there, applied, state_migration.plan(applied, []))
+    assert back == start
+    assert applied == []
+    assert start == {"name": "Ada Lovelace", "visits": 3}  # each function works on its own copy
+    with pytest.raises(ValueError, match="cannot run"):
+        state_migration.run(start, [], [("forward", {**EXPAND, "forward": "tests.flag_agents:broken"})])
+
+
+def test_the_stages_say_what_each_agent_should_have() -> None:
+    spec = parse_config(state_config(), "f.toml").migration
+    assert spec is not None
+    assert spec.state_agents() == ["profile"]
+    assert [spec.state_wanted("profile", i) for i in range(3)] == [[], [EXPAND], [EXPAND, CONTRACT]]
+    assert spec.state_wanted("probe", 2) == []
+    assert spec.describe()[2]["state"] == {"agents": ("profile",), "forward": CONTRACT["forward"],
+                                           "reverse": CONTRACT["reverse"]}
+
+
+@pytest.mark.parametrize(("state", "message"), [
+    ("{ agents = ['profile'], forward = 'm:f' }", "migration.stages[0].state.reverse: missing"),
+    ("{ agents = [], forward = 'm:f', reverse = 'm:g' }", "migration.stages[0].state.agents: expected"),
+    ("{ agents = ['profile'], forward = 'mf', reverse = 'm:g' }", "migration.stages[0].state.forward: expected"),
+    ("{ agents = ['probe'], forward = 'm:f', reverse = 'm:g' }",
+     "migration.stages[0].state.agents: 'probe' is not an agent of the tree"),
+    ("{ agents = ['profile'], forward = 'm:f', reverse = 'm:g', when = 1 }", "migration.stages[0].state.when"),
+])
+def test_state_migration_config_errors_name_the_key(state: str, message: str) -> None:
+    text = f"""
+        [[migration.stages]]
+        name = "expand"
+        state = {state}
+        [supervisor]
+        [[supervisor.children]]
+        name = "profile"
+        agent = "tests.flag_agents:Profile"
+        [[supervisor.children]]
+        name = "probe"
+        command = ["true"]
+    """
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(text, "f.toml")
+
+
+def state_config(interval: float = 5.0) -> str:
+    return f"""
+        [migration]
+        hold = 0
+        interval = {interval}
+        window = 30
+        [[migration.stages]]
+        name = "expand"
+        flags = {{ profile_v2 = "on" }}
+        state = {{ agents = ["profile"], forward = "{EXPAND['forward']}", reverse = "{EXPAND['reverse']}" }}
+        [[migration.stages]]
+        name = "contract"
+        state = {{ agents = ["profile"], forward = "{CONTRACT['forward']}", reverse = "{CONTRACT['reverse']}" }}
+        [supervisor]
+        intensity = 100
+        [[supervisor.children]]
+        name = "profile"
+        agent = "tests.flag_agents:Profile"
+        working_dir = "{REPO}"
+        backoff = {{ initial = 0.05, max = 0.2 }}
+    """
+
+
+V0 = {"name": "Ada Lovelace", "visits": 2}
+V1 = {"name": "Ada Lovelace", "first": "Ada", "last": "Lovelace", "visits": 2}
+V2 = {"first": "Ada", "last": "Lovelace", "visits": 2}
+
+
+def profile(daemon: DaemonProcess) -> dict[str, object]:
+    state: dict[str, object] = daemon.request("state", name="profile")["state"]
+    return state
+
+
+def reaches(daemon: DaemonProcess, expected: dict[str, object], what: str) -> None:
+    wait_for(lambda: profile(daemon) == expected and daemon.node("profile")["state"] == "running", timeout=15,
+             what=what)
+
+
+def test_a_state_migration_goes_with_its_stage_and_every_rollback_reverses_it(start_daemon) -> None:
+    daemon = start_daemon(state_config())
+    daemon.wait_running("profile")
+    for _ in range(2):
+        daemon.request("send", name="profile", body={"visit": True})
+    reaches(daemon, {"name": "Ada Lovelace", "visits": 2}, "two visits")
+    assert ctl(daemon, "migrate", "next").returncode == 0
+    reaches(daemon, V1, "expanded")
+    assert ctl(daemon, "migrate", "next").returncode == 0
+    reaches(daemon, V2, "contracted")
+    assert daemon.request("call", name="profile", body={})["reply"] == V2  # the agent runs on the migrated state
+    assert ctl(daemon, "migrate", "rollback", "--reason", "contract too early").returncode == 0
+    reaches(daemon, V1, "contract reversed (one stage back)")
+    assert ctl(daemon, "migrate", "next").returncode == 0
+    reaches(daemon, V2, "contracted again")
+    assert ctl(daemon, "migrate", "emergency-rollback", "pager").returncode == 0
+    reaches(daemon, V0, "everything reversed (emergency)")
+    history = daemon.request("flags", migration=True)["history"]
+    assert [(h["action"], h.get("state")) for h in history] == [
+        ("next", {"profile": ["expand"]}), ("next", {"profile": ["expand", "contract"]}),
+        ("rollback", {"profile": ["expand"]}), ("next", {"profile": ["expand", "contract"]}),
+        ("emergency_rollback", {"profile": []})]
+    migrated = daemon.request("events", types=["state_migrated"])["events"]
+    assert [(e["name"], e["failed"]) for e in migrated] == [("expand", []), ("contract", []), ("expand", []),
+                                                             ("contract", []), ("baseline", [])]
+    logs = ctl(daemon, "logs", "profile", "-n", "100").stdout
+    assert "state migration: reverse contract (tests.flag_agents:join_name)" in logs
+    # Offline: the daemon is down; the agent reverses its state as it starts with the daemon.
+    daemon.request("migrate", op="next")
+    daemon.request("migrate", op="next")
+    reaches(daemon, V2, "contracted before the offline rollback")
+    daemon.request("shutdown")
+    assert daemon.wait_exit() == 0
+    out = ctl(daemon, "migrate", "emergency-rollback", "wedged", "--offline", "--state-dir", str(daemon.state_dir))
+    assert out.returncode == 0, out.stderr
+    daemon.start()
+    daemon.wait_running("profile")
+    assert profile(daemon) == V0  # before it handled anything
+    step = daemon.request("flags", migration=True)["history"][-1]
+    assert (step["action"], step["offline"], step["state"]) == ("emergency_rollback", True, {"profile": []})
+
+
+def test_an_automatic_rollback_reverses_the_stages_state_migration(start_daemon) -> None:
+    daemon = start_daemon(state_config(interval=0.2))
+    daemon.wait_running("profile")
+    daemon.request("send", name="profile", body={"visit": True})
+    daemon.request("send", name="profile", body={"visit": True})
+    daemon.request("migrate", op="next")
+    reaches(daemon, V1, "expanded")
+    for i in range(40):  # 25 % fail: the stage's gate fails
+        daemon.request("send", name="profile", body={"fail": i % 4 == 0, "visit": True})
+    wait_for(lambda: stage(daemon) == 0, timeout=15, what="the automatic rollback")
+    wait_for(lambda: "first" not in profile(daemon) and daemon.node("profile")["state"] == "running", timeout=15,
+             what="the expansion reversed")
+    assert profile(daemon) == {"name": "Ada Lovelace", "visits": 2 + 30}
+    rollback = daemon.request("events", types=["rollback"])["events"][-1]
+    assert (rollback["automatic"], rollback["to"]) == (True, "baseline")
+
+
+def test_a_state_migration_that_fails_leaves_the_state_and_rolls_the_stage_back(start_daemon) -> None:
+    text = state_config().replace("tests.flag_agents:split_name", "tests.flag_agents:broken")
+    daemon = start_daemon(text)
+    daemon.wait_running("profile")
+    daemon.request("send", name="profile", body={"visit": True})
+    reaches(daemon, {"name": "Ada Lovelace", "visits": 1}, "a visit")
+    daemon.request("migrate", op="next")
+    wait_for(lambda: stage(daemon) == 0, timeout=20, what="the rollback of the stage whose migration failed")
+    reaches(daemon, {"name": "Ada Lovelace", "visits": 1}, "the agent back on its untouched state")
+    (migrated, *_) = daemon.request("events", types=["state_migrated"])["events"]
+    assert migrated["failed"] == ["profile"]
+    rollback = daemon.request("events", types=["rollback"])["events"][-1]
+    assert rollback["reason"] == "state migration failed on profile"
