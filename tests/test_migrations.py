@@ -227,6 +227,37 @@ def test_next_rollback_and_emergency_rollback_with_events_and_history(start_daem
     assert "stage 0 of 3: baseline" in status.stdout
 
 
+def test_emergency_rollback_from_any_stage_returns_to_stage_0(start_daemon) -> None:
+    daemon = start_daemon(config())
+    daemon.wait_running("probe")
+    for origin in (1, 2, 3):
+        for _ in range(origin):
+            daemon.request("migrate", op="next")
+        assert stage(daemon) == origin
+        assert ctl(daemon, "migrate", "emergency-rollback", f"from {origin}").returncode == 0
+        assert stage(daemon) == 0
+        assert values(daemon) == {"registry": "off", "enforce": "off"}
+    steps = [(h["action"], h["from_index"], h["to_index"]) for h in daemon.request("flags", migration=True)["history"]
+             if h["action"] == "emergency_rollback"]
+    assert steps == [("emergency_rollback", 1, 0), ("emergency_rollback", 2, 0), ("emergency_rollback", 3, 0)]
+
+
+@pytest.mark.parametrize("origin", [1, 2])
+def test_offline_emergency_rollback_from_an_inner_stage(start_daemon, origin: int) -> None:
+    """(Stage 3, the last, is the test below.)"""
+    daemon = start_daemon(config())
+    for _ in range(origin):
+        daemon.request("migrate", op="next")
+    daemon.request("shutdown")
+    assert daemon.wait_exit() == 0
+    out = ctl(daemon, "migrate", "emergency-rollback", "x", "--offline", "--state-dir", str(daemon.state_dir))
+    assert out.returncode == 0, out.stderr
+    assert f"offline from {['baseline', 'registry', 'canary'][origin]}" in out.stdout
+    daemon.start()
+    assert stage(daemon) == 0
+    assert values(daemon) == {"registry": "off", "enforce": "off"}
+
+
 def test_next_waits_for_the_hold_time(start_daemon) -> None:
     daemon = start_daemon(config(hold=3600))
     assert ctl(daemon, "migrate", "next").returncode == 0  # stage 0 has no hold
