@@ -457,6 +457,9 @@ def test_a_state_migration_goes_with_its_stage_and_every_rollback_reverses_it(st
     migrated = daemon.request("events", types=["state_migrated"])["events"]
     assert [(e["name"], e["failed"]) for e in migrated] == [("expand", []), ("contract", []), ("expand", []),
                                                              ("contract", []), ("baseline", [])]
+    status = ctl(daemon, "migrate", "status").stdout
+    assert ("2 contract  profile_v2=on state[profile]: tests.flag_agents:drop_name "
+            "(back: tests.flag_agents:join_name)") in status
     logs = ctl(daemon, "logs", "profile", "-n", "100").stdout
     assert "state migration: reverse contract (tests.flag_agents:join_name)" in logs
     # Offline: the daemon is down; the agent reverses its state as it starts with the daemon.

@@ -5,7 +5,8 @@ for its ``hold`` seconds and none of its gates failed); ``{"op": "rollback"}`` (
 ``{"op": "emergency-rollback", "reason": TEXT}`` (to stage 0 at once, skipping every gate). Each answers the
 status after the step, as ``{"verb": "flags", "args": {"migration": true}}`` does: ``{"stage", "name", "since",
 "held_s", "hold", "ready", "blockers", "gates": {"outcome", "failed", "unjudged", "figures"} | null, "baseline",
-"auto_rollback", "window", "interval", "stages": [{"index", "name", "hold", "flags"}], "history": [...]}``.
+"auto_rollback", "window", "interval", "stages": [{"index", "name", "hold", "flags", "state"?}], "history": [...]}``
+(a step that changed agents' state migrations has ``state``: each such agent's list from then on).
 CLI: ``foundationctl migrate status [--json]``, ``migrate next``, ``migrate rollback``,
 ``migrate emergency-rollback REASON [--offline [--state-dir DIR]]``: ``--offline`` writes stage 0's flag values
 into the state directory's store while the daemon is down (it refuses while the daemon answers).
@@ -97,6 +98,9 @@ def render(status: dict[str, Any]) -> str:
     for stage in status["stages"]:
         mark = "*" if stage["index"] == status["stage"] else " "
         values = " ".join(f"{k}={v}" for k, v in stage["flags"].items())
+        state = stage.get("state")
+        if state:
+            values += f" state[{','.join(state['agents'])}]: {state['forward']} (back: {state['reverse']})"
         lines.append(f" {mark} {stage['index']} {stage['name']}  {values}")
     for step in status.get("history", [])[-5:]:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(step["ts"]))
