@@ -56,6 +56,19 @@ def test_exactly_at_the_thresholds_is_not_a_failure() -> None:
     assert judge(figures(data, now=10, window=60, since=0), baseline_p50=0.010).failed == ()
 
 
+def test_state_recovery_is_judged_from_the_first_agent_start() -> None:
+    quiet = judge(figures(samples((0, 0, 0, 0, 0, 0), (10, 0, 0, 0, 0, 0)), now=10, window=60, since=0), None)
+    assert quiet.figures["state_recovery"] is None
+    assert not any("state" in u for u in quiet.unjudged)  # no start: nothing to recover, not a missing datum
+    data = Samples(keep=120)
+    data.add(Sample(0, starts=5, start_failures=0))
+    data.add(Sample(10, starts=104, start_failures=1))  # 99 of 100 in the window: at the threshold
+    assert judge(figures(data, now=10, window=60, since=0), None).failed == ()
+    data.add(Sample(20, starts=104, start_failures=2))
+    verdict = judge(figures(data, now=20, window=60, since=0), None)
+    assert verdict.failed == ("state recovery 98.0% < 99% (101 agent starts)",)
+
+
 def test_a_doubled_median_of_a_few_milliseconds_is_noise() -> None:
     """2.4 ms -> 5.3 ms (seen right after a restart, when queued messages finish in one batch) is not a failure;
     2x and more than 10 ms above the baseline is."""
@@ -105,8 +118,8 @@ def test_the_baseline_needs_enough_messages() -> None:
 
 def test_thresholds_are_designs() -> None:
     limits = Thresholds()
-    assert (limits.error_rate, limits.restarts_per_min, limits.delivery_success, limits.latency_factor) == (
-        0.05, 10.0, 0.95, 2.0)
+    assert (limits.error_rate, limits.restarts_per_min, limits.delivery_success, limits.latency_factor,
+            limits.state_recovery) == (0.05, 10.0, 0.95, 2.0, 0.99)
 
 
 # ---- stages and moving, pure ----
@@ -505,4 +518,5 @@ def test_a_state_migration_that_fails_leaves_the_state_and_rolls_the_stage_back(
     (migrated, *_) = daemon.request("events", types=["state_migrated"])["events"]
     assert migrated["failed"] == ["profile"]
     rollback = daemon.request("events", types=["rollback"])["events"][-1]
-    assert rollback["reason"] == "state migration failed on profile"
+    # Whichever saw it first: the restart's check, or the state-recovery gate (a failed agent start).
+    assert re.fullmatch(r"state migration failed on profile|state recovery .*", rollback["reason"]), rollback

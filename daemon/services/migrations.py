@@ -304,6 +304,7 @@ def take_sample(app: Any, samples: Samples, *, latencies: bool) -> float:
     if latencies and broker is not None and broker.latencies:
         taken = list(broker.latencies)
         broker.latencies.clear()
+    starts = getattr(app.flags, "agent_starts", (0, 0))
     samples.add(Sample(now, c.get("done", 0), c.get("failed", 0), c.get("accepted", 0), c.get("rejected", 0),
-                       counts.get("child_restarted", 0)), taken)
+                       counts.get("child_restarted", 0), starts[0], starts[1]), taken)
     return now
