@@ -11,7 +11,7 @@ from helpers import REPO, ctl
 from agents.testing import DaemonProcess, wait_for
 from daemon.config import ConfigError, parse_config
 from daemon.services import flags_store
-from daemon.services.migrations_core import MigrationSpec, Stage, plan, readiness
+from daemon.services.migrations_core import MigrationSpec, Stage, StateChange, plan, readiness
 from daemon.services.migrations_health import Sample, Samples, Thresholds, baseline, figures, judge
 from ipc import state_migration
 
@@ -145,6 +145,13 @@ def test_readiness_waits_for_the_hold_and_for_no_failed_gate() -> None:
         "gate failed: error rate 9.0% > 5%"]
     assert readiness(SPEC, {"stage": 3, "since": 0.0}, now=1000, verdict=None) == [
         "already at the last stage (all)"]
+    needs = MigrationSpec((Stage("registry", (("registry", "on"),), 0.0, requires=("probe",)),
+                           Stage("expand", (), 0.0, StateChange(("profile",), "m:f", "m:g"), ("probe",))))
+    assert readiness(needs, {"stage": 0, "since": None}, now=0, verdict=None, running={"web"}) == [
+        "stage registry needs probe running"]
+    assert readiness(needs, {"stage": 1, "since": 0.0}, now=0, verdict=None, running={"probe"}) == [
+        "stage expand needs profile running"]  # the agents its state migration names, too
+    assert readiness(needs, {"stage": 1, "since": 0.0}, now=0, verdict=None, running={"probe", "profile"}) == []
 
 
 def test_plans() -> None:
@@ -165,6 +172,8 @@ def test_plans() -> None:
      "migration.stages[1].name: 'a' is used"),
     ("[migration]\nwindow = 0\n[[migration.stages]]\nname='a'\nflags={a=1}", "migration.window: expected"),
     ("[[migration.stages]]\nname='a'\nflags={a=1}\nhold=-1", "migration.stages[0].hold: expected"),
+    ("[[migration.stages]]\nname='a'\nflags={a=1}\nrequires='web'", "migration.stages[0].requires: expected"),
+    ("[[migration.stages]]\nname='a'\nflags={a=1}\nrequires=['web']", "migration.stages[0].requires: 'web' is not"),
 ])
 def test_config_errors_name_the_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -280,6 +289,23 @@ def test_next_waits_for_the_hold_time(start_daemon) -> None:
     status = daemon.request("flags", migration=True)
     assert status["ready"] is False
     assert status["stage"] == 1
+
+
+def test_validate_says_whether_next_may_go_with_the_stages_own_checks(start_daemon) -> None:
+    text = config().replace('flags = {{ registry = "on" }}'.replace("{{", "{").replace("}}", "}"),
+                            'flags = { registry = "on" }\n        requires = ["probe"]')
+    assert 'requires = ["probe"]' in text
+    daemon = start_daemon(text)
+    daemon.wait_running("probe")
+    assert ctl(daemon, "stop", "probe").returncode == 0
+    refused = ctl(daemon, "migrate", "validate")
+    assert refused.returncode == 1
+    assert refused.stdout == "stage 0 (baseline): not ready: stage registry needs probe running\n"
+    assert "not_ready: stage registry needs probe running" in ctl(daemon, "migrate", "next").stderr
+    assert ctl(daemon, "start", "probe").returncode == 0
+    ready = ctl(daemon, "migrate", "validate")
+    assert (ready.returncode, ready.stdout) == (0, "stage 0 (baseline): ready for next\n")
+    assert ctl(daemon, "migrate", "next").returncode == 0
 
 
 def test_offline_emergency_rollback_with_the_daemon_down(start_daemon) -> None:
@@ -477,6 +503,7 @@ def test_a_state_migration_goes_with_its_stage_and_every_rollback_reverses_it(st
     assert "state migration: reverse contract (tests.flag_agents:join_name)" in logs
     # Offline: the daemon is down; the agent reverses its state as it starts with the daemon.
     daemon.request("migrate", op="next")
+    reaches(daemon, V1, "expanded again")  # (next needs the agent a state migration names running)
     daemon.request("migrate", op="next")
     reaches(daemon, V2, "contracted before the offline rollback")
     daemon.request("shutdown")

@@ -194,7 +194,7 @@ class Migrations:
         if action == "next":
             now = self.sample()
             verdict = self.judge(now) if stage > 0 else None
-            blockers = readiness(spec, self.pos, self.wall(), verdict.to_dict() if verdict else None)
+            blockers = readiness(spec, self.pos, self.wall(), verdict.to_dict() if verdict else None, self._running())
             if verdict is not None:
                 self._gate_event(verdict, "refused" if blockers else "next", by=by,
                                  **({"reason": "; ".join(blockers)} if blockers else {}))
@@ -232,6 +232,9 @@ class Migrations:
         if state:
             self._restart_for_state(state, step)
 
+    def _running(self) -> set[str]:
+        return {node.name for node in self.app.tree.workers() if node.state is State.RUNNING}
+
     def _spec(self) -> MigrationSpec:
         if self.spec is None:
             raise FoundationError(ErrorCode.NOT_READY, "no [migration] in the config")
@@ -249,13 +252,13 @@ class Migrations:
         now = self.sample()
         stage = self.pos["stage"]
         verdict = self.judge(now) if stage > 0 else None
+        blockers = readiness(spec, self.pos, self.wall(), verdict.to_dict() if verdict else None, self._running())
         since = self.pos.get("since")
         store = self.flags.store
         return {
             "stage": stage, "name": spec.name(stage), "since": since,
             "held_s": round(self.wall() - since, 3) if since is not None else None, "hold": spec.hold(stage),
-            "ready": not readiness(spec, self.pos, self.wall(), verdict.to_dict() if verdict else None),
-            "blockers": readiness(spec, self.pos, self.wall(), verdict.to_dict() if verdict else None),
+            "ready": not blockers, "blockers": blockers,
             "gates": verdict.to_dict() if verdict else None,
             "baseline": self.pos["baselines"].get(str(stage)),
             "auto_rollback": spec.auto_rollback, "window": spec.window, "interval": spec.interval,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from daemon.core.spec import ChildSpec, SupervisorSpec
 from ipc.flags import check_name, parse_value
 from ipc.state_migration import check_ref, wanted
 
-STAGE_KEYS = ("name", "flags", "hold", "state")
+STAGE_KEYS = ("name", "flags", "hold", "state", "requires")
 STATE_KEYS = ("agents", "forward", "reverse")
 MIGRATION_KEYS = ("stages", "hold", "window", "interval", "auto_rollback")
 BASELINE = "baseline"
@@ -53,6 +53,11 @@ class Stage:
     flags: tuple[tuple[str, Any], ...]
     hold: float
     state: StateChange | None = None
+    requires: tuple[str, ...] = ()  # workers that must be running before the stage is entered (its own checks)
+
+    def needs(self) -> tuple[str, ...]:
+        """What must run before this stage is entered: ``requires``, and the agents its state migration names."""
+        return tuple(dict.fromkeys((*self.requires, *(self.state.agents if self.state else ()))))
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,11 @@ def parse_migration(value: object) -> MigrationSpec:
                             "(or a state migration)")
         values = tuple((_flag_name(n, f"{key}.flags.{n}"), _flag_value(v, f"{key}.flags.{n}"))
                        for n, v in flags.items())
-        stages.append(Stage(name, values, _seconds(item.get("hold", hold), f"{key}.hold", zero=True), state))
+        requires = item.get("requires", [])
+        if not isinstance(requires, list) or not all(isinstance(r, str) and r for r in requires):
+            raise SpecError(f"{key}.requires", f"expected a list of worker names, got {requires!r}")
+        stages.append(Stage(name, values, _seconds(item.get("hold", hold), f"{key}.hold", zero=True), state,
+                            tuple(requires)))
     auto = table.get("auto_rollback", True)
     if not isinstance(auto, bool):
         raise SpecError("migration.auto_rollback", f"expected a boolean, got {auto!r}")
@@ -154,16 +163,23 @@ def _state(value: object, key: str) -> StateChange:
 
 
 def check_state_agents(spec: MigrationSpec, root: ChildSpec) -> None:
-    """Every agent a state migration names is an agent of the config's tree (SpecError naming the key)."""
+    """Every agent a state migration names is an agent of the config's tree, every child a stage requires a worker
+    of it (SpecError naming the key)."""
     agents: set[str] = set()
+    names: set[str] = set()
     todo: list[ChildSpec] = [root]
     while todo:
         node = todo.pop()
         if isinstance(node, SupervisorSpec):
             todo.extend(node.children)
-        elif node.agent:
+            continue
+        names.add(node.name)
+        if node.agent:
             agents.add(node.name)
     for i, stage in enumerate(spec.stages):
+        for name in stage.requires:
+            if name not in names:
+                raise SpecError(f"migration.stages[{i}].requires", f"{name!r} is not a worker of the tree")
         for name in stage.state.agents if stage.state else ():
             if name not in agents:
                 raise SpecError(f"migration.stages[{i}].state.agents", f"{name!r} is not an agent of the tree")
@@ -222,9 +238,11 @@ def position(stored: Mapping[str, Any] | None, spec: MigrationSpec) -> dict[str,
     return pos
 
 
-def readiness(spec: MigrationSpec, pos: Mapping[str, Any], now: float, verdict: Mapping[str, Any] | None
-              ) -> list[str]:
-    """Why ``migrate next`` may not go now (empty: it may)."""
+def readiness(spec: MigrationSpec, pos: Mapping[str, Any], now: float, verdict: Mapping[str, Any] | None,
+              running: Collection[str] | None = None) -> list[str]:
+    """Why ``migrate next`` may not go now (empty: it may): the current stage has not held for its hold time, or
+    one of its gates failed, or (given ``running``, the children running now) the next stage's own checks: a child
+    it requires, or an agent its state migration names, is not running."""
     stage = int(pos["stage"])
     if stage >= spec.last:
         return [f"already at the last stage ({spec.name(stage)})"]
@@ -236,6 +254,9 @@ def readiness(spec: MigrationSpec, pos: Mapping[str, Any], now: float, verdict: 
         blockers.append(f"stage {spec.name(stage)} has held {held:.0f}s of its {hold:g}s")
     if stage > 0 and verdict is not None and verdict.get("outcome") == "failed":
         blockers.extend(f"gate failed: {why}" for why in verdict.get("failed", ()))
+    if running is not None:
+        blockers.extend(f"stage {spec.name(stage + 1)} needs {name} running" for name in spec.stages[stage].needs()
+                        if name not in running)
     return blockers
 
 

@@ -7,7 +7,8 @@ status after the step, as ``{"verb": "flags", "args": {"migration": true}}`` doe
 "held_s", "hold", "ready", "blockers", "gates": {"outcome", "failed", "unjudged", "figures"} | null, "baseline",
 "auto_rollback", "window", "interval", "stages": [{"index", "name", "hold", "flags", "state"?}], "history": [...]}``
 (a step that changed agents' state migrations has ``state``: each such agent's list from then on).
-CLI: ``foundationctl migrate status [--json]``, ``migrate next``, ``migrate rollback``,
+CLI: ``foundationctl migrate status [--json]``, ``migrate validate`` (readiness only: prints ``ready``, or why not,
+and exits 0 or 1; it asks the read-only ``flags``), ``migrate next``, ``migrate rollback``,
 ``migrate emergency-rollback REASON [--offline [--state-dir DIR]]``: ``--offline`` writes stage 0's flag values
 into the state directory's store while the daemon is down (it refuses while the daemon answers).
 """
@@ -27,6 +28,7 @@ from ipc.errors import ErrorCode, FoundationError
 if TYPE_CHECKING:
     from daemon.services.flags import FlagService
 
+EXIT_NOT_READY = 1  # migrate validate: the next stage may not be entered now
 ACTIONS = {"next": "next", "rollback": "rollback", "emergency-rollback": "emergency_rollback"}
 
 
@@ -45,6 +47,7 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
 def setup(parser: argparse.ArgumentParser) -> None:
     ops = parser.add_subparsers(dest="op", metavar="OP", required=True)
     add_json(ops.add_parser("status", help="the stage, its gates, whether next may go, the history"))
+    add_json(ops.add_parser("validate", help="whether next may go now (exit 0) or why not (exit 1)"))
     add_json(ops.add_parser("next", help="the next stage, if this one held for its hold time with its gates green"))
     back = ops.add_parser("rollback", help="one stage back")
     back.add_argument("--reason", help="why (in the rollback event and the history)")
@@ -78,6 +81,13 @@ def local(args: argparse.Namespace) -> int | None:
 
 
 def run(client: ControlClient, args: argparse.Namespace) -> int:
+    if args.op == "validate":
+        status = client.request("flags", migration=True)
+        result = {"ready": status["ready"], "blockers": status["blockers"], "stage": status["stage"],
+                  "name": status["name"]}
+        print_result(args, result, lambda: f"stage {status['stage']} ({status['name']}): " + (
+            "ready for next" if status["ready"] else "not ready: " + "; ".join(status["blockers"])))
+        return EXIT_OK if status["ready"] else EXIT_NOT_READY
     if args.op == "status":
         result = client.request("flags", migration=True)
     else:
