@@ -3,7 +3,7 @@ new one takes it back, and how each agent's session resumes without a message lo
 
     old image: fail_calls ─> flush (commit, accepts, deliveries) ─> snapshot ─> close (linger: all sent arrives)
     new image: Outbox reopened (undone casts, seqs, channel marks) ─> restore(snapshot): sessions (resuming),
-               mailboxes in their order (in flight stays in flight), timers, monitors, totals
+               mailboxes in their order (in flight stays in flight), timers, monitors, totals (per agent too)
     agent's DEALER reconnects (same routing id) ─frame─> new image: resume {received}   (frames dropped meanwhile)
                                                 <─────── resumed {sent}, then every frame after ``received`` again
                ─> the session is live again: what is queued goes out
@@ -88,6 +88,7 @@ def snapshot(broker: Broker) -> dict[str, Any]:
         "monitors": [[watcher, ref, target] for (watcher, ref), target in broker._monitors._targets.items()],
         "timers": broker._timers.hand_over(),
         "counters": dict(broker.counters),
+        "by_agent": {name: list(counts) for name, counts in broker.by_agent.items()},
     }
 
 
@@ -132,5 +133,7 @@ def restore(broker: Broker, data: dict[str, Any]) -> None:
     for key, value in data["counters"].items():
         if key in broker.counters:
             broker.counters[key] = int(value)
+    for name, counts in data.get("by_agent", {}).items():
+        broker.by_agent[name] = [int(c) for c in counts]
     if data["sessions"]:
         broker._liveness.arm()
