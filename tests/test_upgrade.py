@@ -310,6 +310,44 @@ def test_a_child_waiting_out_its_backoff_is_restarted_when_due(start_daemon) -> 
              what="crashy restarted when its backoff was over, and crashing again")
 
 
+def test_a_rollouts_canary_keeps_its_process_and_its_version(start_daemon) -> None:
+    """A rollout in progress: the canary runs another version than the config says; the new image keeps both its
+    process and that version (the rollout's resume has nothing to change), and an abort still restores it."""
+    new = "tests.flag_agents:CounterV2"
+    daemon = start_daemon("""
+        [supervisor]
+        intensity = 100
+        period = 5.0
+        [[supervisor.children]]
+        name = "pool"
+    """ + "".join(f"""
+        [[supervisor.children.children]]
+        name = "p{i}"
+        agent = "{COUNTER}"
+        working_dir = "{REPO}"
+    """ for i in (1, 2)))
+
+    def versions() -> dict[str, str]:
+        return {c["name"]: c.get("agent", "") for c in daemon.node("pool")["children"]}
+
+    for name in ("p1", "p2"):
+        daemon.wait_running(name)
+    out = ctl(daemon, "rollout", "start", "--supervisor", "pool", "--agent", new, "--canary", "50", "--hold", "600",
+              "--interval", "0.2")
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: daemon.request("rollouts")["rollout"]["applied"], timeout=30, what="the canary applied")
+    assert versions() == {"p1": new, "p2": COUNTER}
+    before = workers(daemon)
+    done = ctl(daemon, "upgrade", "--wait", "--json", timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr + daemon.log()
+    wait_for(lambda: daemon.request("rollouts")["rollout"]["applied"], timeout=30, what="the rollout resumed")
+    assert workers(daemon) == before
+    assert versions() == {"p1": new, "p2": COUNTER}
+    assert daemon.request("rollouts")["rollout"]["phase"] == "canary"
+    assert ctl(daemon, "rollout", "abort").returncode == 0
+    wait_for(lambda: versions() == {"p1": COUNTER, "p2": COUNTER}, timeout=30, what="the old version back")
+
+
 def test_an_attached_child_that_is_stopped_is_refused(start_daemon) -> None:
     daemon = start_daemon(fleet(1))
     assert ctl(daemon, "attach", "extra", "--", "sleep", "1000").returncode == 0

@@ -94,6 +94,8 @@ class Handover:
     down: tuple[HandedDown, ...] = ()  # (version 2)
     attached: tuple[HandedAttach, ...] = ()  # (version 2) in tree order: a parent before its children
     tasks_boot: str | None = None  # (version 2) the boot id of the tasks' records (daemon/services/tasks.py)
+    # (version 2) workers running another version than their spec says (a rollout's): name -> {"agent", "env"}
+    versions: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -110,7 +112,7 @@ def to_plain(h: Handover) -> dict[str, Any]:
     """Plain data (JSON types only); the shell writes it."""
     return {
         "version": h.version, "generation": h.generation, "argv": list(h.argv), "started_at": h.started_at,
-        "failed": h.failed, "extra": h.extra, "broker": h.broker, "tasks_boot": h.tasks_boot,
+        "failed": h.failed, "extra": h.extra, "broker": h.broker, "tasks_boot": h.tasks_boot, "versions": h.versions,
         "down": [{"name": d.name, "state": d.state, "held": d.held, "restarts": d.restarts, "last_exit": d.last_exit,
                   "last_exit_at": d.last_exit_at, "restart_at": d.restart_at, "backoff_attempt": d.backoff_attempt}
                  for d in h.down],
@@ -141,6 +143,7 @@ def from_plain(data: Any) -> Handover:
             version=data["version"], generation=int(data["generation"]), argv=tuple(data["argv"]),
             started_at=float(data.get("started_at", 0.0)), failed=data.get("failed"), extra=dict(data["extra"]),
             broker=_broker(data.get("broker")), tasks_boot=data.get("tasks_boot"),
+            versions={str(k): dict(v) for k, v in data.get("versions", {}).items()},
             down=tuple(_down(d) for d in data.get("down", [])),
             attached=tuple(_attach(a) for a in data.get("attached", [])),
             workers=tuple(HandedWorker(w["name"], int(w["pid"]), int(w["pidfd"]), _pipes(w["pipes"]),

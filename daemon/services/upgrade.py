@@ -41,6 +41,7 @@ from daemon.config import ConfigError, child_spec_from_dict, load_config
 from daemon.core import handover as ho
 from daemon.core.protocol import Ready
 from daemon.core.reload import diff as reload_diff
+from daemon.core.spec import WorkerSpec, worker_specs
 from daemon.core.states import DOWN, State
 from daemon.core.tree import Supervisor, Worker, spec_names
 from daemon.shell import forkserver
@@ -142,6 +143,11 @@ class Upgrader:
             if node.state in DOWN:
                 return (f"{node.name} was attached at run time and is {node.state.value}: the new image would start "
                         "it (start or detach it first)")
+        for node in app.tree.workers():
+            base = self._base_spec(node)
+            if base is not None and base != node.spec and _versioned(base, node.spec) != node.spec:
+                return (f"{node.name} runs a spec that differs from its config's in more than its version: reload "
+                        "first")
         agents = [n.name for n in app.tree.workers() if n.spec.agent]
         if agents and app.broker is not None and (why := resume.refusal(app.broker, agents)) is not None:
             return why
@@ -152,6 +158,22 @@ class Upgrader:
         if not reload_diff(app.config.root, on_disk.root).empty:
             return "the config on disk differs from the running tree: reload first (or restore the file)"
         return None
+
+    def _base_spec(self, node: Worker) -> WorkerSpec | None:
+        """The spec the new image builds for ``node`` before the handover's versions: its config's, or its attach's
+        when it was attached on its own (not inside an attached supervisor); None when that is not known here."""
+        app = self._app
+        configured = {w.name: w for w in worker_specs(app.config.root)}
+        if node.name in configured:
+            return configured[node.name]
+        raw = app.workflows.durable.spec(node.name) or app.attached.get(node.name, (None, None))[1]
+        if raw is None and (task := app.workflows.tasks.handed(node.name)) is not None:
+            raw = task[0]
+        try:
+            spec = child_spec_from_dict(raw, key="spec") if raw else None
+        except ConfigError:
+            return None
+        return spec if isinstance(spec, WorkerSpec) else None
 
     def _restart_due(self, node: Supervisor | Worker) -> float | None:
         """When a child waiting out its backoff is due to start (monotonic), or None."""
@@ -213,9 +235,11 @@ class Upgrader:
                 attached.append(ho.HandedAttach(parent.name, index, app.attached[node.name][1]))
             elif owner == "task" and (task := app.workflows.tasks.handed(node.name)) is not None:
                 attached.append(ho.HandedAttach(parent.name, index, task[0], "task", True, task[1]))
+        versions = {node.name: {"agent": node.spec.agent, "env": [list(kv) for kv in node.spec.env]}
+                    for node in app.tree.workers() if (base := self._base_spec(node)) is not None and base != node.spec}
         return ho.Handover(self.generation + 1, tuple(sys.orig_argv), tuple(workers), tuple(sups), guardian,
                            started_at=time.monotonic(), broker=broker, down=tuple(down), attached=tuple(attached),
-                           tasks_boot=app.workflows.tasks.boot)
+                           tasks_boot=app.workflows.tasks.boot, versions=versions)
 
     def _execute(self, failed: str | None = None, h: ho.Handover | None = None) -> None:
         app = self._app
@@ -351,6 +375,10 @@ class Upgrader:
                 spec = child_spec_from_dict(a.spec, key="spec")
                 app.apply(app.tree.attach(a.parent, spec, a.index))
                 app.attached[spec.name] = (a.parent, a.spec)
+        for name, version in h.versions.items():  # a rollout's version: its next start keeps it, as it runs now
+            node = app.tree.find_quiet(name)
+            if isinstance(node, Worker):
+                node.spec = _versioned(node.spec, node.spec, version)
         while True:
             waiting = [n for n in app.tree.workers() if n.name in self._adopted and n.state is State.STARTING]
             if not waiting:
@@ -425,6 +453,13 @@ class Upgrader:
 
 def _pipes(raw: tuple[tuple[int, str], ...]) -> list[OutputPipe]:
     return [OutputPipe(fd, stream) for fd, stream in raw]
+
+
+def _versioned(base: WorkerSpec, running: WorkerSpec, version: dict[str, Any] | None = None) -> WorkerSpec:
+    """``base`` at the version (agent class, env) that ``running`` has, or that ``version`` says."""
+    if version is None:
+        return replace(base, agent=running.agent, env=running.env)
+    return replace(base, agent=version["agent"], env=tuple((str(k), str(v)) for k, v in version["env"]))
 
 
 def _walk(root: Supervisor) -> list[tuple[Supervisor | None, int, Supervisor | Worker]]:
