@@ -51,8 +51,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.anchors import TARGETS, become_subreaper, launch  # noqa: E402
-from bench.common import contention, machine, percentile, write_results  # noqa: E402
+from bench.anchors import TARGETS, become_subreaper, launch
+from bench.common import contention, machine, percentile, write_results
+from ipc.errors import FoundationError
 
 SIDES = ("foundation", "ray")
 MIB = 1024 * 1024
@@ -142,8 +143,6 @@ def measure_foundation(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _foundation_restarts(client: Any, args: argparse.Namespace) -> list[float]:
-    from ipc.errors import FoundationError
-
     samples = []
     for i in range(args.kills + 1):
         old = next(w["pid"] for w in _foundation_status(client)["tree"]["children"] if w["name"] == "counter")
@@ -249,55 +248,68 @@ def measure_ray(args: argparse.Namespace) -> dict[str, Any]:
         counter = importlib.import_module("bench_ray_counter").Counter
         with _ray_session(ray, tmp / "r") as init_s:
             out["init_s"] = round(init_s, 3)
-            actor = counter.remote()
-            for _ in range(20):
-                ray.get(actor.get.remote())
-            times = []
-            for _ in range(args.calls):
-                t0 = time.perf_counter()
-                ray.get(actor.get.remote())
-                times.append(time.perf_counter() - t0)
-            out["call"] = _ms(times)
-            _log(f"ray: call p50 {out['call']['p50_ms']} ms")
-            samples = []
-            for i in range(args.kills + 1):
-                old = ray.get(actor.get.remote())["pid"]
-                t0 = time.perf_counter()
-                os.kill(old, signal.SIGKILL)
-                reply = ray.get(actor.get.remote(), timeout=60)
-                if reply["pid"] == old:  # answered before the kill landed: not a restart
-                    continue
-                if i:
-                    samples.append(time.perf_counter() - t0)
-                time.sleep(0.05)
-            out["restart"] = _ms(samples)
-            _log(f"ray: restart -> answered p50 {out['restart']['p50_ms']} ms")
-            ray.kill(actor, no_restart=True)
+            out.update(_ray_one_actor(ray, counter, args))
         for n in args.n:
-            t0 = time.perf_counter()
-            with _ray_session(ray, tmp / f"r{n}") as init_s:
-                actors = [counter.remote() for _ in range(n)]
-                replies = ray.get([a.get.remote() for a in actors], timeout=args.ray_timeout)
-                cold = time.perf_counter() - t0
-                time.sleep(args.settle)
-                ours = {r["pid"] for r in replies}
-                per = [_uss(p) for p in ours]
-                others = [p.pid for p in psutil.Process().children(recursive=True) if p.pid not in ours]
-                fixed = sum(_uss(p) for p in others)
-                for a in actors:
-                    ray.kill(a, no_restart=True)
-            out[f"cold_{n}_s"] = round(cold, 3)
-            out[f"ray_init_{n}_s"] = round(init_s, 3)
-            out[f"uss_per_agent_mib_{n}"] = round(sum(per) / len(per) / MIB, 2)
-            out[f"fixed_uss_mib_{n}"] = round(fixed / MIB, 1)
-            _log(f"ray: {n} actors: cold {cold:.3f} s (init {init_s:.2f}), USS {out[f'uss_per_agent_mib_{n}']} MiB "
-                 f"each, fixed {out[f'fixed_uss_mib_{n}']} MiB")
+            if n > args.ray_max:
+                out[f"skipped_{n}"] = f"more than --ray-max {args.ray_max} actors (~40 MiB each)"
+                _log(f"ray: {n} actors: skipped ({out[f'skipped_{n}']})")
+                continue
+            out.update(_ray_many(ray, counter, n, tmp / f"r{n}", args))
     finally:
         sys.path.remove(str(tmp))
         sys.modules.pop("bench_ray_counter", None)
         shutil.rmtree(tmp, ignore_errors=True)
     out["settings"] = (f"ray {out['version']}: ray.init(num_cpus=2, include_dashboard=False); actor "
                        "max_restarts=-1, max_task_retries=-1; state in the process, lost on restart")
+    return out
+
+
+def _ray_one_actor(ray: Any, counter: Any, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    actor = counter.remote()
+    for _ in range(20):
+        ray.get(actor.get.remote())
+    times = []
+    for _ in range(args.calls):
+        t0 = time.perf_counter()
+        ray.get(actor.get.remote())
+        times.append(time.perf_counter() - t0)
+    out["call"] = _ms(times)
+    _log(f"ray: call p50 {out['call']['p50_ms']} ms")
+    samples = []
+    for i in range(args.kills + 1):
+        old = ray.get(actor.get.remote())["pid"]
+        t0 = time.perf_counter()
+        os.kill(old, signal.SIGKILL)
+        reply = ray.get(actor.get.remote(), timeout=60)
+        if reply["pid"] == old:  # answered before the kill landed: not a restart
+            continue
+        if i:
+            samples.append(time.perf_counter() - t0)
+        time.sleep(0.05)
+    out["restart"] = _ms(samples)
+    _log(f"ray: restart -> answered p50 {out['restart']['p50_ms']} ms")
+    ray.kill(actor, no_restart=True)
+    return out
+
+
+def _ray_many(ray: Any, counter: Any, n: int, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    with _ray_session(ray, tmp) as init_s:
+        actors = [counter.remote() for _ in range(n)]
+        replies = ray.get([a.get.remote() for a in actors], timeout=args.ray_timeout)
+        cold = time.perf_counter() - t0
+        time.sleep(args.settle)
+        ours = {r["pid"] for r in replies}
+        per = [_uss(p) for p in ours]
+        others = [p.pid for p in psutil.Process().children(recursive=True) if p.pid not in ours]
+        fixed = sum(_uss(p) for p in others)
+        for a in actors:
+            ray.kill(a, no_restart=True)
+    out = {f"cold_{n}_s": round(cold, 3), f"ray_init_{n}_s": round(init_s, 3),
+           f"uss_per_agent_mib_{n}": round(sum(per) / len(per) / MIB, 2), f"fixed_uss_mib_{n}": round(fixed / MIB, 1)}
+    _log(f"ray: {n} actors: cold {cold:.3f} s (init {init_s:.2f}), USS {out[f'uss_per_agent_mib_{n}']} MiB "
+         f"each, fixed {out[f'fixed_uss_mib_{n}']} MiB")
     return out
 
 
@@ -378,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="agents for the cold start and memory rows (default 10,100)")
     p.add_argument("--settle", type=float, default=2.0, help="idle seconds before memory is read (default 2)")
     p.add_argument("--poll", type=float, default=0.001, help="Foundation restart: retry interval, s (default 0.001)")
+    p.add_argument("--ray-max", type=int, default=100, help="Ray: skip counts above this many actors (default 100)")
     p.add_argument("--ray-timeout", type=float, default=600.0, help="Ray: s for N actors to answer (default 600)")
     p.add_argument("--json", help="results file (default bench/results/agent_peers.json)")
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
@@ -404,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: nproc={info['nproc']}, {info['cpu_model']}, kernel {info['kernel']}, Python {info['python']}; "
           f"{info['date']}")
     print(f"command: {command}")
-    print("load (1-min avg) before each side: " + ", ".join(f"{k} {v['before']['loadavg'][0]}" for k, v in load.items()))
+    print("load (1-min avg) before each side: "
+          + ", ".join(f"{k} {v['before']['loadavg'][0]}" for k, v in load.items()))
     print("\nPython agents: Foundation agents and Ray actors")
     print_table(results, args.n)
     if args.markdown:
