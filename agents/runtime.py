@@ -47,17 +47,40 @@ class Stop(Exception):
     """SIGTERM arrived while the runtime was waiting: leave the loop in order."""
 
 
+class Connection:
+    """A DEALER connected to the broker, with its context: made by the runtime, or ahead of time by a spare of the
+    zygote (agents/zygote.py) so that the connection's handshake is done before the agent it becomes starts."""
+
+    def __init__(self, endpoint: str, *, connect: bool = True) -> None:
+        self.endpoint = endpoint
+        self.ctx = zmq.Context(io_threads=1)
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE)
+        self.connected = connect
+        if connect:
+            self.sock.connect(endpoint)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
 class AgentRuntime:
-    def __init__(self, agent: Agent, name: str, endpoint: str, token: str | None, store: StateStore) -> None:
+    def __init__(self, agent: Agent, name: str, endpoint: str, token: str | None, store: StateStore, *,
+                 connection: Connection | None = None) -> None:
         self.agent = agent
         self.name = name
         self._endpoint = endpoint
         self._token = token
         self._store = store
-        self._ctx = zmq.Context(io_threads=1)
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 2000)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE)
+        if connection is not None and connection.endpoint != endpoint:
+            connection.close()  # made for another broker socket: not ours
+            connection = None
+        if connection is None:  # connected in run(), once the state is loaded
+            connection = Connection(endpoint, connect=False)
+        self._connection = connection
+        self._ctx, self._sock = connection.ctx, connection.sock
         self._inbox: deque[dict[str, Any]] = deque()  # deliveries that arrived while we waited for a reply
         self._ref = 0
         self._heartbeat = 1.0
@@ -83,7 +106,9 @@ class AgentRuntime:
             validate_state(self.agent, self.state)
         except Exception as exc:
             raise StartFailure(f"{type(self.agent).__name__}.init() failed: {_one_line(exc)}") from exc
-        self._sock.connect(self._endpoint)
+        if not self._connection.connected:
+            self._sock.connect(self._endpoint)
+            self._connection.connected = True
         try:
             self._hello()
             # After hello: mount may ask the daemon for things (set_timer, monitor, send); before it, a DEALER
@@ -442,7 +467,8 @@ def _report_start_failure(what: str, exc: BaseException) -> int:
     return 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, connection: Connection | None = None) -> int:
+    """``connection``: a spare's DEALER, already connected to the broker (used when the endpoint is this agent's)."""
     die_with_daemon()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or ":" not in args[0]:
@@ -464,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         return _report_start_failure(f"cannot load {args[0]}: {_one_line(exc)}", exc)
     state_dir = Path(env.get("FOUNDATION_STATE_DIR", "."))
     store = open_agent_store(state_dir, name)
-    runtime = AgentRuntime(agent, name, endpoint, env.get("FOUNDATION_AGENT_TOKEN"), store)
+    runtime = AgentRuntime(agent, name, endpoint, env.get("FOUNDATION_AGENT_TOKEN"), store,
+                           connection=connection)
     signal.signal(signal.SIGTERM, runtime.on_sigterm)
     try:
         return runtime.run()
