@@ -49,7 +49,7 @@ from bench.restart_latency import one_restart
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 FDS_PER_CHILD = 3  # Foundation: pidfd, stdout pipe, stderr pipe
-FD_RESERVE = 300  # the daemon's own: sockets, LMDB, epoll, log files
+FD_RESERVE = 1000  # the daemon's own: sockets, LMDB, epoll, log files, and the control client's
 
 
 def _log(msg: str) -> None:
@@ -60,7 +60,7 @@ def runnable_children() -> int:
     """How many children a Foundation daemon can run here: its soft descriptor limit, raised to the hard one."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     limit = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
-    return (limit - FD_RESERVE) // FDS_PER_CHILD
+    return (limit - FD_RESERVE) // FDS_PER_CHILD // 1000 * 1000  # a round number, with room for a restart's pipes
 
 
 # ---- children ----
@@ -119,7 +119,8 @@ def measure_children(target: Target, n: int, running: int, args: argparse.Namesp
 
 
 def _stopped(client: Any) -> int:
-    return sum(1 for c in client.request("status")["tree"]["children"] if c["state"] == "stopped")
+    """Children that have run and exited (a child not started yet is "stopped" too, with no last exit)."""
+    return sum(1 for c in client.request("status")["tree"]["children"] if c["state"] == "stopped" and c["last_exit"])
 
 
 def _until(pred: Any, timeout: float, what: str) -> None:
