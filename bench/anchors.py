@@ -84,8 +84,7 @@ TARGETS = [
 # ---- configuration files ----
 
 
-def _foundation_config(tmp: Path, n: int, argv: list[str], restart_heavy: bool, agents: int, *,
-                       exited: int = 0) -> str:
+def _foundation_config(tmp: Path, n: int, argv: list[str], restart_heavy: bool, agents: int) -> str:
     # Restart runs kill a child every few tens of ms: an intensity that can never be reached keeps the
     # root from giving up (circus and supervisord have no such limit by default).
     intensity, period = (100000, 1.0) if restart_heavy else (3, 5.0)
@@ -95,12 +94,7 @@ def _foundation_config(tmp: Path, n: int, argv: list[str], restart_heavy: bool, 
             name = "counter" if agents == 1 else f"counter{i}"
             lines += ["[[supervisor.children]]", f'name = "{name}"', f'agent = "{COUNTER}"', ""]
         return "\n".join(lines)
-    config = workers_config(n, argv, intensity=intensity, period=period)
-    # Children that ran and exited (temporary /bin/true): in the tree and in `status`, holding no descriptor. What
-    # bench/scaling.py adds past the children this machine's RLIMIT_NOFILE lets any supervisor run.
-    for i in range(exited):
-        config += f'\n[[supervisor.children]]\nname = "done{i}"\ncommand = ["/bin/true"]\nrestart = "temporary"\n'
-    return config
+    return workers_config(n, argv, intensity=intensity, period=period)
 
 
 def _circus_config(tmp: Path, n: int, argv: list[str], options: dict[str, str]) -> str:
@@ -277,21 +271,20 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def launch(target: Target, n: int, argv: list[str] | None = None, *, restart_heavy: bool = False,
-           agents: int = 0, exited: int = 0, config: str | None = None) -> Iterator[Run]:
-    """Start ``target`` supervising ``n`` copies of ``argv`` (or ``agents`` counter agents, Foundation only; plus
-    ``exited`` temporary children that exit at once; or, Foundation only, the whole ``config`` given)."""
+           agents: int = 0, config: str | None = None) -> Iterator[Run]:
+    """Start ``target`` supervising ``n`` copies of ``argv`` (or ``agents`` counter agents, Foundation only; or,
+    Foundation only, the whole ``config`` given)."""
     argv = argv or SLEEP_ARGV
     tmp = Path(tempfile.mkdtemp(prefix=f"fb-{target.key}-"))
     options = dict(target.options)
     env = dict(os.environ)
     if target.kind == "foundation":
-        (tmp / "foundation.toml").write_text(config or _foundation_config(tmp, n, argv, restart_heavy, agents,
-                                                                                exited=exited))
+        (tmp / "foundation.toml").write_text(config or _foundation_config(tmp, n, argv, restart_heavy, agents))
         env["FOUNDATION_RUNTIME_DIR"] = str(tmp / "run")  # also the marker teardown looks for
         cmd = [str(target.script()), "--runtime-dir", str(tmp / "run"), "--state-dir", str(tmp / "state"),
                "--config", str(tmp / "foundation.toml")]
-    elif agents or exited or config:
-        raise ValueError("agents, exited children and a config of one's own are Foundation's only")
+    elif agents or config:
+        raise ValueError("agents and a config of one's own are Foundation's only")
     elif target.kind == "circus":
         (tmp / "circus.ini").write_text(_circus_config(tmp, n, argv, options))
         cmd = [str(target.script()), str(tmp / "circus.ini")]

@@ -9,8 +9,9 @@ bench/compare.py asks); after --idle s left alone, the daemon's RSS, CPU and wak
 only, the p50 of --kills restarts of a SIGKILLed child (until the replacement has exec'd sleep).
 
 Past what this machine's descriptor limit lets a supervisor run (RLIMIT_NOFILE; Foundation holds three per child:
-a pidfd and two output pipes), the rest of the N are children that ran ``/bin/true`` once and exited (``temporary``):
-in the tree and in every ``status``, holding nothing. The table and the picture say how many ran.
+a pidfd and two output pipes), the rest of the N are children attached one by one once the others run, that ran
+``/bin/true`` once and exited (``temporary``): in the tree and in every ``status``, holding nothing. The table and the
+picture say how many ran.
 
 Agents (Foundation only): a ring of A agents (bench/ring.py) and a sink; --tokens tokens of --hops hops, started at
 agents spread around the ring, pipelined through the control socket; every hop is a durable send from one agent to
@@ -68,12 +69,15 @@ def runnable_children() -> int:
 
 def measure_children(target: Target, n: int, running: int, args: argparse.Namespace) -> dict[str, Any]:
     exited = n - running
-    with launch(target, running, exited=exited, restart_heavy=True) as run:
+    with launch(target, running, restart_heavy=True) as run:
         first, everyone = run.wait_sleepers(running, timeout=600)
         client = run.connect_when_ready(60)
         try:
-            if exited:  # the temporary ones have run and exited: the tree is complete
-                _until(lambda: _stopped(client.raw) >= exited, 120, "exited children stopped")
+            for i in range(exited):  # one at a time: each is reaped, and its descriptors closed, before the next
+                client.raw.request("attach", parent="root",
+                                   spec={"name": f"done{i}", "command": ["/bin/true"], "restart": "temporary"})
+            if exited:
+                _until(lambda: _stopped(client.raw) >= exited, 120, "attached children exited")
             time.sleep(args.settle)
             for _ in range(3):
                 client.status()
