@@ -212,9 +212,10 @@ class Harness:
                     if sum(1 for w in workers if w["state"] == "running") >= n:
                         everyone = time.perf_counter() - run.launched
                         break
-                    if time.perf_counter() - run.launched > 60:
-                        raise TimeoutError(f"agents not running after 60 s: {workers}")
-                    time.sleep(self.args.poll)
+                    if time.perf_counter() - run.launched > 600:
+                        raise TimeoutError(f"agents not running after 600 s: {workers}")
+                    # Not every ms: a status of 500 agents costs the daemon ~2 ms, which would delay their hellos
+                    time.sleep(max(self.args.poll, AGENT_STATUS_POLL))
             finally:
                 client.close()
             time.sleep(self.args.settle)
@@ -490,6 +491,7 @@ def _agent(client: Any) -> dict[str, Any]:
 
 
 SDK_PARALLEL_MAX = 50
+AGENT_STATUS_POLL = 0.02  # s between status requests while agents start
 
 
 def _agent_counts(agents: int | list[int]) -> list[int]:
