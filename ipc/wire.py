@@ -12,6 +12,8 @@ kind for people who write an agent in another language.
                                <──────     accept {ref, id} | reject {ref, error}
                                <──────     deliver {id, seq, sender, body, call, info}
       done {id[, reply|error]} ──────>     delete from outbox; route a call's reply
+      done {id, deferred: true}──────>     a call answered later, by:
+      answer {id, reply|error} ──────>     the deferred call's reply (before the caller's timeout)
       call {ref, to, body}     ──────>     queue behind earlier casts (not persisted)
                                <──────     reply {ref, body} | reply {ref, error}
       heartbeat {}             ──────>     liveness
@@ -20,6 +22,8 @@ kind for people who write an agent in another language.
       svc {ref, op, args}      ──────>     breakers, limits, retry budget, discovery
                                <──────     reply {ref, body} | reply {ref, error}
       svc_cast {op, args}      ──────>     outcomes of guarded calls, errors (batched, no answer)
+      routes {ref, node, remote}──────>    the cluster bridge only: this node's name, names on other nodes
+                               <──────     reply {ref, body: {"agents": [connected agents]}}
                                <──────     breaker {name, state, open_until, slow_call_duration} (pushed)
 """
 
@@ -51,6 +55,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "reject": {"ref": int, "error": dict},
     "deliver": {"id": str, "seq": _OPT_INT, "sender": _OPT_STR, "body": _ANY, "call": bool, "info": bool},
     "done": {"id": str},
+    "answer": {"id": str},
     "reply": {"ref": int},
     "heartbeat": {},
     "monitor": {"ref": int, "target": str},
@@ -65,6 +70,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "svc": {"ref": int, "op": str, "args": dict},
     "svc_cast": {"op": str, "args": dict},
     "breaker": {"name": str, "state": str},
+    # the cluster bridge (agents/builtin/bridge.py): where names that live on other nodes are
+    "routes": {"ref": int, "node": str, "remote": dict},
 }
 
 
