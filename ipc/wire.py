@@ -29,6 +29,7 @@ kind for people who write an agent in another language.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -38,6 +39,9 @@ from ipc.errors import ErrorCode, FoundationError
 PROTOCOL_VERSION = 1
 MAX_MESSAGE = 1 << 20  # bytes per frame; also set as ZMQ_MAXMSGSIZE on every socket
 BROKER_SOCKET = "broker.sock"
+# NAME@node, a cast or call the cluster bridge carries: both parts NATS subject tokens (the name may have dots
+# between non-empty tokens, the node none), so that a target JetStream would refuse is refused before it is accepted.
+REMOTE_TARGET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*@[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 _ANY = object()
 _NUM = (int, float)

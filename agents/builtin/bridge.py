@@ -64,9 +64,9 @@ def subject(node: str, name: str) -> str:
 
 def split_target(to: str) -> tuple[str, str]:
     """``"NAME@node"`` -> (NAME, node); a FoundationError for anything else."""
-    name, at, node = to.partition("@")
-    if not (at and name and node) or "." in node or "." in name or "*" in name or ">" in name:
+    if not wire.REMOTE_TARGET.fullmatch(to):
         raise FoundationError(ErrorCode.BAD_REQUEST, f"a remote target is NAME@node, not {to!r}")
+    name, _, node = to.partition("@")
     return name, node
 
 
@@ -172,6 +172,7 @@ class Bridge(Agent):
                 time.sleep(pause)  # backoff between attempts at a link that is down, not a synchronisation
                 pause = min(pause * 2, 5.0)
         self.busy(0)
+        print(f"bridge: node {self.node} connected to {self.nc.connected_url.geturl()}", flush=True)
         self._renew()  # the broker learns this node's name before anything arrives for it
         self._run(self._subscribe())
         self.renew_ref = self.set_timer(RENEW, RENEW)
@@ -194,7 +195,8 @@ class Bridge(Agent):
 
         options: dict[str, Any] = {"servers": self.servers, "name": f"foundation-bridge-{self.node}",
                                    "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5,
-                                   "reconnected_cb": self._reconnected}
+                                   "reconnected_cb": self._reconnected, "error_cb": self._link_error,
+                                   "disconnected_cb": self._disconnected}
         if self.creds:
             options["user_credentials"] = self.creds
         if self.nc is None:
@@ -216,7 +218,7 @@ class Bridge(Agent):
             await self.local.start()
 
     async def _subscribe(self) -> None:
-        await self.nc.subscribe(f"foundation-call.{self.node}.*", cb=self._on_call_request)
+        await self.nc.subscribe(f"foundation-call.{self.node}.>", cb=self._on_call_request)
         await self.nc.subscribe(f"foundation-notice.{self.node}", cb=self._on_notice)
         await self._resync()
 
@@ -264,12 +266,15 @@ class Bridge(Agent):
         if op != "call":
             raise FoundationError(ErrorCode.BAD_REQUEST, 'the bridge answers {"op": "status" | "discover" | "call"}')
         name, node = split_target(str(msg.get("to")))
-        if node not in self.registry:
-            raise FoundationError(ErrorCode.UNREACHABLE, f"node {node!r} has no current lease in the cluster "
-                                  "registry (down, or not a node)", context={"node": node})
         timeout = float(msg.get("timeout") or 5.0)
-        handle = self._rt().defer_reply()  # type: ignore[attr-defined]
-        self._soon(self._remote_call(handle, name, node, msg.get("body"), max(0.05, timeout - 0.05)))
+        runtime: Any = self._rt()
+        handle = runtime.defer_reply()
+        if node not in self.registry:  # answered at once, as a deferred answer: an expected outcome, no traceback
+            runtime.reply(handle, error=FoundationError(
+                ErrorCode.UNREACHABLE, f"node {node!r} has no current lease in the cluster registry (down, or not "
+                "a node)", context={"node": node}))
+        else:
+            self._soon(self._remote_call(handle, name, node, msg.get("body"), max(0.05, timeout - 0.05)))
         return None, state
 
     async def _remote_call(self, handle: str, name: str, node: str, body: Any, timeout: float) -> None:
@@ -356,7 +361,15 @@ class Bridge(Agent):
             self.resyncing = asyncio.create_task(self._resync())
 
     async def _reconnected(self) -> None:
+        url = self.nc.connected_url
+        print(f"bridge: reconnected to {url.geturl() if url else '?'}", flush=True)
         self._resync_soon("reconnected to NATS: a delivery may have been lost on the way")
+
+    async def _disconnected(self) -> None:
+        print("bridge: disconnected from NATS; reconnecting", flush=True)
+
+    async def _link_error(self, exc: Exception) -> None:
+        print(f"bridge: NATS: {exc!r}", flush=True)  # one line (nats-py's default prints a traceback)
 
     async def _on_inbound(self, msg: Any, generation: int) -> None:
         if generation != self.generation:

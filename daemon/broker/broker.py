@@ -344,6 +344,9 @@ class Broker:
         """(local recipient, remote target): ``NAME@node`` on another node, or a name only another node runs (the
         bridge's routes), goes to the local ``bridge`` (no local name has an @); ``NAME@<this node>`` is ``NAME``."""
         if "@" in to:
+            if len(to) > 200 or not wire.REMOTE_TARGET.fullmatch(to):
+                raise FoundationError(ErrorCode.BAD_REQUEST, f"a remote target is NAME@node (NATS subject tokens), "
+                                      f"not {to[:200]!r}")
             name, _, node = to.partition("@")
             return (name, None) if node == self.cluster_node else ("bridge", to)
         if to in self.remote and self._agent_alive(to) is None:
@@ -352,7 +355,12 @@ class Broker:
 
     def _cast(self, sender: str | None, to: str, body: Any, chan: list[int] | None, respond: Respond, *,
               gapless: bool = False) -> None:
-        to, remote = self._resolve(to)
+        try:
+            to, remote = self._resolve(to)
+        except FoundationError as err:
+            self._rejected(sender, to, err)
+            respond(None, err)
+            return
         if remote is not None:  # the cluster bridge carries it
             body = {"to": remote, "body": body}
         decision = self._admission.cast(sender, to, body, chan, self._recipient(to), respond=respond, gapless=gapless)
@@ -363,7 +371,12 @@ class Broker:
             self._schedule_flush()
 
     def _call(self, sender: str | None, to: str, body: Any, timeout: float, respond: Respond) -> None:
-        to, remote = self._resolve(to)
+        try:
+            to, remote = self._resolve(to)
+        except FoundationError as err:
+            self._rejected(sender, to, err)
+            respond(None, err)
+            return
         if remote is not None:  # the bridge defers its answer until the other node's arrives (or the timeout)
             body = {"op": "call", "to": remote, "body": body, "timeout": timeout}
         decision = self._admission.call(sender, to, body, respond, self._recipient(to))
