@@ -165,3 +165,14 @@ def test_a_cluster_table_is_validated(tmp_path: Path) -> None:
     assert len(bridge) == 1
     assert isinstance(bridge[0], WorkerSpec)
     assert dict(bridge[0].env)["FOUNDATION_CLUSTER_NODE"] == "a"
+
+
+def test_the_daemonset_manifests_config_is_valid() -> None:
+    """The foundation.toml in deploy/foundation-daemonset.yaml's ConfigMap parses, with a node name put in as the
+    pod's start command does (dots of a Kubernetes node name made '-')."""
+    text = (Path(__file__).resolve().parents[1] / "deploy" / "foundation-daemonset.yaml").read_text()
+    lines = text.split("foundation.toml: |\n", 1)[1].splitlines()
+    toml = "\n".join(line[4:] for line in lines if line.startswith("    ") or not line.strip())
+    config = parse_config(toml.replace("@NODE@", "ip-10-0-1-2-ec2-internal"), "daemonset.toml")
+    assert any(c.name == "bridge" for c in config.root.children)
+    assert "tr -c 'A-Za-z0-9_-' '-'" in text
