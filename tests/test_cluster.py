@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ctl
+from helpers import REPO, ctl
 
 from agents.builtin.bridge import current, routes, split_target
 from agents.testing import DaemonProcess, exited, wait_for
@@ -53,6 +53,15 @@ def cluster(urls: list[str], node: str, replicas: int = 1, counter: bool = False
     if counter:
         text += '[[supervisor.children]]\nname = "counter"\nagent = "agents.examples.counter:Counter"\n'
     return text
+
+
+RENDERER = f"""
+[[supervisor.children]]
+name = "render-1"
+agent = "tests.agents_for_tests:Guarded"
+working_dir = "{REPO}"
+env = {{ CAPABILITY = "pdf" }}
+"""
 
 
 def count(daemon: DaemonProcess) -> Any:
@@ -114,9 +123,16 @@ def test_cross_node_casts_are_counted_exactly_once_through_bridge_kills(
 def test_calls_across_nodes_answer_or_fail_clearly_and_never_hang(
         nats: NatsServers, start_daemon: Callable[[str], DaemonProcess]) -> None:
     a = start_daemon(cluster(nats.urls, "a"))
-    b = start_daemon(cluster(nats.urls, "b", counter=True))
+    b = start_daemon(cluster(nats.urls, "b", counter=True, extra=RENDERER))
     b.wait_running("counter")
     assert wait_for(lambda: {n["node"] for n in status(a)["nodes"]} == {"a", "b"}, what="both nodes' leases")
+    # Service discovery across nodes: b's render-1 registered "pdf"; a finds it through the registry.
+    found = wait_for(lambda: a.request("cluster", op="services", capability="pdf")["cluster"], what="pdf on b")
+    assert [(s["name"], s["meta"]) for s in found] == [("render-1@b", {"version": 1})]
+    listed = ctl(a, "cluster", "services", "--capability", "pdf")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("render-1@b"), listed.stdout
+    assert a.request("cluster", op="services", capability="nothing")["cluster"] == []
     b.request("send", name="counter", body={"add": 7})
     assert wait_for(lambda: a.request("call", name="counter@b", body={"get": True}, timeout=5)["reply"]
                     == {"count": 7}, what="a call across nodes")
