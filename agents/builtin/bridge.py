@@ -161,6 +161,7 @@ class Bridge(Agent):
         threading.Thread(target=self.loop.run_forever, name="nats", daemon=True).start()
         self.nc: Any = None
         pause = 0.2
+        self.busy(CONNECT_TIMEOUT + 10)  # the first attempt too may take long (servers down, no JetStream leader)
         while True:  # NATS (or its JetStream) not there yet: wait for it here, not in a tight restart loop
             try:
                 self._run(self._connect(), timeout=CONNECT_TIMEOUT)
@@ -203,7 +204,11 @@ class Bridge(Agent):
             self.nc = await nats.connect(**options)
         self.js = self.nc.jetstream()
         try:
-            await self.js.stream_info(STREAM)
+            info = await self.js.stream_info(STREAM)
+            if info.config.retention != RetentionPolicy.WORK_QUEUE:
+                print(f"bridge: the stream {STREAM} is not a work queue (made by an older bridge?): acknowledged "
+                      "messages stay, and each resync replays them (dropped as resends); make it again when idle",
+                      flush=True)
         except NotFoundError:
             await self.js.add_stream(StreamConfig(name=STREAM, subjects=["foundation.>"], num_replicas=self.replicas,
                                                   storage=StorageType.FILE, duplicate_window=120.0,
