@@ -120,7 +120,8 @@ def test_done_of_a_persisted_entry_is_deleted_in_the_next_commit_and_volatile_on
     assert not adm.done("counter", adm.info("counter", {"tick": 1}).entry)
     assert adm.deletes_pending == 1
     assert adm.end_turn(deletes=True).batch.deletes == [("counter", 1)]
-    assert not adm and adm.deletes_pending == 0
+    assert not adm
+    assert adm.deletes_pending == 0
 
 
 def test_deletes_wait_for_a_commit_that_happens_anyway() -> None:
@@ -133,10 +134,12 @@ def test_deletes_wait_for_a_commit_that_happens_anyway() -> None:
     adm.done("counter", first.staged.entry)
     adm.info("counter", {"tick": 1})
     idle = adm.end_turn()
-    assert not idle.batch and adm.deletes_pending == 1  # only an info: no commit, the deletion waits
+    assert not idle.batch  # only an info: no commit, the deletion waits
+    assert adm.deletes_pending == 1
     adm.cast(None, "counter", 2, None, ROOM, respond=Answers())
     turn = adm.end_turn()
-    assert turn.batch.deletes == [("counter", 1)] and [p[1] for p in turn.batch.puts] == [2]
+    assert turn.batch.deletes == [("counter", 1)]
+    assert [p[1] for p in turn.batch.puts] == [2]
     assert adm.deletes_pending == 0
 
 

@@ -523,7 +523,8 @@ def test_messages_done_but_not_yet_deleted_come_again_after_a_daemon_sigkill_and
             for result in client.pipeline(("send", {"name": "counter", "body": {"add": 1}}) for _ in range(50)):
                 assert "id" in result
             expected += 50
-            assert client.request("call", name="counter", body={"get": True}, timeout=30)["reply"] == {"count": expected}
+            reply = client.request("call", name="counter", body={"get": True}, timeout=30)
+            assert reply["reply"] == {"count": expected}
             daemon.kill()  # the call is answered after the casts before it were committed and done
         daemon.wait_exit()
         outbox = Outbox(outbox_path(daemon.state_dir))
