@@ -73,7 +73,7 @@ class Broker:
         heartbeat: float = 1.0,
         liveness: Callable[[str], float] = lambda name: 10.0,
         on_hello: Callable[[str], None] = lambda name: None,
-        window: int = 64,
+        window: int = 256,  # in flight to one agent: as many as it handles in one batch (runtime.MAX_BATCH)
         services: dict[str, Handler] | None = None,
     ) -> None:
         """``agent_alive(name)``: None if no agent of that name is in the tree, else whether it runs."""
