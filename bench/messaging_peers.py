@@ -600,6 +600,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--no-e2e100", dest="e2e100", action="store_false", help="skip the 100-consumer runs")
     parser.add_argument("--out", help="results JSON (default bench/results/messaging_peers.json)")
+    parser.add_argument("--before", metavar="CHECKOUT", help="also measure the Foundation of another checkout (a git "
+                        "worktree of an earlier commit: its daemon and agents run from there, via PYTHONPATH)")
     args = parser.parse_args()
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     info = machine()
@@ -609,6 +611,17 @@ def main() -> int:
     results.update(measure_floor(args))
     measures: dict[str, Callable[[argparse.Namespace], dict[str, dict[str, Any]]]] = {
         "foundation": measure_foundation, "jetstream": measure_jetstream, "rabbitmq": measure_rabbitmq}
+    if args.before:
+        old = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = str(Path(args.before).resolve())
+        try:
+            before = measure_foundation(args)
+        finally:
+            if old is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = old
+        results.update({name.replace("foundation", "foundation before"): row for name, row in before.items()})
     for system in only:
         try:
             results.update(measures[system](args))
