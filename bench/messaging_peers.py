@@ -612,11 +612,13 @@ def main() -> int:
     measures: dict[str, Callable[[argparse.Namespace], dict[str, dict[str, Any]]]] = {
         "foundation": measure_foundation, "jetstream": measure_jetstream, "rabbitmq": measure_rabbitmq}
     if args.before:
-        old = os.environ.get("PYTHONPATH")
+        old, cwd = os.environ.get("PYTHONPATH"), os.getcwd()
         os.environ["PYTHONPATH"] = str(Path(args.before).resolve())
+        os.chdir(args.before)  # ``python -m daemon.main`` puts its working directory first on sys.path
         try:
             before = measure_foundation(args)
         finally:
+            os.chdir(cwd)
             if old is None:
                 del os.environ["PYTHONPATH"]
             else:
