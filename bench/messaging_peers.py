@@ -53,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -191,11 +191,15 @@ def measure_foundation(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         try:
             for _ in range(args.warmup):
                 client.request("send", name="counter", body={"add": 1})
-            one = []
-            for _ in range(args.one):
-                t0 = time.perf_counter()
-                client.request("send", name="counter", body={"add": 1})
-                one.append(time.perf_counter() - t0)
+            one, floor = [], []
+            with _floor_env() as commit:
+                for i in range(args.one):
+                    t0 = time.perf_counter()  # the floor under the same conditions: one commit before each send
+                    commit(i)
+                    t1 = time.perf_counter()
+                    client.request("send", name="counter", body={"add": 1})
+                    one.append(time.perf_counter() - t1)
+                    floor.append(t1 - t0)
             client.request("call", name="counter", body={"get": True}, timeout=600)
             pipe_s, drained = _control_pipelined(client, "counter", args.n, args.window)
             e2e1 = _control_e2e(client, ["counter"], args.e2e)
@@ -214,7 +218,10 @@ def measure_foundation(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 raise RuntimeError(f"the counter counted {count}, {total} were accepted")
         finally:
             client.close()
-    return {"foundation (control socket)": control, "foundation (broker socket)": broker,
+    interleaved: dict[str, Any] = {}
+    interleaved["one_p50_ms"], interleaved["one_p99_ms"] = _ms(floor)
+    return {"LMDB sync commit, interleaved with the control socket's sends": interleaved,
+            "foundation (control socket)": control, "foundation (broker socket)": broker,
             "foundation (agent to agent)": agent}
 
 
@@ -558,23 +565,34 @@ def _rabbit_pipelined(connection: Any, queue: str, first: int, n: int, *, window
 
 # ---- the floor, and the table ----
 
-def lmdb_commit(runs: int, size: int = 64, warmup: int = 10) -> list[float]:
-    """One write transaction of ``size`` bytes, durable on return, with an agent state store's flags (as
-    bench/floors.py's, which needs the circus/supervisor extra to import)."""
+@contextlib.contextmanager
+def _floor_env(size: int = 64) -> Iterator[Callable[[int], None]]:
+    """``commit(i)``: one write transaction of ``size`` bytes and a seq, durable on return (an agent store's flags)."""
     with tempfile.TemporaryDirectory(prefix="fb-floor-lmdb-") as tmp:
         env = lmdb.open(tmp, map_size=16 << 20, **StateStore._OPEN_FLAGS)
+        value = os.urandom(size)
+
+        def commit(i: int) -> None:
+            with env.begin(write=True) as txn:
+                txn.put(b"state", value)
+                txn.put(b"seq", i.to_bytes(8, "big"))
+
         try:
-            value, times = os.urandom(size), []
-            for i in range(warmup + runs):
-                t0 = time.perf_counter()
-                with env.begin(write=True) as txn:
-                    txn.put(b"state", value)
-                    txn.put(b"seq", i.to_bytes(8, "big"))
-                if i >= warmup:
-                    times.append(time.perf_counter() - t0)
-            return times
+            yield commit
         finally:
             env.close()
+
+
+def lmdb_commit(runs: int, warmup: int = 10) -> list[float]:
+    """The floor alone: ``runs`` commits of ``_floor_env`` (bench/floors.py has the same; it needs the bench extra)."""
+    times = []
+    with _floor_env() as commit:
+        for i in range(warmup + runs):
+            t0 = time.perf_counter()
+            commit(i)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return times
 
 
 def measure_floor(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -637,7 +655,7 @@ def main() -> int:
                 del os.environ["PYTHONPATH"]
             else:
                 os.environ["PYTHONPATH"] = old
-        results.update({name.replace("foundation", "foundation before"): row for name, row in before.items()})
+        results.update({f"before: {name}": row for name, row in before.items()})
     for system in only:
         try:
             results.update(measures[system](args))
