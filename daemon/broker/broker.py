@@ -48,12 +48,14 @@ from daemon.broker.monitors import Monitors
 from daemon.broker.outbox import Outbox, outbox_path
 from daemon.broker.peers import Handler, Peers, Session
 from daemon.broker.timers import MIN_TICK, Timers
-from daemon.shell.loop import EventLoop
+from daemon.shell.loop import EventLoop, TimerHandle
 from daemon.shell.socket_path import check_startup_socket
 from ipc import wire
 from ipc.errors import ErrorCode, FoundationError
 
-__all__ = ["MIN_TICK", "Broker", "Receipt", "Respond", "Session"]
+__all__ = ["DELETE_DELAY", "MIN_TICK", "Broker", "Receipt", "Respond", "Session"]
+
+DELETE_DELAY = 0.05  # s: done messages are deleted with the next commit, or alone after this long without one
 
 log = logging.getLogger("foundationd.broker")
 
@@ -71,7 +73,7 @@ class Broker:
         heartbeat: float = 1.0,
         liveness: Callable[[str], float] = lambda name: 10.0,
         on_hello: Callable[[str], None] = lambda name: None,
-        window: int = 64,
+        window: int = 256,  # in flight to one agent: as many as it handles in one batch (runtime.MAX_BATCH)
         services: dict[str, Handler] | None = None,
     ) -> None:
         """``agent_alive(name)``: None if no agent of that name is in the tree, else whether it runs."""
@@ -88,6 +90,7 @@ class Broker:
         self._outbox = Outbox(outbox_path(state_dir))
         self._boxes: dict[str, Mailbox] = {}
         self._flush_scheduled = False
+        self._delete_timer: TimerHandle | None = None
         self._calls = PendingCalls(loop)
         self._monitors = Monitors()
         self._timers = Timers(loop, lambda name, ref: self._stage_info(name, {"tick": ref}))
@@ -126,7 +129,7 @@ class Broker:
 
     def close(self) -> None:
         if self._admission:
-            self._flush()
+            self._flush(deletes=True)
         self._peers.close()
         self._outbox.close()
 
@@ -275,8 +278,8 @@ class Broker:
         self.handle_latency.observe(now - entry.sent)
         if self.latencies is not None and entry.sent:
             self.latencies.append((now, now - entry.sent))
-        if self._admission.done(session.name, entry):
-            self._schedule_flush()
+        if self._admission.done(session.name, entry) and self._delete_timer is None:
+            self._delete_timer = self._loop.call_later(DELETE_DELAY, self._flush_deletes)
         if entry.kind == "call":
             if msg.get("deferred") is True:
                 self._calls.defer(entry, session.name)  # answered later by an answer frame
@@ -400,10 +403,18 @@ class Broker:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
-        """Group commit: one durable transaction for the turn, then accepts and deliveries."""
+    def _flush_deletes(self) -> None:
+        self._delete_timer = None
+        self._flush(deletes=True)
+
+    def _flush(self, *, deletes: bool = False) -> None:
+        """Group commit: one durable transaction for the turn, then accepts and deliveries. Deletions of done
+        messages ride along (admission.done says why they need no commit of their own)."""
         self._flush_scheduled = False
-        turn = self._admission.end_turn()
+        turn = self._admission.end_turn(deletes=deletes)
+        if turn.batch.deletes and self._delete_timer is not None and not self._admission.deletes_pending:
+            self._delete_timer.cancel()
+            self._delete_timer = None
         staged = turn.staged
         if turn.batch:
             try:
@@ -448,8 +459,11 @@ class Broker:
         now = self._loop.clock()
         for entry in entries:
             entry.sent = now
-            self._peers.send(session.identity, "deliver", id=entry.id, seq=entry.seq, sender=entry.sender,
-                             body=entry.body, call=entry.kind == "call", info=entry.kind == "info")
+            if entry.frame is not None:
+                self._peers.send_frame(session.identity, entry.frame)
+            else:
+                self._peers.send(session.identity, "deliver", id=entry.id, seq=entry.seq, sender=entry.sender,
+                                 body=entry.body, call=entry.kind == "call", info=entry.kind == "info")
 
     def _disconnect(self, name: str) -> None:
         if not self._peers.drop(name):
