@@ -113,3 +113,9 @@ fuzz: $(STAMP) $(HELPER)
 .PHONY: test-systemd
 test-systemd: $(STAMP)
 	tests/systemd/run.sh
+
+# Durable messaging side by side: Foundation, NATS JetStream, RabbitMQ (apt-installed when missing), the LMDB floor.
+# make bench-messaging-peers BENCH_ARGS='--only foundation,rabbitmq --n 10000'
+.PHONY: bench-messaging-peers
+bench-messaging-peers: $(BENCH_STAMP)
+	$(BIN)/python bench/messaging_peers.py $(BENCH_ARGS)

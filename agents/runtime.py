@@ -95,6 +95,14 @@ class AgentRuntime:
         self.state: Any = None
         self.last_seq = 0
         self._persisted: bytes | None = None  # the state a handler committed itself (persist), this batch
+        # post(): infos handed in by the agent's own threads, and the eventfd that wakes the one poll for them
+        self._posted: deque[Any] = deque()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._wake, zmq.POLLIN)
+        self._deferring: str | None = None  # the call being handled whose reply comes later (defer_reply)
+        self._answers: list[dict[str, Any]] = []  # deferred replies, sent after the batch's done frames
         self.resilience = ResilienceClient(self)  # breakers, limits, retries, discovery (agents/resilience.py)
         self.flags = FlagTable()  # the daemon's flags: in the welcome, then each change as an info (ipc/flags.py)
         agent._runtime = self
@@ -147,6 +155,7 @@ class AgentRuntime:
 
     def close(self) -> None:
         self._sock.close(linger=500)
+        os.close(self._wake)
         self._ctx.term()
         self._store.close()
 
@@ -188,11 +197,15 @@ class AgentRuntime:
             return None
 
     def _poll(self, timeout: float) -> dict[str, Any] | None:
+        """One wait on the broker's socket and the post() wake-up; posted infos join the inbox as they arrive."""
         self._waiting = True
         try:
             if self._stopping:
                 raise Stop
-            if not self._sock.poll(int(timeout * 1000) + 1, zmq.POLLIN):
+            ready = dict(self._poller.poll(int(timeout * 1000) + 1))
+            if self._wake in ready:
+                self._take_posted()
+            if self._sock not in ready:
                 return None
             raw = self._sock.recv(zmq.NOBLOCK)
         finally:
@@ -202,6 +215,22 @@ class AgentRuntime:
         except wire.WireError as err:
             log.warning("agent %s: bad frame from the daemon: %s", self.name, err)
             return None
+
+    def _take_posted(self) -> None:
+        try:
+            os.eventfd_read(self._wake)
+        except BlockingIOError:
+            pass
+        while self._posted:  # local: no id the daemon knows, no seq, no done
+            self._inbox.append({"kind": "deliver", "id": "", "seq": None, "sender": None,
+                                "body": self._posted.popleft(), "call": False, "info": True, "local": True})
+
+    def post(self, info: Any) -> None:
+        """From any thread of the agent's process: ``handle_info(info)`` runs soon in the agent's own thread. Not
+        durable (a wake-up from a thread of the agent's, e.g. the cluster bridge's NATS thread), never sent to
+        the daemon."""
+        self._posted.append(info)
+        os.eventfd_write(self._wake, 1)
 
     def _beat_if_due(self) -> None:
         now = time.monotonic()
@@ -266,13 +295,16 @@ class AgentRuntime:
         for msg, fields, accepted in handled:
             if accepted is not None:
                 self.agent.on_after_validate_state(accepted)
-            self._send("done", id=msg["id"], **fields)
+            if not msg.get("local"):
+                self._send("done", id=msg["id"], **fields)
+        self._send_answers()  # after the dones: a call deferred in this batch is known to the daemon as deferred
         if self.resilience.pending:
             self.resilience.flush()
 
     def _apply(self, msg: dict[str, Any], seq: int | None) -> tuple[dict[str, Any], Any]:
         """Run the handler; on success the new state becomes current. Returns (done fields, accepted state)."""
         self._cause, self._sends_in_cause, self.message_id = seq, 0, msg["id"]
+        self._deferring = None
         try:
             with error_context(agent=self.name, message=msg["id"]):
                 new_state, reply = self._run_handler(msg)
@@ -282,6 +314,8 @@ class AgentRuntime:
         finally:
             self._cause = None
         self.state = new_state
+        if msg["call"] and self._deferring == msg["id"]:
+            return {"deferred": True}, new_state
         return ({"reply": reply} if msg["call"] else {}), new_state
 
     def _run_handler(self, msg: dict[str, Any]) -> tuple[Any, Any]:
@@ -344,6 +378,28 @@ class AgentRuntime:
             raise FoundationError.from_wire(answer["error"])
         return answer.get("body")
 
+    def defer_reply(self) -> str:
+        """In ``handle_call``: this call is answered later, by ``reply(handle, ...)`` (OTP's ``{noreply, State}``
+        and ``gen_server:reply``); what the handler returns as its reply is ignored. The caller still waits at most
+        its timeout, and gets ``agent_down`` if this process dies first. Returns the handle."""
+        if not self.message_id:
+            raise FoundationError(ErrorCode.BAD_REQUEST, "defer_reply() belongs in handle_call")
+        self._deferring = self.message_id
+        return str(self.message_id)
+
+    def reply(self, handle: str, body: Any = None, error: FoundationError | None = None) -> None:
+        """Answer a deferred call (``defer_reply``) with ``body``, or with ``error``."""
+        if error is None:
+            _check_reply(body)
+            self._answers.append({"id": handle, "reply": body})
+        else:
+            self._answers.append({"id": handle, "error": error.to_wire()})
+
+    def _send_answers(self) -> None:
+        answers, self._answers = self._answers, []
+        for fields in answers:
+            self._send("answer", **fields)
+
     def monitor(self, target: str) -> int:
         ref = self._next_ref()
         self._send("monitor", ref=ref, target=target)
@@ -396,6 +452,15 @@ class AgentRuntime:
         ref = self._next_ref()
         self._send("svc", ref=ref, op=op, args=args)
         answer = self._await_ref(ref, ("reply",), timeout)
+        if "error" in answer:
+            raise FoundationError.from_wire(answer["error"])
+        return answer.get("body")
+
+    def request(self, kind: str, **fields: Any) -> Any:
+        """A frame of ``kind`` answered by ``reply {ref}`` (the cluster bridge's ``routes``); its body, or raises."""
+        ref = self._next_ref()
+        self._send(kind, ref=ref, **fields)
+        answer = self._await_ref(ref, ("reply",), REQUEST_TIMEOUT)
         if "error" in answer:
             raise FoundationError.from_wire(answer["error"])
         return answer.get("body")

@@ -32,6 +32,8 @@ VALID: dict[str, dict[str, Any]] = {
     "svc": {"ref": 5, "op": "breaker.permit", "args": {"name": "payments"}},
     "svc_cast": {"op": "report", "args": {"breakers": {"payments": [3, 1, 0]}}},
     "breaker": {"name": "payments", "state": "open"},
+    "answer": {"id": "bridge/7"},
+    "routes": {"ref": 6, "node": "a", "remote": {"counter": "b"}},
 }
 
 

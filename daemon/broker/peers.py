@@ -166,6 +166,10 @@ class Peers:
             ref = fields.get("ref")
             frame = wire.encode(kind if kind == "reply" and ref is not None else "error", error=err.to_wire(),
                                 **({"ref": ref} if kind == "reply" and ref is not None else {}))
+        self.send_frame(identity, frame)
+
+    def send_frame(self, identity: bytes, frame: bytes) -> None:
+        """A frame encoded already (a delivery, encoded once when its size was checked at admission)."""
         try:
             self._sock.send_multipart([identity, frame], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
