@@ -61,6 +61,27 @@ bench: $(BENCH_STAMP) $(HELPER)
 bench-workflow-peers: $(BENCH_STAMP)
 	$(BIN)/python bench/workflow_peers.py $(BENCH_ARGS)
 
+# Every layer against the real peers a user would pick instead, one table per layer, each peer installed on demand and
+# skipped with a line where it cannot run here (docs/benchmarks.md). Arguments per layer: SUPERVISION_ARGS,
+# AGENT_ARGS, MESSAGING_ARGS, WORKFLOW_ARGS; e.g. make bench-peers SUPERVISION_ARGS='--only restart,cold'.
+.PHONY: bench-peers
+bench-peers: $(BENCH_STAMP) $(HELPER)
+	@echo "== process supervision: Foundation, circus, supervisord (bench/compare.py) =="
+	-$(BIN)/python bench/compare.py --agents 10,500 $(SUPERVISION_ARGS)
+	@echo "== Python agents: Foundation agents, Ray actors (bench/agent_peers.py) =="
+	-$(BIN)/python bench/agent_peers.py $(AGENT_ARGS)
+	@echo "== durable messaging: Foundation, NATS JetStream, RabbitMQ (bench/messaging_peers.py) =="
+	-@if [ -f bench/messaging_peers.py ]; then $(BIN)/python bench/messaging_peers.py $(MESSAGING_ARGS); \
+	  else echo "skipped: bench/messaging_peers.py is not in this tree yet"; fi
+	@echo "== durable workflows: Foundation, DBOS Transact, Restate (bench/workflows.py --peers) =="
+	-$(BIN)/python bench/workflows.py --peers $(WORKFLOW_ARGS)
+
+# The scaling pictures (docs/scaling-children.png, docs/scaling-agents.png), e.g. make bench-scaling
+# SCALING_ARGS='--children 10,100,1000 --peers ""'
+.PHONY: bench-scaling
+bench-scaling: $(BENCH_STAMP) $(HELPER)
+	$(BIN)/python bench/scaling.py $(SCALING_ARGS)
+
 # foundationctl and foundationd on PATH: symbolic links into the virtualenv (which stays where it is), e.g.
 # make install PREFIX=$$HOME/.local. The completion script: foundationctl completion bash|zsh.
 PREFIX ?= /usr/local
@@ -92,3 +113,9 @@ fuzz: $(STAMP) $(HELPER)
 .PHONY: test-systemd
 test-systemd: $(STAMP)
 	tests/systemd/run.sh
+
+# Durable messaging side by side: Foundation, NATS JetStream, RabbitMQ (apt-installed when missing), the LMDB floor.
+# make bench-messaging-peers BENCH_ARGS='--only foundation,rabbitmq --n 10000'
+.PHONY: bench-messaging-peers
+bench-messaging-peers: $(BENCH_STAMP)
+	$(BIN)/python bench/messaging_peers.py $(BENCH_ARGS)

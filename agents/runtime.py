@@ -53,22 +53,44 @@ class Stop(Exception):
     """SIGTERM arrived while the runtime was waiting: leave the loop in order."""
 
 
+class Connection:
+    """A DEALER connected to the broker, with its context: made by the runtime, or ahead of time by a spare of the
+    zygote (agents/zygote.py) so that the connection's handshake is done before the agent it becomes starts."""
+
+    def __init__(self, endpoint: str, *, connect: bool = True) -> None:
+        self.endpoint = endpoint
+        self.ctx = zmq.Context(io_threads=1)
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE)
+        # A routing id of our own: after an in-place upgrade of foundationd the DEALER reconnects to the new image's
+        # ROUTER under the same id, which the handed-over session knows (a generated one would be new).
+        self.sock.setsockopt(zmq.ROUTING_ID, b"agent-" + secrets.token_hex(8).encode())
+        self.connected = connect
+        if connect:
+            self.sock.connect(endpoint)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
 class AgentRuntime:
     def __init__(self, agent: Agent, name: str, endpoint: str, token: str | None, store: StateStore, *,
-                 state_migrations: str | None = None) -> None:
+                 state_migrations: str | None = None, connection: Connection | None = None) -> None:
         self.agent = agent
         self._state_migrations = state_migrations  # the daemon's FOUNDATION_STATE_MIGRATIONS, if any
         self.name = name
         self._endpoint = endpoint
         self._token = token
         self._store = store
-        self._ctx = zmq.Context(io_threads=1)
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 2000)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE)
-        # A routing id of our own: after an in-place upgrade of foundationd the DEALER reconnects to the new image's
-        # ROUTER under the same id, which the handed-over session knows (a generated one would be new).
-        self._sock.setsockopt(zmq.ROUTING_ID, b"agent-" + secrets.token_hex(8).encode())
+        if connection is not None and connection.endpoint != endpoint:
+            connection.close()  # made for another broker socket: not ours
+            connection = None
+        if connection is None:  # connected in run(), once the state is loaded
+            connection = Connection(endpoint, connect=False)
+        self._connection = connection
+        self._ctx, self._sock = connection.ctx, connection.sock
         self._sent = -1  # frames sent since hello (-1: before it), and the last of them, for ``resume``
         self._ring: deque[bytes] = deque()
         self._ring_bytes = 0
@@ -84,6 +106,14 @@ class AgentRuntime:
         self.state: Any = None
         self.last_seq = 0
         self._persisted: bytes | None = None  # the state a handler committed itself (persist), this batch
+        # post(): infos handed in by the agent's own threads, and the eventfd that wakes the one poll for them
+        self._posted: deque[Any] = deque()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._wake, zmq.POLLIN)
+        self._deferring: str | None = None  # the call being handled whose reply comes later (defer_reply)
+        self._answers: list[dict[str, Any]] = []  # deferred replies, sent after the batch's done frames
         self.resilience = ResilienceClient(self)  # breakers, limits, retries, discovery (agents/resilience.py)
         self.flags = FlagTable()  # the daemon's flags: in the welcome, then each change as an info (ipc/flags.py)
         agent._runtime = self
@@ -102,7 +132,9 @@ class AgentRuntime:
             validate_state(self.agent, self.state)
         except Exception as exc:
             raise StartFailure(f"{type(self.agent).__name__}.init() failed: {_one_line(exc)}") from exc
-        self._sock.connect(self._endpoint)
+        if not self._connection.connected:
+            self._sock.connect(self._endpoint)
+            self._connection.connected = True
         try:
             self._hello()
             # After hello: mount may ask the daemon for things (set_timer, monitor, send); before it, a DEALER
@@ -134,6 +166,7 @@ class AgentRuntime:
 
     def close(self) -> None:
         self._sock.close(linger=500)
+        os.close(self._wake)
         self._ctx.term()
         self._store.close()
 
@@ -176,11 +209,15 @@ class AgentRuntime:
             return None
 
     def _poll(self, timeout: float) -> dict[str, Any] | None:
+        """One wait on the broker's socket and the post() wake-up; posted infos join the inbox as they arrive."""
         self._waiting = True
         try:
             if self._stopping:
                 raise Stop
-            if not self._sock.poll(int(timeout * 1000) + 1, zmq.POLLIN):
+            ready = dict(self._poller.poll(int(timeout * 1000) + 1))
+            if self._wake in ready:
+                self._take_posted()
+            if self._sock not in ready:
                 return None
             raw = self._sock.recv(zmq.NOBLOCK)
         finally:
@@ -190,6 +227,22 @@ class AgentRuntime:
         except wire.WireError as err:
             log.warning("agent %s: bad frame from the daemon: %s", self.name, err)
             return None
+
+    def _take_posted(self) -> None:
+        try:
+            os.eventfd_read(self._wake)
+        except BlockingIOError:
+            pass
+        while self._posted:  # local: no id the daemon knows, no seq, no done
+            self._inbox.append({"kind": "deliver", "id": "", "seq": None, "sender": None,
+                                "body": self._posted.popleft(), "call": False, "info": True, "local": True})
+
+    def post(self, info: Any) -> None:
+        """From any thread of the agent's process: ``handle_info(info)`` runs soon in the agent's own thread. Not
+        durable (a wake-up from a thread of the agent's, e.g. the cluster bridge's NATS thread), never sent to
+        the daemon."""
+        self._posted.append(info)
+        os.eventfd_write(self._wake, 1)
 
     def _beat_if_due(self) -> None:
         now = time.monotonic()
@@ -256,13 +309,16 @@ class AgentRuntime:
         for msg, fields, accepted in handled:
             if accepted is not None:
                 self.agent.on_after_validate_state(accepted)
-            self._send("done", id=msg["id"], **fields)
+            if not msg.get("local"):
+                self._send("done", id=msg["id"], **fields)
+        self._send_answers()  # after the dones: a call deferred in this batch is known to the daemon as deferred
         if self.resilience.pending:
             self.resilience.flush()
 
     def _apply(self, msg: dict[str, Any], seq: int | None) -> tuple[dict[str, Any], Any]:
         """Run the handler; on success the new state becomes current. Returns (done fields, accepted state)."""
         self._cause, self._sends_in_cause, self.message_id = seq, 0, msg["id"]
+        self._deferring = None
         try:
             with error_context(agent=self.name, message=msg["id"]):
                 new_state, reply = self._run_handler(msg)
@@ -272,6 +328,8 @@ class AgentRuntime:
         finally:
             self._cause = None
         self.state = new_state
+        if msg["call"] and self._deferring == msg["id"]:
+            return {"deferred": True}, new_state
         return ({"reply": reply} if msg["call"] else {}), new_state
 
     def _run_handler(self, msg: dict[str, Any]) -> tuple[Any, Any]:
@@ -333,6 +391,28 @@ class AgentRuntime:
         if "error" in answer:
             raise FoundationError.from_wire(answer["error"])
         return answer.get("body")
+
+    def defer_reply(self) -> str:
+        """In ``handle_call``: this call is answered later, by ``reply(handle, ...)`` (OTP's ``{noreply, State}``
+        and ``gen_server:reply``); what the handler returns as its reply is ignored. The caller still waits at most
+        its timeout, and gets ``agent_down`` if this process dies first. Returns the handle."""
+        if not self.message_id:
+            raise FoundationError(ErrorCode.BAD_REQUEST, "defer_reply() belongs in handle_call")
+        self._deferring = self.message_id
+        return str(self.message_id)
+
+    def reply(self, handle: str, body: Any = None, error: FoundationError | None = None) -> None:
+        """Answer a deferred call (``defer_reply``) with ``body``, or with ``error``."""
+        if error is None:
+            _check_reply(body)
+            self._answers.append({"id": handle, "reply": body})
+        else:
+            self._answers.append({"id": handle, "error": error.to_wire()})
+
+    def _send_answers(self) -> None:
+        answers, self._answers = self._answers, []
+        for fields in answers:
+            self._send("answer", **fields)
 
     def monitor(self, target: str) -> int:
         ref = self._next_ref()
@@ -409,6 +489,15 @@ class AgentRuntime:
         ref = self._next_ref()
         self._send("svc", ref=ref, op=op, args=args)
         answer = self._await_ref(ref, ("reply",), timeout)
+        if "error" in answer:
+            raise FoundationError.from_wire(answer["error"])
+        return answer.get("body")
+
+    def request(self, kind: str, **fields: Any) -> Any:
+        """A frame of ``kind`` answered by ``reply {ref}`` (the cluster bridge's ``routes``); its body, or raises."""
+        ref = self._next_ref()
+        self._send(kind, ref=ref, **fields)
+        answer = self._await_ref(ref, ("reply",), REQUEST_TIMEOUT)
         if "error" in answer:
             raise FoundationError.from_wire(answer["error"])
         return answer.get("body")
@@ -501,7 +590,8 @@ def _report_start_failure(what: str, exc: BaseException) -> int:
     return 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, connection: Connection | None = None) -> int:
+    """``connection``: a spare's DEALER, already connected to the broker (used when the endpoint is this agent's)."""
     die_with_daemon()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or ":" not in args[0]:
@@ -524,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = Path(env.get("FOUNDATION_STATE_DIR", "."))
     store = open_agent_store(state_dir, name)
     runtime = AgentRuntime(agent, name, endpoint, env.get("FOUNDATION_AGENT_TOKEN"), store,
-                           state_migrations=env.get(state_migration.ENV))
+                           state_migrations=env.get(state_migration.ENV), connection=connection)
     signal.signal(signal.SIGTERM, runtime.on_sigterm)
     try:
         return runtime.run()

@@ -7,8 +7,9 @@
 
 Why: an agent started by exec pays ~50-60 ms for the interpreter and the imports of zmq, lmdb and the SDK.
 A spare is an agent-to-be forked ahead of time (Android's unspecialised app processes): starting an agent is
-one message to it, so foundationd never waits for a fork, and the agent's own start-up (its LMDB store, its
-ZeroMQ context, the hello) is all that remains.
+one message to it, so foundationd never waits for a fork. A spare also makes its ZeroMQ context and connects its
+DEALER to foundationd's broker socket while it waits (``_connect_ahead``), so the agent's own start-up is its
+module, its LMDB store and the hello.
 
 Why the double fork: foundationd must be the agent's parent (it reaps it and reads its exit status through a
 pidfd, like any worker); it is a child subreaper, so the spare, orphaned when the intermediate exits, comes
@@ -46,6 +47,7 @@ import setproctitle
 from agents import runtime  # the preload: zmq, lmdb, orjson and the SDK, imported once for every agent
 from agents.builtin import coordinator, task  # noqa: F401  (and the built-in agents: a workflow's process starts
 from agents.workflow import process  # noqa: F401  at each `workflow run`, and its imports cost ~10 ms)
+from ipc import wire
 
 MAX_REQUEST = 1 << 20
 MAX_SPARES = 16  # per request; foundationd asks for one or two at a time
@@ -173,16 +175,39 @@ def spare(zygote_sock: socket.socket, channel: socket.socket) -> NoReturn:
         _wait_for_adoption(int(os.environ["FOUNDATION_DAEMON_PID"]))
         runtime.die_with_daemon()
         setproctitle.setproctitle(f"{sys.executable} -m agents.zygote (spare)")
+        _close_inherited(keep=channel.fileno())  # before the context exists: its descriptors are to stay
+        connection = _connect_ahead()
         data, fds, _, _ = socket.recv_fds(channel, MAX_REQUEST, 2)
         channel.close()
         if not data or len(fds) != 2:
             return 0
-        return become_agent(orjson.loads(data), fds[0], fds[1])
+        return become_agent(orjson.loads(data), fds[0], fds[1], connection)
 
     _exit_after(wait)
 
 
-def become_agent(request: dict[str, Any], stdout_fd: int, stderr_fd: int) -> Any:
+def _close_inherited(keep: int) -> None:
+    """Every descriptor of the zygote but stdio and ``keep`` (the spare's channel), closed."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+
+
+def _connect_ahead() -> runtime.Connection | None:
+    """The agent's DEALER, connected to foundationd's broker socket while the spare waits: the ZeroMQ context, its
+    I/O thread and the connection's handshake (~2-3 ms of an agent's start) are done before the agent is asked for.
+    Made after the fork, as fork safety wants (DESIGN 2). The runtime uses it when its endpoint is the agent's; an
+    agent with ``user`` (another broker socket) is exec'd anyway. None if it cannot be made: the runtime connects."""
+    runtime_dir = os.environ.get("FOUNDATION_RUNTIME_DIR")
+    if not runtime_dir:
+        return None
+    try:
+        return runtime.Connection(f"ipc://{os.path.join(runtime_dir, wire.BROKER_SOCKET)}")
+    except Exception:  # the runtime makes its own; an agent still starts
+        return None
+
+
+def become_agent(request: dict[str, Any], stdout_fd: int, stderr_fd: int,
+                 connection: runtime.Connection | None = None) -> Any:
     """In a spare: become what an exec of ``python -m agents.runtime AGENT`` would give; the runtime's status."""
     agent = request["agent"]
     if not isinstance(agent, str) or ":" not in agent:
@@ -192,7 +217,7 @@ def become_agent(request: dict[str, Any], stdout_fd: int, stderr_fd: int) -> Any
     title = f"{sys.executable} -m agents.runtime {agent}"
     setproctitle.setproctitle(title)
     setproctitle.setthreadtitle(os.path.basename(sys.executable))  # comm, which setproctitle also changed
-    _redirect(stdout_fd, stderr_fd)
+    _redirect(stdout_fd, stderr_fd, close_others=connection is None)
     if request.get("umask") is not None:
         os.umask(int(request["umask"]))
     cwd = request.get("cwd")
@@ -204,7 +229,7 @@ def become_agent(request: dict[str, Any], stdout_fd: int, stderr_fd: int) -> Any
     _show_environment(title, env)
     sys.argv = [runtime.__file__, agent]
     sys.path.insert(0, os.getcwd())  # what `python -m` puts first: the agent's working directory
-    return runtime.main([agent])
+    return runtime.main([agent], connection)
 
 
 def _exit_after(work: Callable[[], Any]) -> NoReturn:
@@ -222,13 +247,18 @@ def _exit_after(work: Callable[[], Any]) -> NoReturn:
         os._exit(_exit_status(code))
 
 
-def _redirect(stdout_fd: int, stderr_fd: int) -> None:
-    """stdin from /dev/null, stdout and stderr into foundationd's two pipes, every other fd of the zygote closed."""
+def _redirect(stdout_fd: int, stderr_fd: int, *, close_others: bool = True) -> None:
+    """stdin from /dev/null, stdout and stderr into foundationd's two pipes, every other fd of the zygote closed
+    (``close_others``; else the spare closed them before it connected ahead, and only the ones given are)."""
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(stdout_fd, 1)
     os.dup2(stderr_fd, 2)
-    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    if close_others:
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    else:
+        for fd in {devnull, stdout_fd, stderr_fd} - {0, 1, 2}:
+            os.close(fd)
 
 
 def _show_environment(title: str, env: dict[str, str]) -> None:

@@ -271,19 +271,20 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def launch(target: Target, n: int, argv: list[str] | None = None, *, restart_heavy: bool = False,
-           agents: int = 0) -> Iterator[Run]:
-    """Start ``target`` supervising ``n`` copies of ``argv`` (or ``agents`` counter agents, Foundation only)."""
+           agents: int = 0, config: str | None = None) -> Iterator[Run]:
+    """Start ``target`` supervising ``n`` copies of ``argv`` (or ``agents`` counter agents, Foundation only; or,
+    Foundation only, the whole ``config`` given)."""
     argv = argv or SLEEP_ARGV
     tmp = Path(tempfile.mkdtemp(prefix=f"fb-{target.key}-"))
     options = dict(target.options)
     env = dict(os.environ)
     if target.kind == "foundation":
-        (tmp / "foundation.toml").write_text(_foundation_config(tmp, n, argv, restart_heavy, agents))
+        (tmp / "foundation.toml").write_text(config or _foundation_config(tmp, n, argv, restart_heavy, agents))
         env["FOUNDATION_RUNTIME_DIR"] = str(tmp / "run")  # also the marker teardown looks for
         cmd = [str(target.script()), "--runtime-dir", str(tmp / "run"), "--state-dir", str(tmp / "state"),
                "--config", str(tmp / "foundation.toml")]
-    elif agents:
-        raise ValueError("agents are Foundation's only")
+    elif agents or config:
+        raise ValueError("agents and a config of one's own are Foundation's only")
     elif target.kind == "circus":
         (tmp / "circus.ini").write_text(_circus_config(tmp, n, argv, options))
         cmd = [str(target.script()), str(tmp / "circus.ini")]

@@ -189,15 +189,18 @@ class Harness:
             floor = [floors.spawn_and_stop_sleepers(n) for _ in range(max(1, a.cold_reps))]
             self.floor[f"spawn_{n}"] = {"start_s": round(sorted(f[0] for f in floor)[len(floor) // 2], 4),
                                         "stop_s": round(sorted(f[1] for f in floor)[len(floor) // 2], 4)}
-        if a.agents and any(t.kind == "foundation" for t in self.targets):
-            target = next(t for t in self.targets if t.kind == "foundation")
-            reps = [self._agents_cold(target, a.agents) for _ in range(a.cold_reps)]
-            out["agents"] = {target.key: _median_reps(reps)}
-            r = out["agents"][target.key]
-            self.log(f"cold {a.agents} agents: all running {r['all_s']} s, stop {r['stop_s']} s")
-            self.floor["sdk_start_parallel"] = {"all_s": round(floors.python_sdk_start_parallel(a.agents), 4)}
-            zygote = floors.zygote_start(3, parallel=a.agents)
-            self.floor["zygote_start_parallel"] = {"all_s": round(sorted(zygote)[1], 4)}
+        target = next((t for t in self.targets if t.kind == "foundation"), None)
+        for n in _agent_counts(a.agents) if target is not None else []:
+            reps = [self._agents_cold(target, n) for _ in range(a.cold_reps)]
+            out[_agents_key(n, a.agents)] = {target.key: _median_reps(reps)}
+            r = out[_agents_key(n, a.agents)][target.key]
+            self.log(f"cold {n} agents: all running {r['all_s']} s, stop {r['stop_s']} s, "
+                     f"USS {r['uss_per_agent_mib']} MiB per agent")
+            if n <= SDK_PARALLEL_MAX:  # n interpreters importing at once: a reference, and a load spike past this
+                self.floor[_agents_key(n, a.agents, "sdk_start_parallel")] = {
+                    "all_s": round(floors.python_sdk_start_parallel(n), 4)}
+            zygote = floors.zygote_start(3, parallel=n)
+            self.floor[_agents_key(n, a.agents, "zygote_start_parallel")] = {"all_s": round(sorted(zygote)[1], 4)}
 
     def _agents_cold(self, target: Target, n: int) -> dict[str, Any]:
         with launch(target, 0, agents=n) as run:
@@ -209,15 +212,17 @@ class Harness:
                     if sum(1 for w in workers if w["state"] == "running") >= n:
                         everyone = time.perf_counter() - run.launched
                         break
-                    if time.perf_counter() - run.launched > 60:
-                        raise TimeoutError(f"agents not running after 60 s: {workers}")
-                    time.sleep(self.args.poll)
+                    if time.perf_counter() - run.launched > 600:
+                        raise TimeoutError(f"agents not running after 600 s: {workers}")
+                    # Not every ms: a status of 500 agents costs the daemon ~2 ms, which would delay their hellos
+                    time.sleep(max(self.args.poll, AGENT_STATUS_POLL))
             finally:
                 client.close()
             time.sleep(self.args.settle)
+            uss = [_uss(w["pid"]) for w in workers if w.get("pid")]  # each agent's own pages, after the settle
             stop = run.stop_timed(poll=self.args.poll)
         return {"control_up_s": round(boot, 4), "all_s": round(everyone, 4), "stop_s": round(stop, 4),
-                "leftovers": run.leftovers}
+                "uss_per_agent_mib": round(sum(uss) / max(1, len(uss)) / MIB, 2), "leftovers": run.leftovers}
 
     # ---- idle ----
 
@@ -378,12 +383,14 @@ class Harness:
             for n in a.cold_n:
                 c, fl = R["cold"].get(str(n)), F.get(f"spawn_{n}", {})
                 t.row(f"stop {n} sleep s (SIGTERM->all gone)", lambda r: r["stop_s"], c, fl.get("stop_s"))
-            ag = R["cold"].get("agents")
-            t.row(f"cold start {a.agents} agents s (->running)", lambda r: r["all_s"], ag,
-                  F.get("zygote_start_parallel", {}).get("all_s"))
-            t.floor_only(f"  {a.agents} python+SDK imports at once, no zygote s",
-                         F.get("sdk_start_parallel", {}).get("all_s"))
-            t.row(f"stop {a.agents} agents s", lambda r: r["stop_s"], ag)
+            for n in _agent_counts(a.agents):
+                ag = R["cold"].get(_agents_key(n, a.agents))
+                t.row(f"cold start {n} agents s (->running)", lambda r: r["all_s"], ag,
+                      F.get(_agents_key(n, a.agents, "zygote_start_parallel"), {}).get("all_s"))
+                t.floor_only(f"  {n} python+SDK imports at once, no zygote s",
+                             F.get(_agents_key(n, a.agents, "sdk_start_parallel"), {}).get("all_s"))
+                t.row(f"stop {n} agents s", lambda r: r["stop_s"], ag)
+                t.row(f"USS per idle agent MiB ({n} agents)", lambda r: r["uss_per_agent_mib"], ag)
         if "idle" in R:
             t.row(f"idle CPU % ({a.idle_children} sleep, {a.idle_seconds:g} s)", lambda r: r["cpu_percent"],
                   R["idle"], 0)
@@ -409,6 +416,42 @@ class Harness:
             t.row("  kill -> new agent pid in status p50 ms", lambda r: r["agent_restart"]["spawned"]["p50_ms"], m)
             t.floor_only("  python start + SDK import, no zygote p50 ms", F.get("sdk_start", {}).get("p50_ms"))
         return t.headers, t.rows
+
+
+def next_targets(args: argparse.Namespace, R: dict[str, Any], F: dict[str, Any],
+                 key: str = "foundation") -> list[list[str]]:
+    """Issue 17's targets for Foundation that this run measured: [target, measured, met or not]."""
+    out: list[list[str]] = []
+
+    def add(what: str, value: Any, limit: float, shown: str = "") -> None:
+        if isinstance(value, int | float):
+            out.append([what, shown or _cell(value), "met" if value <= limit else "NOT met"])
+
+    restart = R.get("restart", {}).get(key, {}).get("exec_sleep", {}).get("p50_ms")
+    floor = F.get("fork_exec_true", {}).get("p50_ms")
+    if isinstance(restart, float) and isinstance(floor, float):
+        add("restart of a sleep child p50 <= 2x fork+exec floor", restart / floor, 2.0,
+            f"{_cell(restart)} ms = {restart / floor:.2f}x the floor ({_cell(floor)} ms)")
+    ready = R.get("messaging", {}).get(key, {}).get("agent_restart", {}).get("ready", {}).get("p50_ms")
+    add("agent restart to ready p50 <= 5 ms", ready, 5.0, f"{_cell(ready)} ms")
+    for n in _agent_counts(args.agents):
+        cold = R.get("cold", {}).get(_agents_key(n, args.agents), {}).get(key, {})
+        if n == 500:
+            add("cold start of 500 agents <= 1 s", cold.get("all_s"), 1.0, f"{_cell(cold.get('all_s'))} s")
+        if n >= 100:
+            add(f"memory per idle agent (USS) <= 4 MiB ({n} agents)", cold.get("uss_per_agent_mib"), 4.0,
+                f"{_cell(cold.get('uss_per_agent_mib'))} MiB")
+    if 500 in args.cold_n:
+        cold = R.get("cold", {}).get("500", {}).get(key, {}).get("all_s")
+        add("cold start of 500 sleep <= 0.3 s", cold, 0.3,
+            f"{_cell(cold)} s (floor {_cell(F.get('spawn_500', {}).get('start_s'))} s)")
+    if 10000 in args.control_n:
+        st = R.get("control", {}).get("10000", {}).get(key, {}).get("p50_ms")
+        add("status with 10,000 children p50 <= 15 ms", st, 15.0, f"{_cell(st)} ms")
+    if args.idle_children >= 1000:
+        wake = R.get("idle", {}).get(key, {}).get("wakeups_per_s")
+        add(f"idle wake-ups/s with {args.idle_children} children == 0", wake, 0.0, f"{_cell(wake)}/s")
+    return out
 
 
 class _Table:
@@ -445,6 +488,27 @@ def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
 
 def _agent(client: Any) -> dict[str, Any]:
     return next(c for c in client.request("status")["tree"]["children"] if c["name"] == "counter")
+
+
+SDK_PARALLEL_MAX = 50
+AGENT_STATUS_POLL = 0.02  # s between status requests while agents start
+
+
+def _agent_counts(agents: int | list[int]) -> list[int]:
+    """--agents as a list (a saved run from before it took several counts has one number)."""
+    return [agents] if isinstance(agents, int) else [n for n in agents if n > 0]
+
+
+def _agents_key(n: int, agents: int | list[int], name: str = "agents") -> str:
+    """The first count keeps the key a single count always had ("agents"); more counts get "agents_N"."""
+    return name if n == _agent_counts(agents)[0] else f"{name}_{n}"
+
+
+def _uss(pid: int) -> int:
+    try:
+        return int(psutil.Process(pid).memory_full_info().uss)
+    except psutil.Error:
+        return 0
 
 
 def _median_reps(reps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -555,7 +619,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--restart-children", type=int, default=10, help="restart: sleep children (default 10)")
     p.add_argument("--cold-n", type=_ints, default=[10, 100, 500], help="cold: children counts (default 10,100,500)")
     p.add_argument("--cold-reps", type=int, default=1, help="cold: repetitions, the median is shown (default 1)")
-    p.add_argument("--agents", type=int, default=10, help="cold: counter agents, Foundation only (default 10; 0: skip)")
+    p.add_argument("--agents", type=_ints, default=[10],
+                   help="cold: counter agents, Foundation only, one run per count (default 10; 0: skip)")
     p.add_argument("--idle-children", type=int, default=100, help="idle: sleep children (default 100)")
     p.add_argument("--idle-seconds", type=float, default=10.0, help="idle: measurement window (default 10)")
     p.add_argument("--idle-settle", type=float, default=2.0, help="idle: quiet time before the window (default 2)")
@@ -645,6 +710,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print()
         print(render(headers, rows, markdown=True))
+    goals = next_targets(args, h.results, h.floor)
+    if goals:
+        print("\nissue 17's targets measured in this run:")
+        print(render(["target", "Foundation", ""], goals, markdown=args.markdown))
     print(f"\nleft behind by the daemons (killed at teardown): {leftovers or 'nothing'}")
     print(f"results: {out} ({data['duration_s']} s)")
     return 0

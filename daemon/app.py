@@ -140,8 +140,8 @@ class App:
         self.obs.start()
         self.flags.start()  # before the tree boots: an agent's welcome carries the flag table
         self.upgrader.start_guardian()  # before the first child: a SIGKILLed daemon leaves no process group behind
-        if any(w.agent for w in worker_specs(self.config.root)):  # the zygote imports the SDK meanwhile
-            self.shell.start_zygote()
+        if agents := sum(1 for w in worker_specs(self.config.root) if w.agent):  # the zygote imports the SDK meanwhile
+            self.shell.start_zygote(agents)
         handlers = {name: functools.partial(verb.handle, self) for name, verb in VERBS.items()}
         self.control = ControlServer(self.runtime_dir, handlers, self.loop, self.config.control_group)
         log.info("foundationd %s (pid %d) starting; control socket %s", version(), os.getpid(), self.control.path)

@@ -155,6 +155,7 @@ class ControlClient:
         order: deque[int] = deque()
         exhausted = False
         while order or not exhausted:
+            batch = []  # what fits in the window goes in one write: one syscall, one wake-up of the daemon
             while not exhausted and len(order) < window:
                 try:
                     verb, args = next(it)
@@ -167,10 +168,15 @@ class ControlClient:
                 if len(payload) > MAX_LINE:  # answered here: the daemon would only discard it
                     waiting[req_id] = {"id": req_id, "ok": False, "error": too_large(len(payload)).to_wire()}
                     continue
-                self._send_raw(payload)
+                batch.append(payload)
+            if batch:
+                self._send_raw(b"".join(batch))
             while order and order[0] not in waiting:
                 reply = orjson.loads(self._read_line_or_fail())
                 waiting[reply.get("id")] = reply
+                while b"\n" in self._buf:  # replies that came with it (one group commit answers many): no wait
+                    reply = orjson.loads(self._read_line_or_fail())
+                    waiting[reply.get("id")] = reply
             while order and order[0] in waiting:
                 yield _result(waiting.pop(order.popleft()))
 

@@ -12,6 +12,8 @@ kind for people who write an agent in another language.
                                <──────     accept {ref, id} | reject {ref, error}
                                <──────     deliver {id, seq, sender, body, call, info}
       done {id[, reply|error]} ──────>     delete from outbox; route a call's reply
+      done {id, deferred: true}──────>     a call answered later, by:
+      answer {id, reply|error} ──────>     the deferred call's reply (before the caller's timeout)
       call {ref, to, body}     ──────>     queue behind earlier casts (not persisted)
                                <──────     reply {ref, body} | reply {ref, error}
       heartbeat {}             ──────>     liveness
@@ -20,6 +22,8 @@ kind for people who write an agent in another language.
       svc {ref, op, args}      ──────>     breakers, limits, retry budget, discovery
                                <──────     reply {ref, body} | reply {ref, error}
       svc_cast {op, args}      ──────>     outcomes of guarded calls, errors (batched, no answer)
+      routes {ref, node, remote}──────>    the cluster bridge only: this node's name, names on other nodes
+                               <──────     reply {ref, body: {"agents": [connected agents]}}
                                <──────     breaker {name, state, open_until, slow_call_duration} (pushed)
     after an in-place upgrade of foundationd (docs/upgrade.md), once per agent, at its first frame to the new image:
                                <──────     resume {received}  (frames of this session the daemon has handled)
@@ -28,6 +32,7 @@ kind for people who write an agent in another language.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -37,6 +42,9 @@ from ipc.errors import ErrorCode, FoundationError
 PROTOCOL_VERSION = 1
 MAX_MESSAGE = 1 << 20  # bytes per frame; also set as ZMQ_MAXMSGSIZE on every socket
 BROKER_SOCKET = "broker.sock"
+# NAME@node, a cast or call the cluster bridge carries: both parts NATS subject tokens (the name may have dots
+# between non-empty tokens, the node none), so that a target JetStream would refuse is refused before it is accepted.
+REMOTE_TARGET = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*@[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 _ANY = object()
 _NUM = (int, float)
@@ -54,6 +62,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "reject": {"ref": int, "error": dict},
     "deliver": {"id": str, "seq": _OPT_INT, "sender": _OPT_STR, "body": _ANY, "call": bool, "info": bool},
     "done": {"id": str},
+    "answer": {"id": str},
     "reply": {"ref": int},
     "heartbeat": {},
     "monitor": {"ref": int, "target": str},
@@ -71,6 +80,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
     # an in-place upgrade (daemon/broker/resume.py): the new image asks, the agent sends again what was not handled
     "resume": {"received": int},
     "resumed": {"sent": int},
+    # the cluster bridge (agents/builtin/bridge.py): where names that live on other nodes are
+    "routes": {"ref": int, "node": str, "remote": dict},
 }
 
 

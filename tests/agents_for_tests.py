@@ -315,3 +315,25 @@ class Loud(Agent):
         print("loud on stdout", flush=True)
         print("loud on stderr", file=sys.stderr, flush=True)
         return {}
+
+
+class Deferrer(Agent):
+    """Answers calls later, as the cluster bridge does (AgentRuntime.defer_reply / reply / post): ``{"double": X}`` is
+    answered 2X from a handle_info that a thread of its own posted; ``{"never": true}`` is never answered (the caller
+    times out); ``{"die": true}`` defers, then the process exits (the caller gets agent_down at once)."""
+
+    def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        import threading  # noqa: PLC0415
+
+        runtime: Any = self._rt()
+        handle = runtime.defer_reply()
+        if "double" in msg:
+            threading.Thread(target=runtime.post, args=({"answer": handle, "value": 2 * msg["double"]},)).start()
+        elif "die" in msg:
+            threading.Thread(target=lambda: (time.sleep(0.2), os._exit(3))).start()
+        return None, state
+
+    def handle_info(self, info: Any, state: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(info, dict) and "answer" in info:
+            self._rt().reply(info["answer"], info["value"])  # type: ignore[attr-defined]
+        return state

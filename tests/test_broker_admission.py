@@ -118,7 +118,29 @@ def test_done_of_a_persisted_entry_is_deleted_in_the_next_commit_and_volatile_on
     adm.end_turn()
     assert adm.done("counter", cast.staged.entry)
     assert not adm.done("counter", adm.info("counter", {"tick": 1}).entry)
-    assert adm.end_turn().batch.deletes == [("counter", 1)]
+    assert adm.deletes_pending == 1
+    assert adm.end_turn(deletes=True).batch.deletes == [("counter", 1)]
+    assert not adm
+    assert adm.deletes_pending == 0
+
+
+def test_deletes_wait_for_a_commit_that_happens_anyway() -> None:
+    """A deletion needs no fsync of its own (the recipient committed the seq before done): it rides with the next
+    accepted message's commit, and a turn with nothing durable to write commits nothing."""
+    adm = Admission()
+    first = adm.cast(None, "counter", 1, None, ROOM, respond=Answers())
+    assert isinstance(first, Accepted)
+    adm.end_turn()
+    adm.done("counter", first.staged.entry)
+    adm.info("counter", {"tick": 1})
+    idle = adm.end_turn()
+    assert not idle.batch  # only an info: no commit, the deletion waits
+    assert adm.deletes_pending == 1
+    adm.cast(None, "counter", 2, None, ROOM, respond=Answers())
+    turn = adm.end_turn()
+    assert turn.batch.deletes == [("counter", 1)]
+    assert [p[1] for p in turn.batch.puts] == [2]
+    assert adm.deletes_pending == 0
 
 
 def test_recovered_entries_keep_their_ids_and_later_casts_number_after_them() -> None:

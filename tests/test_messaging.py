@@ -21,7 +21,9 @@ import zmq
 from helpers import REPO, ctl, ctl_popen, get, settled
 
 from agents.testing import DaemonProcess, killing, wait_for
+from daemon.broker.outbox import Outbox, outbox_path
 from ipc import wire
+from ipc.control import ControlClient
 from ipc.errors import ErrorCode, FoundationError
 
 COUNTER = "agents.examples.counter:Counter"
@@ -505,6 +507,36 @@ def test_accepted_messages_survive_a_sigkill_of_the_daemon(start_daemon) -> None
     assert len(done.stdout.split()) == 5000 - first
     assert f"note: {first} line(s) already accepted under producer 'survive', not queued again: lines 1-" in done.stderr
     assert settled(daemon, "counter") == {"count": 5000}
+
+
+def test_messages_done_but_not_yet_deleted_come_again_after_a_daemon_sigkill_and_are_skipped(start_daemon) -> None:
+    """The broker deletes a done message with its next commit (or alone after DELETE_DELAY), not with an fsync of
+    its own: a SIGKILL of the daemon right after the counter said done leaves done messages in the outbox. After the
+    restart they come again, and the counter skips them (their seq is in its state): nothing is counted twice.
+    Each round kills within a few ms of the last done; the outbox is read while the daemon is down to see that
+    at least one round left done messages behind (the path under test)."""
+    daemon = start_daemon(config(agent("counter", COUNTER)))
+    expected, left_behind = 0, 0
+    for _ in range(5):
+        daemon.wait_running("counter")
+        with ControlClient(daemon.socket_path) as client:
+            for result in client.pipeline(("send", {"name": "counter", "body": {"add": 1}}) for _ in range(50)):
+                assert "id" in result
+            expected += 50
+            reply = client.request("call", name="counter", body={"get": True}, timeout=30)
+            assert reply["reply"] == {"count": expected}
+            daemon.kill()  # the call is answered after the casts before it were committed and done
+        daemon.wait_exit()
+        outbox = Outbox(outbox_path(daemon.state_dir))
+        try:
+            left_behind += len(outbox.load()[0])
+        finally:
+            outbox.close()
+        daemon.start()
+        assert settled(daemon, "counter") == {"count": expected}
+        if left_behind:
+            break
+    assert left_behind, "every SIGKILL came after the deletes were committed: the path was not exercised"
 
 
 # ---- monitors, timers, liveness ----

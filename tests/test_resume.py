@@ -97,6 +97,9 @@ class _Broker:
     def session(self, name: str) -> Session | None:
         return self._sessions.get(name)
 
+    def anonymous(self) -> int:
+        return 0
+
 
 @pytest.mark.parametrize(("session", "why"), [
     (None, "a is not connected to the broker"),

@@ -239,6 +239,22 @@ def test_exit_describes_status_and_signal_in_snapshot():
     assert (kids["a"]["pid"], kids["a"]["state"], kids["b"]["state"]) == (None, "failed", "failed")
 
 
+def test_snapshot_entries_follow_the_clock_and_every_change_though_kept_between_requests():
+    sh = booted(W("a"), W("b"))
+    first = {c["name"]: c for c in sh.tree.snapshot()["children"]}
+    sh.now += 2.5
+    sh.crash("a", status=3)
+    sh.now += 1.0
+    kids = {c["name"]: c for c in sh.tree.snapshot()["children"]}
+    assert kids["a"]["pid"] != first["a"]["pid"]
+    assert (kids["a"]["restarts"], kids["a"]["last_exit"], kids["a"]["last_exit_ago_s"]) == (
+        1, "exited with status 3", 1.0)
+    assert kids["a"]["uptime_s"] == 1.0
+    assert (kids["b"]["pid"], kids["b"]["uptime_s"], "last_exit_ago_s" in kids["b"]) == (first["b"]["pid"], 3.5, False)
+    kids["b"]["status"] = "added by a caller"  # (what notify children reported): not kept for the next request
+    assert "status" not in {c["name"]: c for c in sh.tree.snapshot()["children"]}["b"]
+
+
 # ---- intensity ----
 
 

@@ -34,6 +34,8 @@ VALID: dict[str, dict[str, Any]] = {
     "breaker": {"name": "payments", "state": "open"},
     "resume": {"received": 7},
     "resumed": {"sent": 9},
+    "answer": {"id": "bridge/7"},
+    "routes": {"ref": 6, "node": "a", "remote": {"counter": "b"}},
 }
 
 

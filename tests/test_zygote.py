@@ -164,6 +164,15 @@ def test_a_spare_that_dies_unused_is_replaced(start_daemon) -> None:
     assert again["pid"] == spares[1], "the oldest live spare is used first"
 
 
+def test_a_tree_of_many_agents_keeps_more_spares(start_daemon) -> None:
+    """Its boot starts the agents back to back: a larger pool keeps them from waiting on fresh spares."""
+    daemon = start_daemon(tree(*(agent(f"a{i}", "agents.examples.counter:Counter") for i in range(12))))
+    for i in range(12):
+        daemon.wait_running(f"a{i}")
+    described = wait_for(lambda: len((z := zygote(daemon))["spares"]) == 3 and z, what="three spares (12 agents / 4)")
+    assert described["spawns"] + described["fallbacks"] == 12  # (at boot, only the first spare is waited for)
+
+
 def daemon_fds(daemon: DaemonProcess) -> list[str]:
     fds = Path(f"/proc/{daemon.proc.pid}/fd")
     return sorted(os.readlink(fd) for fd in fds.iterdir() if fd.exists())

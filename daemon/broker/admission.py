@@ -122,10 +122,16 @@ class Admission:
         self._staged: list[Staged] = []
         self._staged_count: dict[str, int] = {}
         self._duplicates: list[tuple[Respond, Duplicate]] = []
+        self._deletes: list[tuple[str, int]] = []  # done casts not yet deleted on disk (see done)
 
     def __bool__(self) -> bool:
         """Whether anything waits for the next commit."""
-        return bool(self._batch or self._staged or self._duplicates)
+        return bool(self._batch or self._staged or self._duplicates or self._deletes)
+
+    @property
+    def deletes_pending(self) -> int:
+        """Done casts whose deletion waits for a commit that has to happen anyway (or for the idle flush)."""
+        return len(self._deletes)
 
     def recovered(self, recipient: str, seq: int, record: dict[str, Any]) -> Entry:
         """An undone cast read back from the outbox at start: its entry; later casts to it number after it."""
@@ -182,14 +188,22 @@ class Admission:
         return self._stage(to, Entry(f"{to}/info-{self._counter}", None, None, body, kind="info"), None)
 
     def done(self, recipient: str, entry: Entry) -> bool:
-        """The recipient finished ``entry``: a persisted one is deleted in this turn's commit. True if it was."""
+        """The recipient finished ``entry``: a persisted one is to be deleted. True if it was.
+
+        The deletion needs no durability of its own: the recipient committed ``entry.seq`` with its state before it
+        said done, so a message whose deletion a crash undid comes again and is skipped there. Deletions therefore
+        wait for the next commit that is made anyway (an accepted message must be on disk before its answer), and
+        cost no fsync of their own; ``end_turn(deletes=True)`` takes them alone (the broker's idle flush)."""
         if entry.seq is None:
             return False
-        self._batch.deletes.append((recipient, entry.seq))
+        self._deletes.append((recipient, entry.seq))
         return True
 
-    def end_turn(self) -> Turn:
-        """Hand over what this turn admitted; the next turn starts empty."""
+    def end_turn(self, *, deletes: bool = False) -> Turn:
+        """Hand over what this turn admitted; the next turn starts empty. Pending deletions ride along when the
+        batch commits anyway, or when ``deletes`` asks for them."""
+        if self._deletes and (self._batch or deletes):
+            self._batch.deletes, self._deletes = self._deletes, []
         turn = Turn(self._batch, self._staged, self._duplicates)
         self._batch, self._staged, self._staged_count, self._duplicates = Batch(), [], {}, []
         return turn
@@ -219,8 +233,8 @@ class Admission:
             return Refused(FoundationError(ErrorCode.MAILBOX_FULL,
                                            f"mailbox of {to!r} is full ({recipient.bound} messages)"))
         try:  # once accepted, a message whose delivery frame is over the limit would stay in flight forever
-            wire.encode("deliver", id=entry.id, seq=entry.seq, sender=entry.sender, body=entry.body,
-                        call=entry.kind == "call", info=entry.kind == "info")
+            entry.frame = wire.encode("deliver", id=entry.id, seq=entry.seq, sender=entry.sender, body=entry.body,
+                                      call=entry.kind == "call", info=entry.kind == "info")  # sent as it is
         except wire.WireError as err:
             return Refused(err)
         return None

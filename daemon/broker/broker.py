@@ -48,12 +48,14 @@ from daemon.broker.monitors import Monitors
 from daemon.broker.outbox import Outbox, outbox_path
 from daemon.broker.peers import Handler, Peers, Session
 from daemon.broker.timers import MIN_TICK, Timers
-from daemon.shell.loop import EventLoop
+from daemon.shell.loop import EventLoop, TimerHandle
 from daemon.shell.socket_path import check_startup_socket
 from ipc import wire
 from ipc.errors import ErrorCode, FoundationError
 
-__all__ = ["MIN_TICK", "Broker", "Receipt", "Respond", "Session"]
+__all__ = ["DELETE_DELAY", "MIN_TICK", "Broker", "Receipt", "Respond", "Session"]
+
+DELETE_DELAY = 0.05  # s: done messages are deleted with the next commit, or alone after this long without one
 
 log = logging.getLogger("foundationd.broker")
 
@@ -71,7 +73,7 @@ class Broker:
         heartbeat: float = 1.0,
         liveness: Callable[[str], float] = lambda name: 10.0,
         on_hello: Callable[[str], None] = lambda name: None,
-        window: int = 64,
+        window: int = 256,  # in flight to one agent: as many as it handles in one batch (runtime.MAX_BATCH)
         services: dict[str, Handler] | None = None,
     ) -> None:
         """``agent_alive(name)``: None if no agent of that name is in the tree, else whether it runs."""
@@ -88,6 +90,7 @@ class Broker:
         self._outbox = Outbox(outbox_path(state_dir))
         self._boxes: dict[str, Mailbox] = {}
         self._flush_scheduled = False
+        self._delete_timer: TimerHandle | None = None
         self._calls = PendingCalls(loop)
         self._monitors = Monitors()
         self._timers = Timers(loop, lambda name, ref: self._stage_info(name, {"tick": ref}))
@@ -95,7 +98,7 @@ class Broker:
         handlers: dict[str, Handler] = {
             "cast": self._on_cast, "call": self._on_call, "done": self._on_done, "heartbeat": self._on_heartbeat,
             "monitor": self._on_monitor, "demonitor": self._on_demonitor, "timer": self._on_timer,
-            "cancel_timer": self._on_cancel_timer,
+            "cancel_timer": self._on_cancel_timer, "answer": self._on_answer, "routes": self._on_routes,
             **(services or {}),  # frame kinds of daemon services (resilience: svc, svc_cast)
         }
         self._peers = Peers(runtime_dir, loop, heartbeat=heartbeat, handlers=handlers, on_hello=self._hello)
@@ -109,6 +112,10 @@ class Broker:
         # (when, seconds from delivery to done) of finished messages, for the migration gates while they watch.
         self.latencies: deque[tuple[float, float]] | None = None
         self.on_rejected: Callable[[str | None, str, FoundationError], None] = lambda sender, to, err: None
+        # The cluster (DESIGN 3.10), as the bridge tells it: this node's name, and the names that live only on
+        # other nodes (name -> node). A cast or call to NAME@other, or to such a name, goes to the bridge.
+        self.cluster_node: str | None = None
+        self.remote: dict[str, str] = {}
 
     # ---- lifecycle ----
 
@@ -123,7 +130,7 @@ class Broker:
 
     def close(self, linger: int = 0) -> None:
         if self._admission:
-            self._flush()
+            self._flush(deletes=True)
         self._peers.close(linger)
         self._outbox.close()
 
@@ -145,6 +152,7 @@ class Broker:
         self._peers.revoke(name)
         self._disconnect(name)
         self._timers.clear(name)
+        self._calls.owner_down(name)
         box = self._boxes.get(name)
         if box is not None:  # ticks and down notices were for this incarnation's refs: the next one has its own
             box.queue = deque(e for e in box.queue if e.kind != "info")
@@ -276,14 +284,33 @@ class Broker:
         self.handle_latency.observe(now - entry.sent)
         if self.latencies is not None and entry.sent:
             self.latencies.append((now, now - entry.sent))
-        if self._admission.done(session.name, entry):
-            self._schedule_flush()
+        if self._admission.done(session.name, entry) and self._delete_timer is None:
+            self._delete_timer = self._loop.call_later(DELETE_DELAY, self._flush_deletes)
         if entry.kind == "call":
-            self._calls.finish(entry, msg)
+            if msg.get("deferred") is True:
+                self._calls.defer(entry, session.name)  # answered later by an answer frame
+            else:
+                self._calls.finish(entry, msg)
         elif entry.kind == "info" and isinstance(entry.body, dict) and "tick" in entry.body:
             self._timers.ticked(session.name, entry.body["tick"])
         self._pump(session.name)
         self.on_done(session.name)
+
+    def _on_answer(self, session: Session, msg: dict[str, Any]) -> None:
+        if session.name is not None:
+            self._calls.answer(session.name, msg)
+
+    def _on_routes(self, session: Session, msg: dict[str, Any]) -> None:
+        """The bridge's view of the cluster registry; answered with the agents connected here (what it publishes)."""
+        if session.name != "bridge":
+            self._peers.send(session.identity, "reply", ref=msg["ref"],
+                             error=wire.error_body(ErrorCode.UNAUTHORIZED, "only the cluster bridge sets routes"))
+            return
+        remote = msg["remote"]
+        self.cluster_node = msg["node"]
+        self.remote = {str(k): str(v) for k, v in remote.items() if "@" not in str(k)}
+        agents = sorted(s.name for s in self._peers.connected() if s.name is not None)
+        self._peers.send(session.identity, "reply", ref=msg["ref"], body={"agents": agents})
 
     def _on_heartbeat(self, session: Session, msg: dict[str, Any]) -> None:
         busy = msg.get("busy")  # last_seen was updated for every frame; "busy": S announces a silence of S seconds
@@ -326,10 +353,29 @@ class Broker:
         box.bound = self._bound(to)  # now, not when the box was made: a box can outlive its agent's spec (a reload,
         return Recipient(known=True, queued=len(box), bound=box.bound)  # a detach and attach again)
 
+    def _resolve(self, to: str) -> tuple[str, str | None]:
+        """(local recipient, remote target): ``NAME@node`` on another node, or a name only another node runs (the
+        bridge's routes), goes to the local ``bridge`` (no local name has an @); ``NAME@<this node>`` is ``NAME``."""
+        if "@" in to:
+            if len(to) > 200 or not wire.REMOTE_TARGET.fullmatch(to):
+                raise FoundationError(ErrorCode.BAD_REQUEST, f"a remote target is NAME@node (NATS subject tokens), "
+                                      f"not {to[:200]!r}")
+            name, _, node = to.partition("@")
+            return (name, None) if node == self.cluster_node else ("bridge", to)
+        if to in self.remote and self._agent_alive(to) is None:
+            return "bridge", f"{to}@{self.remote[to]}"
+        return to, None
+
     def _cast(self, sender: str | None, to: str, body: Any, chan: list[int] | None, respond: Respond, *,
               gapless: bool = False) -> None:
-        if "@" in to:  # NAME@node (no local name has an @): the cluster bridge carries it
-            to, body = "bridge", {"to": to, "body": body}
+        try:
+            to, remote = self._resolve(to)
+        except FoundationError as err:
+            self._rejected(sender, to, err)
+            respond(None, err)
+            return
+        if remote is not None:  # the cluster bridge carries it
+            body = {"to": remote, "body": body}
         decision = self._admission.cast(sender, to, body, chan, self._recipient(to), respond=respond, gapless=gapless)
         if isinstance(decision, Refused):
             self._rejected(sender, to, decision.error)
@@ -338,6 +384,14 @@ class Broker:
             self._schedule_flush()
 
     def _call(self, sender: str | None, to: str, body: Any, timeout: float, respond: Respond) -> None:
+        try:
+            to, remote = self._resolve(to)
+        except FoundationError as err:
+            self._rejected(sender, to, err)
+            respond(None, err)
+            return
+        if remote is not None:  # the bridge defers its answer until the other node's arrives (or the timeout)
+            body = {"op": "call", "to": remote, "body": body, "timeout": timeout}
         decision = self._admission.call(sender, to, body, respond, self._recipient(to))
         if isinstance(decision, Refused):
             self._rejected(sender, to, decision.error)
@@ -355,10 +409,18 @@ class Broker:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
-        """Group commit: one durable transaction for the turn, then accepts and deliveries."""
+    def _flush_deletes(self) -> None:
+        self._delete_timer = None
+        self._flush(deletes=True)
+
+    def _flush(self, *, deletes: bool = False) -> None:
+        """Group commit: one durable transaction for the turn, then accepts and deliveries. Deletions of done
+        messages ride along (admission.done says why they need no commit of their own)."""
         self._flush_scheduled = False
-        turn = self._admission.end_turn()
+        turn = self._admission.end_turn(deletes=deletes)
+        if turn.batch.deletes and self._delete_timer is not None and not self._admission.deletes_pending:
+            self._delete_timer.cancel()
+            self._delete_timer = None
         staged = turn.staged
         if turn.batch:
             try:
@@ -403,8 +465,11 @@ class Broker:
         now = self._loop.clock()
         for entry in entries:
             entry.sent = now
-            self._peers.send(session.identity, "deliver", id=entry.id, seq=entry.seq, sender=entry.sender,
-                             body=entry.body, call=entry.kind == "call", info=entry.kind == "info")
+            if entry.frame is not None:
+                self._peers.send_frame(session.identity, entry.frame)
+            else:
+                self._peers.send(session.identity, "deliver", id=entry.id, seq=entry.seq, sender=entry.sender,
+                                 body=entry.body, call=entry.kind == "call", info=entry.kind == "info")
 
     def _disconnect(self, name: str) -> None:
         if not self._peers.drop(name):

@@ -27,6 +27,8 @@ class Entry:
     caller: Any = None  # where a call's reply goes (opaque to the mailbox)
     at: float = field(default_factory=time.monotonic)  # admitted (or loaded at the daemon's start): metrics' ages
     sent: float = 0.0  # last delivered (monotonic), for the handling latency
+    # the deliver frame, encoded once at admission (where its size is checked) and sent as it is
+    frame: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def persisted(self) -> bool:

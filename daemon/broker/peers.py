@@ -163,6 +163,10 @@ class Peers:
     def connected(self) -> list[Session]:
         return [a.session for a in self._agents.values() if a.session is not None]
 
+    def anonymous(self) -> int:
+        """How many anonymous sessions (``hello`` with no name: the cluster bridge's, scripts') are open."""
+        return sum(1 for s in self._sessions.values() if s.name is None)
+
     def hand_over(self) -> list[dict[str, Any]]:
         """The agents' sessions, for the next image (daemon/broker/resume.py)."""
         return [{"name": s.name, "identity": s.identity.hex(), "received": s.received, "last_seen": s.last_seen,
@@ -193,6 +197,10 @@ class Peers:
             ref = fields.get("ref")
             frame = wire.encode(kind if kind == "reply" and ref is not None else "error", error=err.to_wire(),
                                 **({"ref": ref} if kind == "reply" and ref is not None else {}))
+        self.send_frame(identity, frame)
+
+    def send_frame(self, identity: bytes, frame: bytes) -> None:
+        """A frame encoded already (a delivery, encoded once when its size was checked at admission)."""
         try:
             self._sock.send_multipart([identity, frame], zmq.NOBLOCK)
         except zmq.ZMQError as exc:

@@ -38,7 +38,11 @@ UPGRADING = ("foundationd was upgraded in place while this call was pending; cal
 
 
 def refusal(broker: Broker, agents: list[str]) -> str | None:
-    """Why these running agents' sessions cannot be handed over, or None."""
+    """Why these running agents' sessions cannot be handed over, or None. An anonymous session (the cluster
+    bridge's calls into this host, a script's) has no routing id of its own and no way to resume: refused."""
+    if (count := broker._peers.anonymous()) > 0:
+        return (f"{count} anonymous broker session(s) are open (the cluster bridge's, or a script's): they cannot "
+                "resume across an upgrade")
     for name in agents:
         session = broker._peers.session(name)
         if session is None:

@@ -70,6 +70,7 @@ class ControlServer:
         self._loop = loop
         self._read_gid = _group_id(control_group)
         self._conns: dict[int, Connection] = {}
+        self._uid = os.getuid()
         check_startup_socket(self.path)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
@@ -157,7 +158,8 @@ class ControlServer:
             reading = req.verb in READ_VERBS or req.args.get("op") in READ_OPS.get(req.verb, ())
             self._authorize(conn.peer, req.verb, reading)
             if req.verb in QUIET_VERBS:
-                log.debug("control: %s %s by %r", req.verb, _brief(req.args), conn.peer)
+                if log.isEnabledFor(logging.DEBUG):  # a send is thousands a second: no repr of its body for nothing
+                    log.debug("control: %s %s by %r", req.verb, _brief(req.args), conn.peer)
             elif not reading:
                 log.info("control: %s %s by %r", req.verb, _brief(req.args), conn.peer)
             handler(req, conn.peer, lambda result, rid=req_id: self._send(conn, _reply(rid, result)))
@@ -168,7 +170,7 @@ class ControlServer:
             self._send(conn, error_reply(req_id, FoundationError(ErrorCode.INTERNAL, repr(exc))))
 
     def _authorize(self, peer: Peer, verb: str, reading: bool) -> None:
-        if peer.uid in (0, os.getuid()):
+        if peer.uid in (0, self._uid):
             return
         if reading and self._read_gid is not None and self._in_group(peer, self._read_gid):
             return

@@ -221,7 +221,8 @@ class Resilience:
 
     def _lookup(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         capability = args.get("capability")
-        return {"services": [{"name": s["name"], "pid": s["pid"], "meta": s["meta"].get(capability, {})}
+        return {"services": [{"name": s["name"], "pid": s["pid"], "meta": s["meta"].get(capability, {}),
+                              "offers": s["meta"]}  # every capability with its meta (the cluster registry's)
                              for s in self.services(capability if isinstance(capability, str) else None)]}
 
     # ---- changes out ----

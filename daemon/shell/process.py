@@ -282,8 +282,10 @@ class ProcessShell:
         self._watch(ProcessHandle(spec.name, pid, os.pidfd_open(pid), popen, _pipes(reads)))
         return pid
 
-    def start_zygote(self) -> None:
-        """Start the agent fork server now (at boot, when the tree has agents), so it imports while we boot."""
+    def start_zygote(self, agents: int = 0) -> None:
+        """Start the agent fork server now (at boot, when the tree has agents), so it imports while we boot; its pool
+        of spares sized for ``agents``."""
+        self.zygote.size_for(agents)
         self.zygote.start()
 
     def _zygote_env(self) -> dict[str, str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from agents.testing import DaemonProcess, wait_for
+from agents.testing import DaemonProcess, WaitTimeout, wait_for
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client under a second uid")]
@@ -129,5 +129,15 @@ group = "nogroup"
     assert status["Groups"].split() in ([], [str(NOBODY)])
     for cap in ("CapEff", "CapPrm", "CapAmb", "CapInh"):
         assert int(status[cap], 16) == 0, (cap, status[cap])
-    fds = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-    assert sorted(fds) == ["0", "1", "2"], fds  # stdin /dev/null, stdout and stderr to the daemon's capture
+    # The kernel names the process before it has closed the close-on-exec descriptors: wait for the exec's end.
+    fds: dict[str, str] = {}
+
+    def only_standard_fds() -> bool:
+        fds.clear()
+        fds.update({fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")})
+        return sorted(fds) == ["0", "1", "2"]  # stdin /dev/null, stdout and stderr to the daemon's capture
+
+    try:
+        wait_for(only_standard_fds, timeout=5)
+    except WaitTimeout:
+        pytest.fail(f"the probe holds more than 0, 1 and 2: {fds}")
