@@ -213,8 +213,10 @@ class AgentRuntime:
             handled.append((msg, fields, accepted))
         persisted = (self._persisted is not None and last_seq == self.last_seq
                      and orjson.dumps(self.state) == self._persisted)
-        if changed and not persisted:
-            self._store.commit(self.state, last_seq)  # a failing store crashes us: we come back to the last commit
+        side = self.agent.take_side_states()
+        if (changed and not persisted) or side:
+            # A failing store crashes us: we come back to the last commit.
+            self._store.commit(self.state, last_seq, side)
         self._persisted = None
         self.last_seq = last_seq
         for msg, fields, accepted in handled:
@@ -322,11 +324,16 @@ class AgentRuntime:
 
     def persist(self, state: Any) -> None:
         validate_state(self.agent, state)
-        self._store.commit(state, self.last_seq)
+        self._store.commit(state, self.last_seq, self.agent.take_side_states())
         self._persisted = orjson.dumps(state)  # bytes: the handler may change the object after this
 
     def stop(self) -> None:
         self._stopping = True
+
+    def load_side(self, name: str) -> Any:
+        """The committed state of another name of this agent's shared environment (None if it has none)."""
+        load_of = getattr(self._store, "load_of", None)
+        return load_of(name)[0] if load_of is not None else None
 
     def _await_ref(self, ref: int, kinds: tuple[str, ...], timeout: float) -> dict[str, Any]:
         msg = self._receive_until(lambda m: m["kind"] in kinds and m.get("ref") == ref, timeout)

@@ -95,6 +95,11 @@ class Agent:
     def shutdown(self, state: Any) -> None:
         """Called on an orderly stop (SIGTERM), after the last message."""
 
+    def take_side_states(self) -> dict[str, Any] | None:
+        """States of other names in the same shared environment, to commit in the same transaction as this agent's
+        next commit (a workflow host's records: ipc/state_store.py). The runtime takes them just before committing."""
+        return None
+
     # ---- reaching out ----
 
     @property
