@@ -27,7 +27,7 @@ from agents.sdk import Agent
 from agents.workflow import engine
 from agents.workflow.client import Daemon
 from agents.workflow.errors import classify
-from agents.workflow.steps import run_python
+from agents.workflow.steps import Quiet, run_python
 from ipc.errors import FoundationError
 from ipc.workflow_def import Step, inline, parse, tasks
 
@@ -204,16 +204,21 @@ class WorkflowProcess(Agent):
         gets its intent too: without it, a step that kills its process would be run again at each restart, forever
         (a crash loop of a workflow host, which takes others' workflows with it), and never count an attempt."""
         assert self._root is not None
-        while batch := engine.dispatch(self._root, state, time.time(), select=inline):
-            self._persist_record(state)
-            for item in batch:
-                task = item.task
-                result = run_python(task.args, task.timeout, task_key(state["id"], task.id, item.attempt), self.busy)
-                now = time.time()
-                delay = engine.outcome(self._root, state, task.id, item.attempt, result, now=now)
-                if delay is not None:
-                    state["steps"][task.id]["retry_at"] = now + delay
-                    self._arm_retry(task.id, item.attempt, delay)
+        quiet = Quiet(self.busy)
+        try:
+            while batch := engine.dispatch(self._root, state, time.time(), select=inline):
+                self._persist_record(state)
+                for item in batch:
+                    task = item.task
+                    quiet.cover(task.timeout)
+                    result = run_python(task.args, task.timeout, task_key(state["id"], task.id, item.attempt))
+                    now = time.time()
+                    delay = engine.outcome(self._root, state, task.id, item.attempt, result, now=now)
+                    if delay is not None:
+                        state["steps"][task.id]["retry_at"] = now + delay
+                        self._arm_retry(task.id, item.attempt, delay)
+        finally:
+            quiet.end()
 
     def _inline_due(self, state: dict[str, Any]) -> bool:
         assert self._root is not None
