@@ -211,6 +211,11 @@ class AgentRuntime:
             changed = changed or seq is not None or self.state != before
             last_seq = seq if seq is not None else last_seq
             handled.append((msg, fields, accepted))
+        if handled:
+            ended = self.agent.end_batch(self.state)  # a failure here crashes us: the batch comes again
+            if ended is not self.state:
+                validate_state(self.agent, ended)
+                self.state, changed = ended, True
         persisted = (self._persisted is not None and last_seq == self.last_seq
                      and orjson.dumps(self.state) == self._persisted)
         side = self.agent.take_side_states()
@@ -299,6 +304,32 @@ class AgentRuntime:
         if "error" in answer:
             raise FoundationError.from_wire(answer["error"])
         return answer.get("body")
+
+    def send_marked(self, casts: list[tuple[str, Any, list[int]]]) -> list[str | FoundationError]:
+        """Casts with their marks (as ``send_once``), all sent before any accept is awaited: one round trip and one
+        group commit of the daemon for the lot. Returns each one's message id, or its FoundationError."""
+        refs = []
+        for to, body, mark in casts:
+            refs.append(self._next_ref())
+            self._send("cast", ref=refs[-1], to=to, body=body, chan=list(mark))
+        waiting = set(refs)
+        answers: dict[int, dict[str, Any]] = {}
+
+        def take(msg: dict[str, Any]) -> bool:
+            if msg["kind"] in ("accept", "reject") and msg.get("ref") in waiting:
+                answers[msg["ref"]] = msg
+                waiting.discard(msg["ref"])
+            return not waiting
+
+        if waiting and self._receive_until(take, REQUEST_TIMEOUT) is None:
+            raise FoundationError(ErrorCode.TIMEOUT, f"no answer from the daemon within {REQUEST_TIMEOUT}s")
+        return [str(answers[ref]["id"]) if answers[ref]["kind"] == "accept"
+                else FoundationError.from_wire(answers[ref]["error"]) for ref in refs]
+
+    @property
+    def cause(self) -> int | None:
+        """The sequence number of the message being handled (None outside a handler, or for a call or a notice)."""
+        return self._cause
 
     def monitor(self, target: str) -> int:
         ref = self._next_ref()

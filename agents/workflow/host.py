@@ -14,6 +14,13 @@ workflow's own process (agents/workflow/process.py): killed before a commit, the
 and the list as they were, handles the same messages again, makes the same casts (dropped as duplicates by the
 broker); an inline step found running in a record it runs was interrupted by its death.
 
+Many workflows at once cost fewer fsyncs: a cast's handler only applies the message to its workflow's record; the
+inline steps due are run at the end of the batch of messages that arrived together (``end_batch``), in rounds: each
+round commits the intents of every workflow's next inline step in one transaction, then runs them. The casts a
+handler makes (task agents' steps, messages to itself) wait for the end of the batch too, and leave before the
+batch's commit, all at once (one round trip), in the order of the messages that caused them and marked with their
+sequence numbers: sent again after a crash, they are dropped by the broker as duplicates.
+
 Messages: ``{"wf": ID, KIND: body}`` for ``start``, ``retry``, ``advance`` and the operators' calls (``status``,
 ``cancel``, ``pause``, ``resume``, ``resolve``: the coordinator calls the host named in the record), and
 ``{"step_done": {..., "key"}}`` from whoever ran a step.
@@ -21,11 +28,18 @@ Messages: ``{"wf": ID, KIND: body}`` for ``start``, ``retry``, ``advance`` and t
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from agents.workflow import engine
-from agents.workflow.process import PREFIX, WorkflowProcess
-from ipc.workflow_def import ID_RE, Step, parse
+from agents.workflow.errors import classify
+from agents.workflow.process import PREFIX, WorkflowProcess, task_key
+from agents.workflow.steps import Quiet, run_python
+from ipc.errors import FoundationError
+from ipc.workflow_def import ID_RE, Step, inline, parse
+
+log = logging.getLogger("workflow")
 
 HOST_PREFIX = "wfhost-"
 
@@ -38,6 +52,11 @@ class WorkflowHost(WorkflowProcess):
         self._side: dict[str, Any] = {}  # records changed since the last commit: "workflow-ID" -> record
         self._current = ""  # the workflow whose message is being handled
         self._timers: dict[int, str] = {}  # retry timer ref -> workflow id
+        self._seq: int | None = None  # the sequence number the casts being made are marked with
+        self._outgoing: list[tuple[int, int, str, Any]] = []  # (seq, index, to, body), sent at the end of the batch
+        self._counts: dict[int, int] = {}  # casts made so far for each seq
+        self._due: list[str] = []  # workflows with inline steps to run at the end of the batch
+        self._last_seq = 0  # the highest seq handled in this batch
 
     def init(self) -> dict[str, Any]:
         return {"active": []}
@@ -58,8 +77,118 @@ class WorkflowHost(WorkflowProcess):
 
     def handle_cast(self, msg: Any, state: dict[str, Any]) -> dict[str, Any]:
         wf_id, body = _route(msg)
-        record = self._enter(wf_id, self._load(wf_id))
-        return self._settle(wf_id, self._apply(body, record))
+        seq = self._cause()
+        mark = len(self._outgoing)
+        try:
+            record = self._enter(wf_id, self._load(wf_id))
+            record = self._apply(body, record, inline_now=seq is None, advance=False)
+        except Exception:
+            del self._outgoing[mark:]  # the message failed: nothing it did leaves
+            raise
+        finally:
+            self._seq = None
+        if seq is not None and self._inline_due(record) and wf_id not in self._due:
+            self._due.append(wf_id)
+        return self._settle(wf_id, record)
+
+    def _cause(self) -> int | None:
+        """The handled message's seq: its casts are marked with it and wait for the end of the batch."""
+        runtime: Any = self._runtime
+        self._seq = runtime.cause
+        if self._seq is not None:
+            self._last_seq = max(self._last_seq, self._seq)
+        return self._seq
+
+    def send(self, to: str, body: Any) -> str:
+        """In a handler (and at the end of the batch), a cast waits for the end of the batch: see the docstring."""
+        if self._seq is None:
+            return super().send(to, body)
+        count = self._counts[self._seq] = self._counts.get(self._seq, 0) + 1
+        self._outgoing.append((self._seq, count, to, body))
+        return f"pending/{self._seq}/{count}"
+
+    def end_batch(self, state: dict[str, Any]) -> dict[str, Any]:
+        due, self._due = [wf_id for wf_id in self._due if wf_id in self._records], []
+        last, self._last_seq = self._last_seq, 0
+        # The handlers' casts leave first: the rounds' commits hold records that count on them having left.
+        touched = self._flush()
+        if due:
+            self._rounds(due)
+            self._seq = last  # the steps after the inline ones: marked after every cast of the batch
+            try:
+                for wf_id in due:
+                    self._dispatch(self._enter(wf_id, self._records[wf_id]), time.time())
+            finally:
+                self._seq = None
+            touched += due + self._flush()
+        self._counts = {}
+        for wf_id in touched:
+            record = self._records.get(wf_id)
+            if record is not None:
+                self._root = self._roots.get(wf_id)
+                self._settle(wf_id, record)
+        return {"active": sorted(self._records)} if touched else state
+
+    def _rounds(self, wf_ids: list[str]) -> None:
+        """Each workflow's inline steps, in rounds: one commit of all the intents of a round, then the steps."""
+        quiet = Quiet(self.busy)
+        try:
+            while True:
+                batches = []
+                for wf_id in wf_ids:
+                    record = self._enter(wf_id, self._records[wf_id])
+                    assert self._root is not None
+                    batch = engine.dispatch(self._root, record, time.time(), select=inline)
+                    if batch:
+                        batches.append((wf_id, record, batch))
+                        self._side[PREFIX + wf_id] = record
+                if not batches:
+                    return
+                self.persist({"active": sorted(self._records)})
+                for wf_id, record, batch in batches:
+                    self._enter(wf_id, record)
+                    assert self._root is not None
+                    for item in batch:
+                        task = item.task
+                        quiet.cover(task.timeout)
+                        result = run_python(task.args, task.timeout, task_key(wf_id, task.id, item.attempt))
+                        now = time.time()
+                        delay = engine.outcome(self._root, record, task.id, item.attempt, result, now=now)
+                        if delay is not None:
+                            record["steps"][task.id]["retry_at"] = now + delay
+                            self._arm_retry(task.id, item.attempt, delay)
+        finally:
+            quiet.end()
+
+    def _flush(self) -> list[str]:
+        """Send the batch's casts, in the order of their causes; a refused step is a failed attempt (retried as
+        any). Returns the workflows whose records that changed."""
+        out = sorted(self._outgoing, key=lambda c: (c[0], c[1]))
+        self._outgoing = []
+        if not out:
+            return []
+        runtime: Any = self._runtime
+        answers = runtime.send_marked([(to, body, [seq, count]) for seq, count, to, body in out])
+        changed = []
+        for (_, _, to, body), answer in zip(out, answers, strict=True):
+            if not isinstance(answer, FoundationError):
+                continue
+            run = body.get("run") if isinstance(body, dict) else None
+            wf_id = str(run["key"]).split("/", maxsplit=1)[0] if isinstance(run, dict) else ""
+            record = self._records.get(wf_id)
+            if run is None or record is None:
+                log.warning("%s: a cast to %s was refused: %s", self.name, to, answer)
+                continue
+            self._enter(wf_id, record)
+            assert self._root is not None
+            now = time.time()
+            delay = engine.outcome(self._root, record, run["step"], run["attempt"], {"error": classify(answer)},
+                                   now=now)
+            if delay is not None:
+                record["steps"][run["step"]]["retry_at"] = now + delay
+                self._arm_retry(run["step"], run["attempt"], delay)
+            changed.append(wf_id)
+        return changed
 
     def handle_call(self, msg: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         wf_id, body = _route(msg)
@@ -68,14 +197,26 @@ class WorkflowHost(WorkflowProcess):
             return (engine.summary(record) if record else None), state
         if not record:
             raise ValueError(f"no workflow {wf_id!r} on {self.name}")
-        record = self._apply(body, record, inline_now=False)
+        mark = len(self._outgoing)
+        self._cause()
+        try:
+            record = self._apply(body, record, inline_now=False)
+        except Exception:
+            del self._outgoing[mark:]
+            raise
+        finally:
+            self._seq = None
         return engine.summary(record), self._settle(wf_id, record)
 
     def handle_info(self, info: Any, state: dict[str, Any]) -> dict[str, Any]:
         ref = info.get("tick") if isinstance(info, dict) else None
         if isinstance(ref, int) and ref in self._timers:
             self._current = self._timers.pop(ref)
-            super().handle_info(info, state)
+            self._cause()
+            try:
+                super().handle_info(info, state)
+            finally:
+                self._seq = None
         return state
 
     # ---- the hooks of WorkflowProcess ----

@@ -95,7 +95,8 @@ class WorkflowProcess(Agent):
         state = self._apply(msg, state, inline_now=False)
         return engine.summary(state), state
 
-    def _apply(self, msg: Any, state: dict[str, Any], inline_now: bool = True) -> dict[str, Any]:
+    def _apply(self, msg: Any, state: dict[str, Any], inline_now: bool = True, advance: bool = True
+               ) -> dict[str, Any]:
         if not isinstance(msg, dict) or len(msg) != 1:
             raise ValueError(f"not a workflow message: {msg!r}")
         ((kind, body),) = msg.items()
@@ -119,7 +120,7 @@ class WorkflowProcess(Agent):
             self._control(kind, body, state, now)
         if inline_now:
             self._run_inline(state)
-        elif self._inline_due(state):  # not in a call: its caller would wait for the steps
+        elif advance and self._inline_due(state):  # not in a call: its caller would wait for the steps
             self._to_self({"advance": {}})
         self._dispatch(state, now)
         if engine.idle(state):
