@@ -106,14 +106,21 @@ class WorkflowSide:
         except FoundationError as exc:
             reply(exc)
 
-    def _done(self, name: str) -> None:
-        """An agent finished a message (its state committed): a waiter of its workflow, or of one it hosts, looks."""
+    def _done(self, name: str, body: Any) -> None:
+        """An agent finished a message (its state committed): a waiter of its workflow looks. A host's message names
+        its workflow (``wf``, or the key of a ``step_done``), and only that workflow's record can have changed with
+        it (a host's work at the end of a batch is for the workflows of the batch's messages)."""
         hosted = self._hosted_waits.get(name)
-        if hosted:
-            for wf_name in list(hosted):
-                self._poke(wf_name)
-        else:
+        if not hosted:
             self._poke(name)
+            return
+        wf_id = body.get("wf") if isinstance(body, dict) else None
+        done = body.get("step_done") if isinstance(body, dict) else None
+        if wf_id is None and isinstance(done, dict):
+            wf_id = str(done.get("key", "")).split("/", maxsplit=1)[0]
+        for wf_name in [PREFIX + wf_id] if isinstance(wf_id, str) and wf_id else list(hosted):
+            if wf_name in hosted:
+                self._poke(wf_name)
 
     def removed(self, name: str) -> None:
         self.durable.removed((name,))
