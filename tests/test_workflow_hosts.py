@@ -141,6 +141,24 @@ def test_a_hosted_workflow_survives_sigkill_of_the_daemon_and_cancel_reaches_its
     assert not sleeping()
 
 
+def test_an_idempotent_inline_step_that_kills_its_host_counts_its_attempts_and_fails(start_daemon, tmp_path):
+    """Such a step has no durable intent (it may run again); the host's marker makes each death a lost attempt, so
+    the step fails after its policy's attempts instead of killing the host at every restart."""
+    daemon = start_daemon(WORKFLOWS)
+    count, out = tmp_path / "count", tmp_path / "out"
+    retry = {"maximum_attempts": 2, "initial_interval": 0.01}
+    crash = {"task": {"id": "crash", "action": "python", "idempotent": True, "retry": retry,
+                      "args": {"function": "agents.workflow.examples:die", "kwargs": {"count": str(count)},
+                               "inline": True}}}
+    wf = run(daemon, {"sequential": [inline_step("before", out, idempotent=True), crash]}, tmp_path, "crash")
+    summary = json.loads(ctl(daemon, "workflow", "wait", wf, "--timeout", "60", "--json").stdout)
+    assert summary["state"] == "failed", summary
+    assert [(s["state"], s["attempts"]) for s in summary["steps"]] == [("done", 1), ("failed", 2)]
+    assert count.read_text() == "2"
+    other = run(daemon, inline_step("after", out), tmp_path, "after")  # the host runs on
+    assert ctl(daemon, "workflow", "wait", other, "--timeout", "60").returncode == 0
+
+
 def test_a_shared_store_commits_side_states_in_the_same_transaction(tmp_path):
     with SharedStateStore(tmp_path / "env", "wfhost-1") as host:
         host.commit({"active": ["w"]}, 7, {"workflow-w": {"state": "running"}})

@@ -29,7 +29,9 @@ Messages: ``{"wf": ID, KIND: body}`` for ``start``, ``retry``, ``advance`` and t
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from agents.workflow import engine
@@ -42,6 +44,7 @@ from ipc.workflow_def import ID_RE, Step, inline, parse
 log = logging.getLogger("workflow")
 
 HOST_PREFIX = "wfhost-"
+MARKER_SIZE = 256  # bytes of the marker file: a step's key, padded (ids are at most 64 characters each)
 
 
 class WorkflowHost(WorkflowProcess):
@@ -57,6 +60,8 @@ class WorkflowHost(WorkflowProcess):
         self._counts: dict[int, int] = {}  # casts made so far for each seq
         self._due: list[str] = []  # workflows with inline steps to run at the end of the batch
         self._last_seq = 0  # the highest seq handled in this batch
+        self._marker_fd: int | None = None
+        self._lost: str | None = None  # the step the marker named at start: see _marked_lost
 
     def init(self) -> dict[str, Any]:
         return {"active": []}
@@ -67,6 +72,7 @@ class WorkflowHost(WorkflowProcess):
             record = runtime.load_side(PREFIX + wf_id)
             if isinstance(record, dict) and record:
                 self._records[wf_id] = record
+        self._marked_lost()
         for wf_id, record in list(self._records.items()):
             self._enter(wf_id, record)
             self._recover(record)
@@ -130,11 +136,13 @@ class WorkflowHost(WorkflowProcess):
         return {"active": sorted(self._records)} if touched else state
 
     def _rounds(self, wf_ids: list[str]) -> None:
-        """Each workflow's inline steps, in rounds: one commit of all the intents of a round, then the steps."""
+        """Each workflow's inline steps, in rounds: one commit of all the intents of a round, then the steps. An
+        idempotent step needs no durable intent (it may run again): a round of only such steps commits nothing, and
+        their results go with the batch's commit. What stands for its intent is the marker (``_mark``)."""
         quiet = Quiet(self.busy)
         try:
             while True:
-                batches = []
+                batches, intents = [], False
                 for wf_id in wf_ids:
                     record = self._enter(wf_id, self._records[wf_id])
                     assert self._root is not None
@@ -142,16 +150,24 @@ class WorkflowHost(WorkflowProcess):
                     if batch:
                         batches.append((wf_id, record, batch))
                         self._side[PREFIX + wf_id] = record
+                        intents = intents or not all(item.task.idempotent for item in batch)
                 if not batches:
                     return
-                self.persist({"active": sorted(self._records)})
+                if intents:
+                    self.persist({"active": sorted(self._records)})
                 for wf_id, record, batch in batches:
                     self._enter(wf_id, record)
                     assert self._root is not None
                     for item in batch:
                         task = item.task
-                        quiet.cover(task.timeout)
-                        result = run_python(task.args, task.timeout, task_key(wf_id, task.id, item.attempt))
+                        key = task_key(wf_id, task.id, item.attempt)
+                        if key == self._lost:
+                            self._lost = None
+                            result: dict[str, Any] = {"lost": f"{self.name} died while it ran the step"}
+                        else:
+                            quiet.cover(task.timeout)
+                            self._mark(key)
+                            result = run_python(task.args, task.timeout, key)
                         now = time.time()
                         delay = engine.outcome(self._root, record, task.id, item.attempt, result, now=now)
                         if delay is not None:
@@ -159,6 +175,34 @@ class WorkflowHost(WorkflowProcess):
                             self._arm_retry(task.id, item.attempt, delay)
         finally:
             quiet.end()
+
+    # ---- the marker: which step this process runs ----
+
+    def _marker(self) -> Path:
+        return Path(os.environ.get("FOUNDATION_STATE_DIR", ".")) / "workflows" / f"{self.name}.running"
+
+    def _mark(self, key: str) -> None:
+        """The step about to run, in a small file, not fsync'd: it survives this process's death (not the
+        machine's), which is what it is for. A step without a durable intent that kills its process would otherwise
+        run again at every restart, forever, never counting an attempt (and stop every workflow of the host)."""
+        if self._marker_fd is None:
+            self._marker_fd = os.open(self._marker(), os.O_WRONLY | os.O_CREAT, 0o600)
+        data = key.encode().ljust(MARKER_SIZE)[:MARKER_SIZE]
+        os.pwrite(self._marker_fd, data, 0)
+
+    def _marked_lost(self) -> None:
+        """At start: the step the marker names was running when this process died. If nothing of it was committed,
+        its attempt is dispatched again with the same number: that one is not run but counted as lost (as an
+        attempt with an intent is), so an idempotent step that kills its process is retried as its policy says."""
+        try:
+            self._lost = self._marker().read_bytes().decode(errors="replace").strip() or None
+        except OSError:
+            self._lost = None
+
+    def shutdown(self, state: dict[str, Any]) -> None:
+        if self._marker_fd is not None:
+            os.close(self._marker_fd)
+            self._marker_fd = None
 
     def _flush(self) -> list[str]:
         """Send the batch's casts, in the order of their causes; a refused step is a failed attempt (retried as
