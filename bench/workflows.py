@@ -13,10 +13,13 @@ summary once the workflow has finished), as a Restate client's call of a workflo
 * ``1 step inline`` / ``3 steps inline`` — ``python`` steps with ``args.inline``: run by the workflow's own process
   (as Restate's ``ctx.run`` and DBOS's steps run in the application's), one fsync a step;
 * ``step overhead``  — inside the workflow: from a step's dispatch to its result committed (``duration_s``);
-* ``concurrent``     — N workflows of 3 inline steps (as the peers' steps run: in the workflow's process), run and
-  waited for with up to 100 in flight on one connection (pipelined requests; Restate's client keeps 100 connections),
-  until the last has finished: wall time, workflows/s, and the memory (USS) of foundationd and everything under it
-  at the peak; ``concurrent, task agents`` the same with the steps run by task agents;
+* ``... idempotent``  — inline steps marked ``idempotent``: the peers' promise (a step runs again if its process
+  died before its result was recorded), no durable intent before each step;
+* ``concurrent``     — N workflows of 3 idempotent inline steps (as the peers' steps run: in the workflow's process,
+  at least once), run and waited for with up to 100 in flight on one connection (pipelined requests; Restate's client
+  keeps 100 connections), until the last has finished: wall time, workflows/s, and the memory (USS) of foundationd
+  and everything under it at the peak; ``concurrent, intents`` the same with an intent committed before each step;
+  ``concurrent, task agents`` with the steps run by task agents;
 * ``floor``          — one durable LMDB commit of a small state in the same run, the physical floor of a checkpoint.
 
 With ``--peers`` the same workflows on DBOS Transact and Restate (bench/workflow_peers.py) run in the same sitting.
@@ -55,6 +58,9 @@ monitor = false
 
 NOOP = {"action": "python", "args": {"function": "agents.workflow.examples:noop"}}
 INLINE = {"action": "python", "args": {"function": "agents.workflow.examples:noop", "inline": True}}
+# The peers' promise for a step: at least once (DBOS and Restate run a step again when its process died before its
+# result was recorded), which is Foundation's "idempotent": no durable intent before it runs.
+INLINE_AGAIN = {**INLINE, "idempotent": True}
 TRUE = {"action": "command", "args": {"command": ["/bin/true"]}}
 WINDOW = 100  # workflows in flight in the concurrent measure (Restate's client: 100 connections)
 
@@ -143,10 +149,13 @@ def main() -> int:
             results[name] = measure(daemon, name.replace(" ", "-"), definition, args.runs)
         results["1 step inline"] = measure(daemon, "i1", flow(INLINE, 1), args.runs)
         results["3 steps inline"] = measure(daemon, "i3", flow(INLINE, 3), args.runs)
+        results["1 step inline, idempotent"] = measure(daemon, "a1", flow(INLINE_AGAIN, 1), args.runs)
+        results["3 steps inline, idempotent"] = measure(daemon, "a3", flow(INLINE_AGAIN, 3), args.runs)
         results["3 steps python, --id"] = measure(daemon, "own", flow(NOOP, 3), args.runs, own_process=True)
         results["3 steps inline, --id"] = measure(daemon, "own-i", flow(INLINE, 3), args.runs, own_process=True)
         if args.concurrent:
-            results["concurrent"] = concurrent(daemon, args.concurrent, INLINE)
+            results["concurrent"] = concurrent(daemon, args.concurrent, INLINE_AGAIN)
+            results["concurrent, intents"] = concurrent(daemon, args.concurrent, INLINE)
             results["concurrent, task agents"] = concurrent(daemon, args.concurrent, NOOP)
     rows = [[name, r["p50_ms"], r["p99_ms"], r["step_p50_ms"], r["step_p99_ms"]]
             for name, r in results.items() if isinstance(r, dict) and "p50_ms" in r]
@@ -167,7 +176,7 @@ def main() -> int:
                       f"{got.get('concurrent_s', 0):.2f} s ({got.get('concurrent_per_s', 0):.0f}/s)")
     print_table(["workflow", "p50 ms", "p99 ms", "step p50 ms", "step p99 ms"], rows)
     print(f"floor: one durable LMDB commit p50 {results['floor_commit_p50_ms']:.3f} ms")
-    for name in ("concurrent", "concurrent, task agents"):
+    for name in ("concurrent", "concurrent, intents", "concurrent, task agents"):
         if name in results:
             c = results[name]
             print(f"{name}: {c['count']} workflows of 3 steps in {c['wall_s']:.2f} s ({c['per_s']:.0f}/s), "
