@@ -239,6 +239,8 @@ class WorkflowHost(WorkflowProcess):
         record = self._enter(wf_id, self._load(wf_id))
         if body.get("status"):
             return (engine.summary(record) if record else None), state
+        if "start" in body:
+            return self._start_now(wf_id, body, record)
         if not record:
             raise ValueError(f"no workflow {wf_id!r} on {self.name}")
         mark = len(self._outgoing)
@@ -250,6 +252,18 @@ class WorkflowHost(WorkflowProcess):
             raise
         finally:
             self._seq = None
+        return engine.summary(record), self._settle(wf_id, record)
+
+    def _start_now(self, wf_id: str, body: dict[str, Any], record: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """A run handed over by a call (the daemon's ``run`` with ``wait``): its inline steps run in this handler
+        and the answer is its summary once committed, so the caller's wait costs no message of its own. A call is
+        not kept by the daemon: if this process dies first, the caller is told, and the run is the record's (if a
+        commit made it) or nothing. Its casts carry no mark (a call is never handled twice)."""
+        record = self._apply(body, record, inline_now=False, advance=False)
+        self._settle(wf_id, record)
+        if wf_id in self._records and self._inline_due(record):
+            self._rounds([wf_id])
+            self._dispatch(self._enter(wf_id, record), time.time())
         return engine.summary(record), self._settle(wf_id, record)
 
     def handle_info(self, info: Any, state: dict[str, Any]) -> dict[str, Any]:

@@ -76,8 +76,12 @@ class WorkflowSide:
         return hosts[zlib.crc32(wf_id.encode()) % len(hosts)] if hosts else None
 
     def run(self, definition: Any, reply: Reply, wait: float | None = None) -> None:
-        """A new workflow on a host: ``{"id"}`` once its start is on disk, or with ``wait`` (seconds) the summary
-        (and ``"id"``) once it has finished, as ``wait`` answers, in the same request."""
+        """A new workflow on a host: ``{"id"}`` once its start is on disk (a durable cast to the host), or with
+        ``wait`` (seconds) the summary (and ``"id"``) once it has finished, as ``wait`` answers, in the same request.
+        With ``wait`` the start is a call: the host answers once its record is committed, after the inline steps it
+        could run, so no message waits in the daemon's outbox (two fsyncs less: its accept and its deletion). Its
+        promise to the client is the same: an answer says where the run is; no answer (a crash on the way) leaves
+        the run unknown to it either way; a failure names the id, whose status tells whether it began."""
         broker = self._app.broker
         assert broker is not None
         wf_id = secrets.token_hex(5)
@@ -97,7 +101,30 @@ class WorkflowSide:
             else:  # once the broker has queued the start (after this answer): then its mailbox shows it
                 self._app.loop.call_soon(lambda: self._wait_run(wf_id, reply, wait))
 
-        broker.send(host, {"wf": wf_id, "start": {"id": wf_id, "definition": definition}}, accepted)
+        start = {"wf": wf_id, "start": {"id": wf_id, "definition": definition}}
+        if wait is None:
+            broker.send(host, start, accepted)
+            return
+
+        def answered(summary: Any, err: FoundationError | None) -> None:
+            if err is not None and err.code == ErrorCode.TIMEOUT:  # its steps outlast the wait: as wait answers
+                try:
+                    reply({**self.summary(wf_id), "pending": True, "id": wf_id})
+                except FoundationError as exc:
+                    reply(exc)
+                return
+            if err is not None:
+                err.context = {**(err.context or {}), "workflow": wf_id}
+                reply(err)
+                return
+            self._app.obs.workflow_step("run", workflow=wf_id)
+            if isinstance(summary, dict) and summary.get("state") in ("completed", "failed", "cancelled", "paused",
+                                                                          "waiting"):
+                reply({**summary, "id": wf_id})
+            else:  # steps still run (a task agent's, a retry's delay): wait as ``wait`` does
+                self._wait_run(wf_id, reply, wait)
+
+        broker.call(host, start, wait, answered)
 
     def _wait_run(self, wf_id: str, reply: Reply, timeout: float) -> None:
         try:
