@@ -98,7 +98,8 @@ class Agent:
     def end_batch(self, state: Any) -> Any:
         """Called once the messages that arrived together are handled, before their one commit; returns the state
         to commit. What it sends leaves before the commit, as a handler's sends (a workflow host runs the inline
-        steps of all its workflows here, one intent commit a round for all of them)."""
+        steps of all its workflows here, one intent commit a round for all of them). A call's reply is encoded when
+        its ``done`` leaves, after the commit: a reply object returned by a handler may be completed here."""
         return state
 
     def take_side_states(self) -> dict[str, Any] | None:

@@ -60,6 +60,7 @@ class WorkflowHost(WorkflowProcess):
         self._counts: dict[int, int] = {}  # casts made so far for each seq
         self._due: list[str] = []  # workflows with inline steps to run at the end of the batch
         self._last_seq = 0  # the highest seq handled in this batch
+        self._called: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}  # due by a call: its answer, the record
         self._marker_fd: int | None = None
         self._lost: str | None = None  # the step the marker named at start: see _marked_lost
 
@@ -120,9 +121,9 @@ class WorkflowHost(WorkflowProcess):
         touched = self._flush()
         if due:
             self._rounds(due)
-            self._seq = last  # the steps after the inline ones: marked after every cast of the batch
             try:
-                for wf_id in due:
+                for wf_id in due:  # the steps after the inline ones: marked after every cast of the batch
+                    self._seq = None if wf_id in self._called else last
                     self._dispatch(self._enter(wf_id, self._records[wf_id]), time.time())
             finally:
                 self._seq = None
@@ -133,6 +134,10 @@ class WorkflowHost(WorkflowProcess):
             if record is not None:
                 self._root = self._roots.get(wf_id)
                 self._settle(wf_id, record)
+        called, self._called = self._called, {}
+        for answer, record in called.values():
+            answer.clear()
+            answer.update(engine.summary(record))
         return {"active": sorted(self._records)} if touched else state
 
     def _rounds(self, wf_ids: list[str]) -> None:
@@ -255,16 +260,19 @@ class WorkflowHost(WorkflowProcess):
         return engine.summary(record), self._settle(wf_id, record)
 
     def _start_now(self, wf_id: str, body: dict[str, Any], record: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """A run handed over by a call (the daemon's ``run`` with ``wait``): its inline steps run in this handler
-        and the answer is its summary once committed, so the caller's wait costs no message of its own. A call is
-        not kept by the daemon: if this process dies first, the caller is told, and the run is the record's (if a
-        commit made it) or nothing. Its casts carry no mark (a call is never handled twice)."""
+        """A run handed over by a call (the daemon's ``run`` with ``wait``): its inline steps run at the end of the
+        batch with the others', and the answer, its summary then, leaves once committed (the runtime encodes a
+        reply when its ``done`` leaves: the dict returned here is filled in by ``end_batch``), so the caller's wait
+        costs no message of its own. A call is not kept by the daemon: if this process dies first, the caller is
+        told, and the run is the record's (if a commit made it) or nothing. Its casts carry no mark (a call is never
+        handled twice, and a mark of a cast's seq would be taken from the casts of a replay)."""
         record = self._apply(body, record, inline_now=False, advance=False)
         self._settle(wf_id, record)
-        if wf_id in self._records and self._inline_due(record):
-            self._rounds([wf_id])
-            self._dispatch(self._enter(wf_id, record), time.time())
-        return engine.summary(record), self._settle(wf_id, record)
+        answer = engine.summary(record)
+        if wf_id in self._records and self._inline_due(record) and wf_id not in self._due:
+            self._due.append(wf_id)
+            self._called[wf_id] = (answer, record)
+        return answer, self._settle(wf_id, record)
 
     def handle_info(self, info: Any, state: dict[str, Any]) -> dict[str, Any]:
         ref = info.get("tick") if isinstance(info, dict) else None
