@@ -1,7 +1,8 @@
 """The process an SDK agent runs in: ``python -m agents.runtime package.module:Class``.
 
     foundationd ──spawn (env: name, one-time token, broker endpoint, state dir)──> runtime
-    runtime: open LMDB state ─> init ─> DEALER connect ─> hello ─> mount ─> loop:
+    runtime: open LMDB state ─> state migrations (FOUNDATION_STATE_MIGRATIONS, ipc/state_migration.py: one commit)
+        ─> init ─> DEALER connect ─> hello ─> mount ─> loop:
         deliveries that have arrived (a batch) ─> each: seq already handled? skip : handler ─> validate
         ─> one commit(state, last seq) ─> done[+reply] for each
 
@@ -31,7 +32,7 @@ import zmq
 from agents.resilience import ResilienceClient
 from agents.sdk import Agent, AgentLoadError, InvalidState, load_agent_class, validate_state
 from agents.state import StateStore
-from ipc import wire
+from ipc import state_migration, wire
 from ipc.errors import ErrorCode, FoundationError, classify, error_context, from_exception
 from ipc.flags import FlagTable
 from ipc.state_store import open_agent_store
@@ -48,8 +49,10 @@ class Stop(Exception):
 
 
 class AgentRuntime:
-    def __init__(self, agent: Agent, name: str, endpoint: str, token: str | None, store: StateStore) -> None:
+    def __init__(self, agent: Agent, name: str, endpoint: str, token: str | None, store: StateStore, *,
+                 state_migrations: str | None = None) -> None:
         self.agent = agent
+        self._state_migrations = state_migrations  # the daemon's FOUNDATION_STATE_MIGRATIONS, if any
         self.name = name
         self._endpoint = endpoint
         self._token = token
@@ -78,6 +81,11 @@ class AgentRuntime:
 
     def run(self) -> int:
         state, self.last_seq = self._store.load()
+        if self._state_migrations is not None:
+            try:
+                state = self._migrate_state(state, self._state_migrations)
+            except Exception as exc:
+                raise StartFailure(f"state migration failed: {_one_line(exc)}") from exc
         try:
             self.state = self.agent.init() if state is None else state
             validate_state(self.agent, self.state)
@@ -98,6 +106,20 @@ class AgentRuntime:
             pass
         self.agent.shutdown(self.state)
         return 0
+
+    def _migrate_state(self, state: Any, wanted: str) -> Any:
+        """Bring the stored state to the migrations the daemon wants (forward, or back for a rollback), before
+        anything is handled: one commit of the new state and the applied list, or nothing (an exception)."""
+        applied = self._store.migrations()
+        steps = state_migration.plan(applied, state_migration.parse_env(wanted))
+        if not steps:
+            return state
+        new, done = state_migration.run(self.agent.init() if state is None else state, applied, steps)
+        validate_state(self.agent, new)  # the code that runs now must accept what the migrations made
+        self._store.commit(new, self.last_seq, migrations=done)
+        for direction, migration in steps:
+            log.info("state migration: %s %s (%s)", direction, migration["id"], migration[direction])
+        return new
 
     def close(self) -> None:
         self._sock.close(linger=500)
@@ -221,7 +243,7 @@ class AgentRuntime:
         side = self.agent.take_side_states()
         if (changed and not persisted) or side:
             # A failing store crashes us: we come back to the last commit.
-            self._store.commit(self.state, last_seq, side)
+            self._store.commit(self.state, last_seq, side=side)
         self._persisted = None
         self.last_seq = last_seq
         for msg, fields, accepted in handled:
@@ -355,7 +377,7 @@ class AgentRuntime:
 
     def persist(self, state: Any) -> None:
         validate_state(self.agent, state)
-        self._store.commit(state, self.last_seq, self.agent.take_side_states())
+        self._store.commit(state, self.last_seq, side=self.agent.take_side_states())
         self._persisted = orjson.dumps(state)  # bytes: the handler may change the object after this
 
     def stop(self) -> None:
@@ -502,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         return _report_start_failure(f"cannot load {args[0]}: {_one_line(exc)}", exc)
     state_dir = Path(env.get("FOUNDATION_STATE_DIR", "."))
     store = open_agent_store(state_dir, name)
-    runtime = AgentRuntime(agent, name, endpoint, env.get("FOUNDATION_AGENT_TOKEN"), store)
+    runtime = AgentRuntime(agent, name, endpoint, env.get("FOUNDATION_AGENT_TOKEN"), store,
+                           state_migrations=env.get(state_migration.ENV))
     signal.signal(signal.SIGTERM, runtime.on_sigterm)
     try:
         return runtime.run()

@@ -139,6 +139,11 @@ class Agent:
         daemon's table, which the daemon pushes on every change (DESIGN 3.8; an unknown flag is off)."""
         return self._rt().flags.enabled(flag, str(ident))
 
+    def flag_table(self) -> FlagTable:
+        """This agent's copy of the daemon's flag table (read it, never change it): for adapters such as the
+        OpenFeature provider (agents/openfeature.py)."""
+        return self._rt().flags
+
     def persist(self, state: Any) -> None:
         """Commit ``state`` now, in the middle of a handler (the message itself still counts as unhandled until
         the handler returns): an intent written before an effect that must not be repeated blindly after a crash."""

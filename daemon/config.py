@@ -37,7 +37,13 @@ from daemon.core.spec import (
     SupervisorSpec,
     WorkerSpec,
 )
-from daemon.services.migrations_core import MigrationSpec, SpecError, parse_flags, parse_migration
+from daemon.services.migrations_core import (
+    MigrationSpec,
+    SpecError,
+    check_state_agents,
+    parse_flags,
+    parse_migration,
+)
 
 ROOT_NAME = "root"
 EMBEDDED = "<embedded>"
@@ -157,6 +163,11 @@ def parse_config(text: str, source: str) -> DaemonConfig:
         root = _with_workflows(root, data["workflows"], source)
     if "cluster" in data:
         root = _with_cluster(root, data["cluster"], source)
+    if settings.get("migration") is not None:  # a state migration names agents of the tree
+        try:
+            check_state_agents(settings["migration"], root)
+        except SpecError as exc:
+            raise ConfigError(source, exc.key, exc.message) from None
     return DaemonConfig(root=root, source=source, logs=logs, **settings)
 
 

@@ -59,6 +59,7 @@ slots left by killed incarnations until the next ``reader_check()``. Small keeps
 _KEY_STATE = b"state"
 _KEY_SEQ = b"last_seq"
 _KEY_FORMAT = b"format"
+_KEY_MIGRATIONS = b"migrations"  # the state migrations applied, in order (ipc/state_migration.py); absent: none
 _SEQ_BYTES = 8
 _MAX_SEQ = (1 << 64) - 1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -199,8 +200,31 @@ class StateStore:
                              path=self._path)
         return self._decode(raw_state, raw_seq, raw_format)
 
-    def commit(self, state: Any, last_seq: int, side: dict[str, Any] | None = None) -> None:
+    def migrations(self) -> list[dict[str, Any]]:
+        """The state migrations applied to the stored state, oldest first (``[]``: none ever)."""
+        env = self._usable()
+        try:
+            with env.begin() as txn:
+                raw = txn.get(self._migrations_key())
+        except lmdb.Error as exc:
+            raise self._lmdb_error("load", exc) from exc
+        try:
+            value = orjson.loads(raw) if raw is not None else []
+        except orjson.JSONDecodeError as exc:
+            raise StateError(f"{self._path}: the migrations record is not JSON", code="corrupt",
+                             path=self._path) from exc
+        if not isinstance(value, list):
+            raise StateError(f"{self._path}: the migrations record is not a list", code="corrupt", path=self._path)
+        return value
+
+    def _migrations_key(self) -> bytes:
+        return self._keys[0][: -len(_KEY_STATE)] + _KEY_MIGRATIONS
+
+    def commit(self, state: Any, last_seq: int, migrations: list[dict[str, Any]] | None = None,
+               side: dict[str, Any] | None = None) -> None:
         """Replace the stored state and last_seq in one write transaction; durable (fsync'd) when it returns.
+        ``migrations`` (a state migration's commit) replaces the list of applied state migrations in the same
+        transaction.
 
         ``side``: states of other agents of a shared environment, written in the same transaction (a workflow host
         commits the records of the workflows it runs with its own mailbox position); only a shared store has them.
@@ -230,6 +254,8 @@ class StateStore:
                         txn.put(key_state, value)
                         txn.put(key_seq, position)
                         txn.put(key_format, FORMAT)
+                    if migrations is not None:
+                        txn.put(self._migrations_key(), orjson.dumps(migrations))
                 return
             except lmdb.MapFullError as exc:
                 # The transaction was aborted by the with-block; grow the map and retry once per growth.
@@ -390,7 +416,7 @@ class SharedStateStore(StateStore):
         """Forget an agent's state (its record is no longer wanted)."""
         env = self._usable()
         with env.begin(write=True) as txn:
-            for key in _shared_keys(name):
+            for key in (*_shared_keys(name), name.encode() + b"\0" + _KEY_MIGRATIONS):
                 txn.delete(key)
 
 

@@ -192,3 +192,24 @@ def test_flags_reach_a_running_agent_at_once_and_survive_a_restart(start_daemon)
     assert {f["name"]: f["value"] for f in daemon.request("flags")["flags"]}["checkout"] == "60% (killed)"
     assert ctl(daemon, "flag", "revive", "checkout").returncode == 0
     wait_for(lambda: enabled(daemon, "checkout", "user-3"), timeout=5, what="revived")
+
+
+def test_at_the_agent_a_flag_moved_from_30_to_60_keeps_every_id_that_was_on(start_daemon) -> None:
+    """The issue's test, end to end: the agent answers from the table the daemon pushed to it."""
+    daemon = start_daemon(CONFIG)
+    daemon.wait_running("probe")
+    ids = [f"user-{i}" for i in range(1000)]
+
+    def on_at_agent() -> set[str]:
+        return set(daemon.request("call", name="probe", body={"on_among": ["checkout", ids]})["reply"])
+
+    at30 = on_at_agent()
+    assert 250 < len(at30) < 350
+    version = daemon.request("call", name="probe", body={"version": True})["reply"]
+    assert ctl(daemon, "flag", "set", "checkout", "60").returncode == 0
+    wait_for(lambda: daemon.request("call", name="probe", body={"version": True})["reply"] > version, timeout=5,
+             what="60 % pushed to the agent")
+    at60 = on_at_agent()
+    assert at30 <= at60
+    assert 550 < len(at60) < 650
+    assert at60 == {i for i in ids if evaluate({"kind": "percentage", "percent": 60, "killed": False}, "checkout", i)}

@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 import pytest
-from helpers import REPO, ctl, settled
+from helpers import REPO, ctl
 
 from agents.testing import DaemonProcess, wait_for
 from daemon.core.spec import WorkerSpec
@@ -131,6 +131,30 @@ def test_a_failure_rolls_back_every_changed_child_even_while_applying() -> None:
     assert core.roll_back(record, 113.0, "me", "no", aborted=True)["phase"] == "aborted"
 
 
+def test_too_few_data_when_the_hold_ends_pauses_until_resumed() -> None:
+    limits = core.Thresholds()
+    short = core.too_few({"messages": 3, "sends": 40}, limits)
+    assert short == ["3 messages handled by the changed children, fewer than 20"]
+    assert core.too_few({"messages": 20, "sends": 20}, limits) == []
+    record = core.applied(begin(), 101.0)
+    assert core.decide(record, 105.0, [], short).kind == "wait"  # still holding: not judged yet
+    decision = core.decide(record, 111.0, [], short)
+    assert decision.kind == "pause"
+    assert decision.reason == "inconclusive: 3 messages handled by the changed children, fewer than 20"
+    paused = core.pause(record, 111.0, decision.reason)
+    assert paused["phase"] == "paused"
+    assert core.decide(paused, 999.0, [], short).kind == "wait"  # it waits for an operator...
+    assert core.decide(paused, 999.0, ["c1 crashed"]).kind == "rollback"  # ...unless a gate fails
+    resumed = core.resume(paused, 120.0, "me")
+    assert (resumed["phase"], resumed["accepted"]) == ("canary", 0)
+    assert core.decide(resumed, 121.0, [], short) == core.Decision("advance", ("c2", "c3", "c4"))
+    after = core.applied(core.advance(resumed, ("c2", "c3", "c4"), 121.0, "rollout"), 122.0)
+    assert core.decide(after, 132.0, [], short).kind == "pause"  # the next stage is judged again
+    assert [s["step"] for s in after["history"]] == ["canary", "paused", "resumed", "all"]
+    with pytest.raises(ValueError, match="not paused"):
+        core.resume(after, 133.0, "me")
+
+
 def test_a_changed_child_that_restarts_or_fails_is_a_crash_an_operator_restart_is_not() -> None:
     before = {"c1": 2, "c2": 0, "c3": 0, "c4": 0}
     observed = {"c1": {"restarts": 2, "state": "running"}, "c2": {"restarts": 1, "state": "running"},
@@ -141,18 +165,29 @@ def test_a_changed_child_that_restarts_or_fails_is_a_crash_an_operator_restart_i
 
 # ---- real daemons ----
 
-def config() -> str:
+LEDGER, LEDGER2, FLAKY = ("tests.flag_agents:Ledger", "tests.flag_agents:LedgerV2",
+                          "tests.flag_agents:FlakyLedger")
+
+
+def config(agent: str = OLD, feeder: bool = False) -> str:
     children = "".join(f"""
         [[supervisor.children.children]]
         name = "c{i}"
-        agent = "{OLD}"
+        agent = "{agent}"
         working_dir = "{REPO}"
         backoff = {{ initial = 0.05, max = 0.2 }}
 """ for i in range(1, 5))
+    load = f"""
+        [[supervisor.children]]
+        name = "feeder"
+        agent = "tests.flag_agents:Feeder"
+        working_dir = "{REPO}"
+""" if feeder else ""
     return f"""
         [supervisor]
         intensity = 100
         period = 5.0
+{load}
         [[supervisor.children]]
         name = "pool"
         intensity = 1000
@@ -178,33 +213,129 @@ def all_running(daemon: DaemonProcess) -> bool:
     return all(c["state"] == "running" for c in daemon.node("pool")["children"])
 
 
-def test_a_healthy_version_moves_one_then_all(start_daemon: Any) -> None:
-    daemon = start_daemon(config())
+def gates(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    return [e for e in events(daemon, "gate") if e["source"] == "rollout"]
+
+
+def ledger(daemon: DaemonProcess, name: str) -> list[int]:
+    return settled_state(daemon, name)["seen"]
+
+
+def settled_state(daemon: DaemonProcess, name: str) -> dict[str, Any]:
+    def idle() -> bool:
+        stats = daemon.status()["broker"]
+        return name not in stats["mailboxes"] and name in stats["connected"]
+
+    wait_for(idle, timeout=30, interval=0.05, what=f"{name}'s mailbox to drain")
+    state: dict[str, Any] = daemon.request("state", name=name)["state"]
+    return state
+
+
+def test_a_healthy_version_goes_10_50_100_under_load_with_nothing_lost(start_daemon: Any) -> None:
+    daemon = start_daemon(config(LEDGER, feeder=True))
     wait_for(lambda: all_running(daemon), timeout=15, what="the pool running")
-    daemon.request("send", name="c2", body={"add": 5})
-    sent = ctl(daemon, "send", "c1", "-", stdin='{"add": 1}\n' * 300)  # in flight while c1 changes version
-    assert sent.returncode == 0, sent.stderr
-    out = ctl(daemon, "rollout", "start", "--supervisor", "pool", "--agent", NEW, "--stages", "10,50,100",
-              "--hold", "1", "--interval", "0.1")
+    daemon.wait_running("feeder")
+    daemon.request("send", name="feeder", body={"go": ["c1", "c2", "c3", "c4"], "every": 0.02})
+    out = ctl(daemon, "rollout", "start", "--supervisor", "pool", "--agent", LEDGER2, "--stages", "10,50,100",
+              "--hold", "2", "--interval", "0.2")
     assert out.returncode == 0, out.stderr
     assert "changed 1 of 4: c1" in out.stdout
     wait_for(lambda: rollout(daemon)["applied"], timeout=15, what="the canary applied")
-    assert agents(daemon) == {"c1": NEW, "c2": OLD, "c3": OLD, "c4": OLD}
-    assert rollout(daemon)["phase"] == "canary"
-    wait_for(lambda: len(rollout(daemon)["changed"]) == 2, timeout=15, what="the second stage (50 %)")
-    wait_for(lambda: rollout(daemon)["phase"] in ("all", "done"), timeout=15, what="the rollout to all")
-    wait_for(lambda: rollout(daemon)["phase"] == "done", timeout=15, what="the rollout done")
-    assert agents(daemon) == dict.fromkeys(("c1", "c2", "c3", "c4"), NEW)
+    assert agents(daemon) == {"c1": LEDGER2, "c2": LEDGER, "c3": LEDGER, "c4": LEDGER}
+    wait_for(lambda: len(rollout(daemon)["changed"]) == 2, timeout=20, what="the second stage (50 %)")
+    wait_for(lambda: rollout(daemon)["phase"] in ("done", "rolled_back", "paused"), timeout=30,
+             what="the rollout done")
+    assert rollout(daemon)["phase"] == "done", rollout(daemon)
+    daemon.request("send", name="feeder", body={"stop": True})
+    assert agents(daemon) == dict.fromkeys(("c1", "c2", "c3", "c4"), LEDGER2)
     wait_for(lambda: all_running(daemon), timeout=15, what="the pool running the new version")
     assert daemon.request("call", name="c3", body={"version": True})["reply"] == 2
-    assert daemon.request("call", name="c2", body={"get": True})["reply"] == {"count": 5}  # its state kept
-    assert settled(daemon, "c1") == {"count": 300}  # neither lost nor counted twice across the versions
+    sent = daemon.request("call", name="feeder", body={"sent": True})["reply"]
+    for name in ("c1", "c2", "c3", "c4"):  # every message of the feeder, once, across the versions
+        assert ledger(daemon, name) == list(range(1, sent + 1)), name
     steps = [e["step"] for e in events(daemon, "rollout")]
     assert steps == ["canary", "stage", "all", "done"]
     assert not events(daemon, "rollback")
+    decided = [(g["stage"], g["decision"]) for g in gates(daemon) if g["decision"] != "wait"]
+    assert decided == [(0, "advance"), (1, "advance"), (2, "finish")]  # each judged on enough data, none paused
+    assert all(g["outcome"] == "ok" or g["unjudged"] for g in gates(daemon))
     status = ctl(daemon, "rollout", "status")
     assert status.returncode == 0
     assert "done" in status.stdout
+
+
+def test_a_canary_failing_20_percent_is_rolled_back_at_the_first_judged_gate(start_daemon: Any) -> None:
+    """A 10 % canary whose version fails 20 % of its messages: 2 % of the pool's, but the canary is judged on its
+    own. It is rolled back by itself at the first gate check that has the minimum sample (within one interval of
+    having it, long before its hold ends), the pool ends on the old version, and every message sent meanwhile is
+    in a ledger once, or failed under the canary (only those the failing version refuses)."""
+    daemon = start_daemon(config(LEDGER, feeder=True))
+    wait_for(lambda: all_running(daemon), timeout=15, what="the pool running")
+    out = ctl(daemon, "rollout", "start", "--supervisor", "pool", "--agent", FLAKY, "--canary", "10",
+              "--hold", "600", "--interval", "0.2")
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: rollout(daemon)["applied"], timeout=15, what="the canary applied")
+    daemon.request("send", name="feeder", body={"go": ["c1", "c2", "c3", "c4"], "every": 0.02})
+    wait_for(lambda: rollout(daemon)["phase"] == "rolled_back", timeout=30, what="the automatic rollback")
+    wait_for(lambda: daemon.request("call", name="feeder", body={"sent": True})["reply"] >= 100, timeout=30,
+             what="more traffic after the rollback")
+    daemon.request("send", name="feeder", body={"stop": True})
+    record = rollout(daemon)
+    assert record["changed"] == ["c1"]
+    rate = re.fullmatch(r"error rate (\d+\.\d)% > 5%", record["reason"])
+    assert rate is not None, record["reason"]
+    assert 15 <= float(rate.group(1)) <= 25  # the canary's own rate (every 5th of any run of its messages)
+    judged = [g for g in gates(daemon) if g["applied"] and g["figures"]["messages"] >= 20]
+    assert judged[0]["decision"] == "rollback"  # the first check with enough data decided
+    assert judged[0]["outcome"] == "failed"
+    assert judged[0]["figures"]["rest_error_rate"] == 0.0
+    (rollback,) = events(daemon, "rollback")
+    assert (rollback["automatic"], rollback["by"], rollback["names"]) == (True, "health gates", ["c1"])
+    wait_for(lambda: all_running(daemon), timeout=15, what="the pool running")
+    assert agents(daemon) == dict.fromkeys(("c1", "c2", "c3", "c4"), LEDGER)
+    assert daemon.request("call", name="c1", body={"version": True})["reply"] == 1
+    sent = daemon.request("call", name="feeder", body={"sent": True})["reply"]
+    seen = ledger(daemon, "c1")
+    assert len(seen) == len(set(seen))  # nothing twice
+    missing = set(range(1, sent + 1)) - set(seen)
+    assert missing, "the canary failed none"
+    assert all(n % 5 == 0 for n in missing), sorted(missing)  # nothing lost but what the canary refused
+    assert max(missing) < sent  # the old version handled multiples of 5 again after the rollback
+    for name in ("c2", "c3", "c4"):
+        assert ledger(daemon, name) == list(range(1, sent + 1)), name
+
+
+def test_too_few_data_pauses_and_resume_goes_on(start_daemon: Any) -> None:
+    daemon = start_daemon(config())
+    wait_for(lambda: all_running(daemon), timeout=15, what="the pool running")
+    out = ctl(daemon, "rollout", "start", "--supervisor", "pool", "--agent", NEW, "--id", "r1", "--stages",
+              "50,100", "--hold", "0.3", "--interval", "0.1")
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: rollout(daemon)["phase"] == "paused", timeout=15, what="the pause")
+    assert agents(daemon) == {"c1": NEW, "c2": NEW, "c3": OLD, "c4": OLD}  # it did not move on
+    status = ctl(daemon, "rollout", "status")
+    assert "rollout r1: paused" in status.stdout
+    assert "inconclusive: 0 messages handled by the changed children, fewer than 20" in status.stdout
+    assert "rollout resume r1" in status.stdout
+    (paused,) = [e for e in events(daemon, "rollout") if e["step"] == "paused"]
+    assert paused["reason"].startswith("inconclusive")
+    assert any(g["decision"] == "pause" for g in gates(daemon))
+    wrong = ctl(daemon, "rollout", "resume", "r2")
+    assert wrong.returncode == 1
+    assert "bad_request" in wrong.stderr
+    assert ctl(daemon, "rollout", "resume", "r1").returncode == 0
+    wait_for(lambda: agents(daemon) == dict.fromkeys(("c1", "c2", "c3", "c4"), NEW), timeout=15,
+             what="the next stage after the resume")
+    wait_for(lambda: rollout(daemon)["phase"] == "paused", timeout=15, what="the last stage paused too")
+    assert rollout(daemon)["stage"] == 1
+    assert ctl(daemon, "rollout", "resume").returncode == 0
+    wait_for(lambda: rollout(daemon)["phase"] == "done", timeout=15, what="the rollout done")
+    assert not events(daemon, "rollback")
+    assert [e["step"] for e in events(daemon, "rollout")] == ["canary", "paused", "resumed", "all", "paused",
+                                                              "resumed", "done"]
+    again = ctl(daemon, "rollout", "resume")
+    assert again.returncode == 1
+    assert "not_ready" in again.stderr
 
 
 def test_a_version_that_crashes_on_start_is_rolled_back_by_itself(start_daemon: Any) -> None:

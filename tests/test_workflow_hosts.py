@@ -161,13 +161,13 @@ def test_an_idempotent_inline_step_that_kills_its_host_counts_its_attempts_and_f
 
 def test_a_shared_store_commits_side_states_in_the_same_transaction(tmp_path):
     with SharedStateStore(tmp_path / "env", "wfhost-1") as host:
-        host.commit({"active": ["w"]}, 7, {"workflow-w": {"state": "running"}})
+        host.commit({"active": ["w"]}, 7, side={"workflow-w": {"state": "running"}})
         assert host.load() == ({"active": ["w"]}, 7)
         assert host.load_of("workflow-w") == ({"state": "running"}, 0)
         with pytest.raises(StateError) as err:
-            host.commit({"active": []}, 8, {"workflow-w": None})
+            host.commit({"active": []}, 8, side={"workflow-w": None})
         assert err.value.code == "invalid"
         assert host.load() == ({"active": ["w"]}, 7)  # nothing of a refused commit is written
     with StateStore(tmp_path / "own") as own, pytest.raises(StateError) as err:
-        own.commit({}, 1, {"other": {}})
+        own.commit({}, 1, side={"other": {}})
     assert err.value.code == "invalid"

@@ -104,6 +104,7 @@ class Broker:
         self._liveness = Liveness(loop, heartbeat, liveness, self._peers.connected, self._silent)
         # Totals since the daemon started (metrics), and who hears of a refused message (the event stream).
         self.counters = dict.fromkeys(("accepted", "delivered", "redelivered", "done", "rejected", "failed"), 0)
+        self.by_agent: dict[str, list[int]] = {}  # name -> [done, failed]: a rollout's canary judged on its own
         self.accept_latency, self.handle_latency = Latency(), Latency()
         # (when, seconds from delivery to done) of finished messages, for the migration gates while they watch.
         self.latencies: deque[tuple[float, float]] | None = None
@@ -261,8 +262,11 @@ class Broker:
         if entry is None:
             return  # stale: an earlier incarnation's delivery, already requeued
         self.counters["done"] += 1
+        mine = self.by_agent.setdefault(session.name, [0, 0])
+        mine[0] += 1
         if "error" in msg:
             self.counters["failed"] += 1
+            mine[1] += 1
         now = self._loop.clock()
         self.handle_latency.observe(now - entry.sent)
         if self.latencies is not None and entry.sent:

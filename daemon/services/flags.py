@@ -20,6 +20,7 @@ from typing import Any
 
 import lmdb
 
+from daemon.core.tree import Worker
 from daemon.services.flags_core import Change, FlagSet
 from daemon.services.flags_store import FlagStore, flags_path
 from daemon.services.migrations import Migrations
@@ -39,6 +40,7 @@ class FlagService:
         self.core = FlagSet()
         self.migrations = Migrations(self, app)
         self.rollouts = Rollouts(app, state_dir)  # agent versions, canary then all (rollouts.py)
+        self.agent_starts = [0, 0]  # agents started, agents that failed to start: the state-recovery gate's input
 
     def start(self) -> None:
         """At the daemon's start, once the broker exists and before the tree boots (agents' hellos need it)."""
@@ -51,6 +53,7 @@ class FlagService:
             log.error("flags: the store could not be opened (%s): flags are kept in memory only", exc)  # noqa: TRY400
         if self.app.broker is not None:
             self.app.broker.on_welcome(lambda name: {"flags": self.core.table()})
+        self.app.obs.stream.listeners.append(self._count_agent_starts)
         self.configure(self.app.config, stored)
         self.rollouts.start()
 
@@ -65,6 +68,13 @@ class FlagService:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+    def _count_agent_starts(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            if event["type"] in ("child_started", "start_failed"):
+                node = self.app.tree.find_quiet(str(event.get("name")))
+                if isinstance(node, Worker) and node.spec.agent:
+                    self.agent_starts[event["type"] == "start_failed"] += 1
 
     # ---- operations (the ``flag`` verb) ----
 

@@ -7,7 +7,12 @@ Figures over the window (never reaching back before the stage began):
   ``error_rate``        failed / finished messages (a handler raised, or its state was invalid)
   ``restarts_per_min``  child restarts in the last 60 s (the event stream's ``child_restarted``)
   ``delivery_success``  accepted / (accepted + refused) sends (mailbox full, no such agent, a failed commit)
-  ``p50_latency``       median seconds from delivery to ``done`` of the messages finished in the window
+  ``state_recovery``    agent starts that loaded their state and came up / agent start attempts (a start that
+                        failed: the state could not be loaded or migrated, init or mount raised); judged from one
+                        attempt on, and with none in the window there was nothing to recover (not a missing datum)
+  ``p50_latency``       median seconds from delivery to ``done`` of the messages finished in the window (fails
+                        above 2x the baseline only when also more than 10 ms above it: on a shared machine a
+                        median of 1-5 ms doubles by itself, as right after a restart a batch of queued messages)
 A rule with too few data (fewer than ``min_messages`` finished, ``min_sends`` sends, or no baseline) is not judged:
 it is listed in ``unjudged``. The verdict is ``failed`` when any judged rule fails (the rollback trigger),
 ``inconclusive`` when none failed but some could not be judged, ``ok`` otherwise (Argo Rollouts' three outcomes).
@@ -32,6 +37,8 @@ class Sample:
     accepted: int = 0
     rejected: int = 0
     restarts: int = 0
+    starts: int = 0  # agents started (state loaded, ready)
+    start_failures: int = 0  # agents that failed to start
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,9 @@ class Thresholds:
     error_rate: float = 0.05  # fail above
     restarts_per_min: float = 10.0  # fail above
     delivery_success: float = 0.95  # fail below
-    latency_factor: float = 2.0  # fail when p50 > factor x baseline p50
+    state_recovery: float = 0.99  # fail below
+    latency_factor: float = 2.0  # fail when p50 > factor x baseline p50...
+    latency_floor: float = 0.010  # ...and more than this many seconds above it: a few ms either way is noise
     min_messages: int = 20
     min_sends: int = 20
 
@@ -94,17 +103,19 @@ def figures(data: Samples, now: float, window: float, since: float) -> dict[str,
     start = max(now - window, since)
     if not data.samples:
         return {"span_s": 0.0, "messages": 0, "sends": 0, "error_rate": None, "restarts_per_min": None,
-                "delivery_success": None, "p50_latency": None}
+                "delivery_success": None, "agent_starts": 0, "state_recovery": None, "p50_latency": None}
     last = data.samples[-1]
     base = _base(data.samples, start) or last
     minute = _base(data.samples, max(now - 60.0, since)) or last
     messages, sends = last.done - base.done, (last.accepted - base.accepted) + (last.rejected - base.rejected)
     lat = [dt for t, dt in data.latencies if t >= start]
+    ok, failed = last.starts - base.starts, last.start_failures - base.start_failures
     return {
         "span_s": round(last.t - base.t, 3), "messages": messages, "sends": sends,
         "error_rate": (last.failed - base.failed) / messages if messages else None,
         "restarts_per_min": float(last.restarts - minute.restarts),
         "delivery_success": (last.accepted - base.accepted) / sends if sends else None,
+        "agent_starts": ok + failed, "state_recovery": ok / (ok + failed) if ok + failed else None,
         "p50_latency": median(lat) if lat else None, "latencies": len(lat),
     }
 
@@ -128,9 +139,12 @@ def judge(fig: dict[str, Any], baseline_p50: float | None, limits: Thresholds | 
             failed.append(f"delivery success {fig['delivery_success']:.1%} < {limits.delivery_success:.0%}")
     else:
         unjudged.append(f"delivery success (fewer than {limits.min_sends} sends)")
+    if fig.get("state_recovery") is not None and fig["state_recovery"] < limits.state_recovery:
+        failed.append(f"state recovery {fig['state_recovery']:.1%} < {limits.state_recovery:.0%} "
+                      f"({fig['agent_starts']} agent starts)")
     p50 = fig.get("p50_latency")
     if p50 is not None and baseline_p50 and fig.get("latencies", 0) >= limits.min_messages:
-        if p50 > limits.latency_factor * baseline_p50:
+        if p50 > limits.latency_factor * baseline_p50 and p50 - baseline_p50 > limits.latency_floor:
             failed.append(f"p50 latency {p50 * 1000:.1f} ms > {limits.latency_factor:g}x the baseline "
                           f"{baseline_p50 * 1000:.1f} ms")
     else:

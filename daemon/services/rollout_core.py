@@ -4,6 +4,9 @@
         phase "canary" ──> the shell replaces the canary's specs ──> applied ──> hold, gates judged every interval
         decide(): "advance" ──> phase "all": the rest replaced ──> applied ──> hold ──> "finish" ──> phase "done"
                   "rollback" (a gate failed, a changed child crashed) ──> every changed child gets its old spec back
+                  "pause" (the hold is over, but the stage's sample is below the minimum: inconclusive)
+                      ──> phase "paused" ──> rollout resume (the operator accepts it: on to the next stage) | abort
+                      (a failed gate still rolls a paused rollout back)
     rollout abort ──> the same rollback, phase "aborted"
 
 A *version* is ``{"agent": "module:Class" | None, "env": {NAME: VALUE}}``: the agent class to run (None: keep it) and
@@ -20,14 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.core.spec import WorkerSpec
+from daemon.services.migrations_health import Thresholds
 
-ACTIVE = ("canary", "all")  # "canary": a stage below 100 %
-PHASES = ("canary", "all", "done", "rolled_back", "aborted")
+MOVING = ("canary", "all")  # "canary": a stage below 100 %
+ACTIVE = (*MOVING, "paused")  # in progress: judged, abortable, applied again after a daemon restart
+PHASES = (*ACTIVE, "done", "rolled_back", "aborted")
 
 
 @dataclass(frozen=True)
 class Decision:
-    kind: str  # wait | advance | finish | rollback
+    kind: str  # wait | advance | finish | rollback | pause
     names: tuple[str, ...] = ()  # the children to change (advance) or restore (rollback)
     reason: str = ""
 
@@ -143,16 +148,35 @@ def crashed(before: dict[str, int], observed: dict[str, dict[str, Any]]) -> list
     return out
 
 
-def decide(record: dict[str, Any], now: float, failures: list[str]) -> Decision:
-    """What to do next, given the gates' failures (health rules and crashed changed children)."""
+def too_few(fig: dict[str, Any], limits: Thresholds) -> list[str]:
+    """Why the stage's sample is below the minimum the gates need (empty: enough to judge). The canary's own
+    messages count (``messages``: the changed children's), and the sends; the p50 latency gate, which also needs a
+    baseline from before the stage, is not part of it (an idle pool before the rollout would pause every one)."""
+    short = []
+    if fig.get("messages", 0) < limits.min_messages:
+        short.append(f"{fig.get('messages', 0)} messages handled by the changed children, "
+                     f"fewer than {limits.min_messages}")
+    if fig.get("sends", 0) < limits.min_sends:
+        short.append(f"{fig.get('sends', 0)} sends, fewer than {limits.min_sends}")
+    return short
+
+
+def decide(record: dict[str, Any], now: float, failures: list[str], short: list[str] | None = None) -> Decision:
+    """What to do next, given the gates' failures (health rules and crashed changed children) and, once the hold
+    is over, ``short``: why the sample is too small to judge (``too_few``), which pauses the rollout unless the
+    operator resumed this stage."""
     phase = record["phase"]
     if phase not in ACTIVE:
         return Decision("wait")
     if failures:
         return Decision("rollback", tuple(record["changed"]), "; ".join(failures))
+    if phase == "paused":
+        return Decision("wait")
     if not record["applied"] or record["since"] is None or now - record["since"] < record["hold"]:
         return Decision("wait")
     stages, stage = record.get("stages") or [record["percent"], 100.0], int(record.get("stage", 0))
+    if short and record.get("accepted") != stage:
+        return Decision("pause", (), "inconclusive: " + "; ".join(short))
     if stage + 1 < len(stages):
         share = record["targets"][:canary_size(len(record["targets"]), stages[stage + 1])]
         return Decision("advance", tuple(n for n in share if n not in record["changed"]))
@@ -167,6 +191,21 @@ def advance(record: dict[str, Any], names: tuple[str, ...], now: float, by: str)
                                     "percent": stages[min(stage, len(stages) - 1)]}]
     return {**record, "phase": phase, "stage": stage, "changed": [*record["changed"], *names], "applied": False,
             "since": None, "history": history}
+
+
+def pause(record: dict[str, Any], now: float, reason: str) -> dict[str, Any]:
+    """The hold ended with too few data to judge: wait for an operator (``resume`` or ``abort``)."""
+    history = [*record["history"], {"ts": now, "step": "paused", "names": [], "by": "rollout", "reason": reason}]
+    return {**record, "phase": "paused", "paused_phase": record["phase"], "reason": reason, "history": history}
+
+
+def resume(record: dict[str, Any], now: float, by: str) -> dict[str, Any]:
+    """The operator accepts the paused stage as it is: it moves on at the next gate check (unless a gate fails)."""
+    if record["phase"] != "paused":
+        raise ValueError(f"rollout {record['id']} is {record['phase']}, not paused")
+    history = [*record["history"], {"ts": now, "step": "resumed", "names": [], "by": by}]
+    return {**record, "phase": record.get("paused_phase") or "canary", "accepted": int(record.get("stage", 0)),
+            "reason": None, "history": history}
 
 
 def step_name(phase: str) -> str:

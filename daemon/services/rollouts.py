@@ -2,10 +2,12 @@
 
     rollout start ──> rollout_core.start (pure) ──> record ──> RolloutStore (LMDB, <state dir>/rollouts)
         ──> PlanRunner([Replace(new spec) of the canary]) (as reload does) ──> settled: the hold begins
-    every ``interval`` s: counters ──> Samples ──> migrations_health.figures/judge (the migration's rules)
+    every ``interval`` s: counters ──> Samples ──> migrations_health.figures/judge (the migration's rules; the
+                          error rate is the changed children's own, the rest's is shown beside it)
                           tree ──> rollout_core.crashed (a changed child restarted or failed)
+        ──> a ``gate`` event (the verdict, the tick, what was decided)
         ──> rollout_core.decide ──> advance (the rest) | finish | rollback: Replace(old spec) of every changed
-                                                                  child, ``rollback`` and ``alert`` events
+                                    child, ``rollback`` and ``alert`` events | pause (too few data once held)
     daemon start ──> the stored record: an active rollout's changes are applied again (the tree booted from the
                      config, which has the old version) and its hold starts afresh; a done one's too, on the
                      children whose config still has exactly the version they had before the rollout.
@@ -31,7 +33,7 @@ from daemon.core.spec import WorkerSpec
 from daemon.core.tree import Worker
 from daemon.services import rollout_core as core
 from daemon.services.migrations import take_sample
-from daemon.services.migrations_health import Samples, Thresholds, baseline, figures, judge
+from daemon.services.migrations_health import Sample, Samples, Thresholds, Verdict, baseline, figures, judge
 from daemon.services.plan_runner import PlanRunner
 from ipc.errors import ErrorCode, FoundationError
 
@@ -71,6 +73,9 @@ class Rollouts:
         self.store: RolloutStore | None = None
         self.record: dict[str, Any] | None = None
         self.samples = Samples(keep=120.0)
+        self.canary = Samples(keep=120.0)  # the changed children's messages (done, failed) only
+        self.rest = Samples(keep=120.0)  # the targets not changed yet: what the canary is compared with
+        self.ticks = 0  # gate checks of the current rollout (each one a ``gate`` event)
         self.entered = 0.0  # monotonic: when the current phase's hold began
         self.base: dict[str, Any] = {}
         self.before: dict[str, int] = {}  # each changed child's restarts when it was changed
@@ -128,8 +133,10 @@ class Rollouts:
         except (ValueError, TypeError) as exc:
             raise FoundationError(ErrorCode.BAD_REQUEST, str(exc)) from None
         self.record = record
-        self.samples.clear()
-        self.samples.keep = max(record["window"], 60.0) + 2 * record["interval"]
+        self.ticks = 0
+        for data in (self.samples, self.canary, self.rest):
+            data.clear()
+            data.keep = max(record["window"], 60.0) + 2 * record["interval"]
         broker = self.app.broker
         if broker is not None and broker.latencies is None:
             broker.latencies = deque(maxlen=100_000)
@@ -141,6 +148,22 @@ class Rollouts:
         log.info("rollout %s: canary %s to %s", ident, ", ".join(record["canary"]), to)
         self._replace(record["canary"], forward=True)
         self._arm()
+        return self.status()
+
+    def resume(self, ident: str | None, by: str) -> dict[str, Any]:
+        """``rollout resume NAME``: a paused rollout goes on (its stage is taken as judged)."""
+        record = self.record
+        if record is None or record["phase"] not in core.ACTIVE:
+            raise FoundationError(ErrorCode.NOT_READY, "no rollout in progress")
+        if ident and ident != record["id"]:
+            raise FoundationError(ErrorCode.BAD_REQUEST, f"the rollout in progress is {record['id']}, not {ident}")
+        try:
+            self.record = core.resume(record, self.wall(), by)
+        except ValueError as exc:
+            raise FoundationError(ErrorCode.NOT_READY, str(exc)) from None
+        self._save()
+        self.app.obs.publish("rollout", id=record["id"], step="resumed", names=[], to=record["to"], by=by)
+        log.info("rollout %s: resumed by %s", record["id"], by)
         return self.status()
 
     def abort(self, by: str, reason: str | None) -> dict[str, Any]:
@@ -156,6 +179,8 @@ class Rollouts:
             return {"rollout": None}
         out = dict(record)
         out["held_s"] = core.held(record, self.wall())
+        out["ticks"] = self.ticks
+        out["baseline"] = self.base or None  # the p50 latency of the window before the current stage
         if record["phase"] in core.ACTIVE:
             now = self._sample()
             verdict = self._judge(now)
@@ -175,12 +200,24 @@ class Rollouts:
         if record is None or record["phase"] not in core.ACTIVE:
             return
         now = self._sample()
+        self.ticks += 1
         failures = self._crashed()
+        verdict = self._judge(now)
         if record["applied"]:
-            failures += list(self._judge(now).failed)
-        decision = core.decide(record, self.wall(), failures)
-        if decision.kind == "rollback":
-            verdict = self._judge(now)
+            failures += list(verdict.failed)
+        short = core.too_few(verdict.figures, self.limits) if record["applied"] else []
+        decision = core.decide(record, self.wall(), failures, short)
+        self.app.obs.publish("gate", source="rollout", id=record["id"], tick=self.ticks, stage=record.get("stage", 0),
+                             phase=record["phase"], applied=record["applied"], decision=decision.kind,
+                             **({"reason": decision.reason} if decision.reason else {}), **verdict.to_dict())
+        if decision.kind == "pause":
+            self.record = core.pause(record, self.wall(), decision.reason)
+            self._save()
+            self.app.obs.publish("rollout", id=record["id"], step="paused", names=[], to=record["to"],
+                                 by="rollout", reason=decision.reason)
+            log.warning("rollout %s paused: %s (rollout resume %s, or abort)", record["id"], decision.reason,
+                        record["id"])
+        elif decision.kind == "rollback":
             self.app.obs.publish("alert", severity="critical", source="rollout",
                                  message=f"rollout {record['id']} is unhealthy: {decision.reason}",
                                  figures=verdict.figures)
@@ -188,6 +225,8 @@ class Rollouts:
             return
         if decision.kind == "advance":
             self.record = core.advance(record, decision.names, self.wall(), "rollout")
+            for data in (self.canary, self.rest):  # other members from now on: their sums jump
+                data.clear()
             self._save()
             step = self.record["history"][-1]
             self.app.obs.publish("rollout", id=record["id"], step=step["step"], names=list(decision.names),
@@ -206,12 +245,27 @@ class Rollouts:
 
     def _sample(self) -> float:
         # The latency samples are the migration's while one is configured (both would clear them).
-        return take_sample(self.app, self.samples, latencies=self.app.flags.migrations.spec is None)
+        now = take_sample(self.app, self.samples, latencies=self.app.flags.migrations.spec is None)
+        record, broker = self.record, self.app.broker
+        by_agent: dict[str, list[int]] = broker.by_agent if broker is not None else {}
+        if record is not None:
+            changed = set(record["changed"])
+            for data, names in ((self.canary, changed), (self.rest, set(record["targets"]) - changed)):
+                counts = [by_agent.get(name, [0, 0]) for name in names]
+                data.add(Sample(now, done=sum(c[0] for c in counts), failed=sum(c[1] for c in counts)))
+        return now
 
-    def _judge(self, now: float) -> Any:
+    def _judge(self, now: float) -> Verdict:
+        """The migration's rules over the window, with the error rate the changed children's own (a 10 % canary
+        failing 20 % of its messages is 2 % of the pool's); the rest's beside it, for comparison."""
         assert self.record is not None
-        return judge(figures(self.samples, now, self.record["window"], self.entered), self.base.get("p50_latency"),
-                     self.limits)
+        window = self.record["window"]
+        fig = figures(self.samples, now, window, self.entered)
+        mine, rest = figures(self.canary, now, window, self.entered), figures(self.rest, now, window, self.entered)
+        fig.update(messages=mine["messages"], error_rate=mine["error_rate"], pool_messages=fig["messages"],
+                   pool_error_rate=fig["error_rate"], rest_messages=rest["messages"],
+                   rest_error_rate=rest["error_rate"])
+        return judge(fig, self.base.get("p50_latency"), self.limits)
 
     def _crashed(self) -> list[str]:
         observed = {}

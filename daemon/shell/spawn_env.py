@@ -1,5 +1,6 @@
-"""What the daemon adds to a child's start: its broker endpoint and token, its NOTIFY_SOCKET, and for a child that
-runs as another user (``user=``), the directories it must reach.
+"""What the daemon adds to a child's start: its broker endpoint and token, the state migrations a staged migration
+wants of an agent (FOUNDATION_STATE_MIGRATIONS), its NOTIFY_SOCKET, and for a child that runs as another user
+(``user=``), the directories it must reach.
 
 Preparing those directories (chmod, chown of the agent's state directory) is done once per change of the child's
 spec, not at every spawn: a crash-looping agent would otherwise walk its state directory at every restart.
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from daemon.core.spec import WorkerSpec
 from daemon.shell.process import SpawnError
+from ipc.state_migration import ENV as STATE_MIGRATIONS
 from ipc.state_store import agent_state_path, fsync_dir
 
 if TYPE_CHECKING:
@@ -33,6 +35,8 @@ class SpawnEnv:
         self.broker: Broker | None = None
         self.notify: ChildNotifySocket | None = None
         self._prepared: dict[str, tuple[WorkerSpec, int, int]] = {}  # name -> the spec and ids it was prepared for
+        # name -> the state migrations the agent should have (JSON), set by the migration (services/migrations.py)
+        self.state_migrations: dict[str, str] = {}
 
     def forget(self, name: str) -> None:
         """The child is gone (or its spec changed): prepare its directories again at its next start."""
@@ -50,6 +54,8 @@ class SpawnEnv:
             except OSError as exc:
                 raise SpawnError(f"no broker socket for user {identity}: {exc}") from exc
             extra = {"FOUNDATION_BROKER": endpoint, "FOUNDATION_AGENT_TOKEN": token}
+            if name in self.state_migrations:
+                extra[STATE_MIGRATIONS] = self.state_migrations[name]
         if spec.ready == "notify" and self.notify is not None:
             extra["NOTIFY_SOCKET"] = str(self.notify.path)
             if spec.watchdog is not None:  # what sd_watchdog_enabled(3) reads to know it must ping

@@ -5,8 +5,10 @@ for its ``hold`` seconds and none of its gates failed); ``{"op": "rollback"}`` (
 ``{"op": "emergency-rollback", "reason": TEXT}`` (to stage 0 at once, skipping every gate). Each answers the
 status after the step, as ``{"verb": "flags", "args": {"migration": true}}`` does: ``{"stage", "name", "since",
 "held_s", "hold", "ready", "blockers", "gates": {"outcome", "failed", "unjudged", "figures"} | null, "baseline",
-"auto_rollback", "window", "interval", "stages": [{"index", "name", "hold", "flags"}], "history": [...]}``.
-CLI: ``foundationctl migrate status [--json]``, ``migrate next``, ``migrate rollback``,
+"auto_rollback", "window", "interval", "stages": [{"index", "name", "hold", "flags", "state"?}], "history": [...]}``
+(a step that changed agents' state migrations has ``state``: each such agent's list from then on).
+CLI: ``foundationctl migrate status [--json]``, ``migrate validate`` (readiness only: prints ``ready``, or why not,
+and exits 0 or 1; it asks the read-only ``flags``), ``migrate next``, ``migrate rollback``,
 ``migrate emergency-rollback REASON [--offline [--state-dir DIR]]``: ``--offline`` writes stage 0's flag values
 into the state directory's store while the daemon is down (it refuses while the daemon answers).
 """
@@ -26,6 +28,7 @@ from ipc.errors import ErrorCode, FoundationError
 if TYPE_CHECKING:
     from daemon.services.flags import FlagService
 
+EXIT_NOT_READY = 1  # migrate validate: the next stage may not be entered now
 ACTIONS = {"next": "next", "rollback": "rollback", "emergency-rollback": "emergency_rollback"}
 
 
@@ -44,6 +47,7 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
 def setup(parser: argparse.ArgumentParser) -> None:
     ops = parser.add_subparsers(dest="op", metavar="OP", required=True)
     add_json(ops.add_parser("status", help="the stage, its gates, whether next may go, the history"))
+    add_json(ops.add_parser("validate", help="whether next may go now (exit 0) or why not (exit 1)"))
     add_json(ops.add_parser("next", help="the next stage, if this one held for its hold time with its gates green"))
     back = ops.add_parser("rollback", help="one stage back")
     back.add_argument("--reason", help="why (in the rollback event and the history)")
@@ -77,6 +81,13 @@ def local(args: argparse.Namespace) -> int | None:
 
 
 def run(client: ControlClient, args: argparse.Namespace) -> int:
+    if args.op == "validate":
+        status = client.request("flags", migration=True)
+        result = {"ready": status["ready"], "blockers": status["blockers"], "stage": status["stage"],
+                  "name": status["name"]}
+        print_result(args, result, lambda: f"stage {status['stage']} ({status['name']}): " + (
+            "ready for next" if status["ready"] else "not ready: " + "; ".join(status["blockers"])))
+        return EXIT_OK if status["ready"] else EXIT_NOT_READY
     if args.op == "status":
         result = client.request("flags", migration=True)
     else:
@@ -97,6 +108,9 @@ def render(status: dict[str, Any]) -> str:
     for stage in status["stages"]:
         mark = "*" if stage["index"] == status["stage"] else " "
         values = " ".join(f"{k}={v}" for k, v in stage["flags"].items())
+        state = stage.get("state")
+        if state:
+            values += f" state[{','.join(state['agents'])}]: {state['forward']} (back: {state['reverse']})"
         lines.append(f" {mark} {stage['index']} {stage['name']}  {values}")
     for step in status.get("history", [])[-5:]:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(step["ts"]))

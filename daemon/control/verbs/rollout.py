@@ -4,13 +4,15 @@ Wire: ``{"verb": "rollout", "args": {"op": "start", "supervisor": SUP | "childre
 "module:Class"?, "env": {NAME: VALUE}?, "canary": PERCENT (10), "stages": [PERCENT, ..., 100]?, "hold": S (300),
 "interval": S (5), "window": S (60), "id": TEXT?}}`` (the canary's share of the targets, at least one, is changed
 first; after ``hold`` seconds with no gate failed, the next stage's share, by default the rest; after the last
-stage's ``hold``, done); ``{"op": "abort", "reason": TEXT?}`` (every changed child gets its previous spec back).
-Each answers the rollout's status, as ``rollouts`` does. Errors: ``bad_request`` (no such supervisor or worker, a
-command worker given an agent class, already at that version, bad stages), ``busy`` (a rollout is in progress),
-``not_ready`` (abort with no rollout in progress).
+stage's ``hold``, done; when a hold ends with fewer data than the gates need, phase ``paused``);
+``{"op": "resume", "id": NAME?}`` (a paused rollout goes on to its next stage); ``{"op": "abort", "reason":
+TEXT?}`` (every changed child gets its previous spec back). Each answers the rollout's status, as ``rollouts``
+does. Errors: ``bad_request`` (no such supervisor or worker, a command worker given an agent class, already at
+that version, bad stages, resume of another rollout), ``busy`` (a rollout is in progress), ``not_ready`` (abort or
+resume with no rollout in progress, resume of one that is not paused).
 CLI: ``foundationctl rollout start (--supervisor SUP | --children A,B) [--agent MODULE:CLASS] [--env K=V]...
 [--canary PERCENT | --stages 10,50,100] [--hold S] [--interval S] [--window S]``, ``rollout status [--json]``
-(asks the read-only ``rollouts``), ``rollout abort [--reason TEXT]``.
+(asks the read-only ``rollouts``), ``rollout resume [NAME]``, ``rollout abort [--reason TEXT]``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ipc.errors import ErrorCode, FoundationError
 if TYPE_CHECKING:
     from daemon.services.flags import FlagService
 
-OPS = ("start", "abort")
+OPS = ("start", "resume", "abort")
 
 
 class Context(Protocol):
@@ -40,6 +42,9 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
         raise FoundationError(ErrorCode.BAD_REQUEST, f"'op' must be one of {', '.join(OPS)}")
     if op == "start":
         reply(ctx.flags.rollouts.begin(dict(req.args), by=repr(peer)))
+    elif op == "resume":
+        ident = req.args.get("id")
+        reply(ctx.flags.rollouts.resume(ident if isinstance(ident, str) else None, repr(peer)))
     else:
         reason = req.args.get("reason")
         reply(ctx.flags.rollouts.abort(repr(peer), reason if isinstance(reason, str) else None))
@@ -61,6 +66,9 @@ def setup(parser: argparse.ArgumentParser) -> None:
     go.add_argument("--id", help="the rollout's name (default rollout-TIMESTAMP)")
     add_json(go)
     add_json(ops.add_parser("status", help="the rollout's phase, its gates and history"))
+    go_on = ops.add_parser("resume", help="a paused rollout (too few data to judge) goes on to its next stage")
+    go_on.add_argument("id", nargs="?", metavar="NAME", help="the rollout's name (checked against the current one)")
+    add_json(go_on)
     stop = ops.add_parser("abort", help="restore the previous spec on every changed child")
     stop.add_argument("--reason", help="why (in the rollback event)")
     add_json(stop)
@@ -82,6 +90,8 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def run(client: ControlClient, args: argparse.Namespace) -> int:
     if args.op == "status":
         result = client.request("rollouts")
+    elif args.op == "resume":
+        result = client.request("rollout", op="resume", **({"id": args.id} if args.id else {}))
     elif args.op == "abort":
         result = client.request("rollout", op="abort", **({"reason": args.reason} if args.reason else {}))
     else:
@@ -108,13 +118,15 @@ def render(result: dict[str, Any]) -> str:
     to = " ".join([*([r["to"]["agent"]] if r["to"].get("agent") else []),
                    *(f"{k}={v}" for k, v in r["to"].get("env", {}).items())])
     held = f", held {r['held_s']:.0f}s of {r['hold']:g}s" if r.get("held_s") is not None else ""
-    waiting = ", applying" if r["phase"] in ("canary", "all") and not r["applied"] else ""
+    waiting = ", applying" if r["phase"] in ("canary", "all", "paused") and not r["applied"] else ""
     stages = r.get("stages") or []
     at = f" {stages[r.get('stage', 0)]:g}% (stages {', '.join(f'{p:g}' for p in stages)})" if stages else ""
     lines = [f"rollout {r['id']}: {r['phase']}{at}{waiting}{held}; to {to}",
              f"changed {len(r['changed'])} of {len(r['targets'])}: {', '.join(r['changed'])}"]
     if r.get("reason"):
         lines.append(f"reason: {r['reason']}")
+    if r["phase"] == "paused":
+        lines.append(f"paused: go on with `foundationctl rollout resume {r['id']}`, or `rollout abort`")
     gates = r.get("gates")
     if gates:
         lines.append(f"gates: {gates['outcome']}" + "".join(f"\n  FAIL {why}" for why in gates["failed"]))

@@ -1,7 +1,8 @@
 """``rollouts``: where the current (or last) rollout of an agent version stands (DESIGN 3.8).
 
-Wire: ``{"verb": "rollouts", "args": {}}`` -> ``{"rollout": null | {"id", "phase": "canary" | "all" | "done" |
-"rolled_back" | "aborted", "applied", "since", "held_s", "hold", "interval", "window", "percent", "targets",
+Wire: ``{"verb": "rollouts", "args": {}}`` -> ``{"rollout": null | {"id", "phase": "canary" | "all" | "paused" |
+"done" | "rolled_back" | "aborted", "paused_phase"?, "accepted"?, "ticks", "baseline", "applied", "since", "held_s",
+"hold", "interval", "window", "percent", "targets",
 "canary", "changed", "to": {"agent", "env"}, "previous": {NAME: {"agent", "env"}}, "reason", "by", "started",
 "ended", "stages", "stage", "history": [{"ts", "step", "names", "by", "percent"?, "reason"?}],
 "gates"?: {"outcome", "failed", "unjudged", "figures"}, "crashed"?: [TEXT]}}`` (``gates`` and ``crashed`` while it
