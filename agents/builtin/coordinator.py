@@ -69,6 +69,11 @@ class Coordinator(Agent):
         for child in _children_of(tree, "workflows"):
             wf_id = child["name"][len(PREFIX):]
             if child["name"].startswith(PREFIX) and wf_id not in pool and self._read(wf_id) is None:
+                try:  # a run given an id whose process has not committed its record yet is no stray: the
+                    self._daemon.request("workflow", op="status", id=wf_id)  # daemon knows it from its attach
+                    continue
+                except FoundationError:
+                    pass
                 try:
                     self._daemon.request("detach", name=child["name"])
                 except FoundationError:
