@@ -300,10 +300,17 @@ class AgentRuntime:
             changed = changed or seq is not None or self.state != before
             last_seq = seq if seq is not None else last_seq
             handled.append((msg, fields, accepted))
+        if handled:
+            ended = self.agent.end_batch(self.state)  # a failure here crashes us: the batch comes again
+            if ended is not self.state:
+                validate_state(self.agent, ended)
+                self.state, changed = ended, True
         persisted = (self._persisted is not None and last_seq == self.last_seq
                      and orjson.dumps(self.state) == self._persisted)
-        if changed and not persisted:
-            self._store.commit(self.state, last_seq)  # a failing store crashes us: we come back to the last commit
+        side = self.agent.take_side_states()
+        if (changed and not persisted) or side:
+            # A failing store crashes us: we come back to the last commit.
+            self._store.commit(self.state, last_seq, side=side)
         self._persisted = None
         self.last_seq = last_seq
         for msg, fields, accepted in handled:
@@ -414,6 +421,32 @@ class AgentRuntime:
         for fields in answers:
             self._send("answer", **fields)
 
+    def send_marked(self, casts: list[tuple[str, Any, list[int]]]) -> list[str | FoundationError]:
+        """Casts with their marks (as ``send_once``), all sent before any accept is awaited: one round trip and one
+        group commit of the daemon for the lot. Returns each one's message id, or its FoundationError."""
+        refs = []
+        for to, body, mark in casts:
+            refs.append(self._next_ref())
+            self._send("cast", ref=refs[-1], to=to, body=body, chan=list(mark))
+        waiting = set(refs)
+        answers: dict[int, dict[str, Any]] = {}
+
+        def take(msg: dict[str, Any]) -> bool:
+            if msg["kind"] in ("accept", "reject") and msg.get("ref") in waiting:
+                answers[msg["ref"]] = msg
+                waiting.discard(msg["ref"])
+            return not waiting
+
+        if waiting and self._receive_until(take, REQUEST_TIMEOUT) is None:
+            raise FoundationError(ErrorCode.TIMEOUT, f"no answer from the daemon within {REQUEST_TIMEOUT}s")
+        return [str(answers[ref]["id"]) if answers[ref]["kind"] == "accept"
+                else FoundationError.from_wire(answers[ref]["error"]) for ref in refs]
+
+    @property
+    def cause(self) -> int | None:
+        """The sequence number of the message being handled (None outside a handler, or for a call or a notice)."""
+        return self._cause
+
     def monitor(self, target: str) -> int:
         ref = self._next_ref()
         self._send("monitor", ref=ref, target=target)
@@ -438,11 +471,16 @@ class AgentRuntime:
 
     def persist(self, state: Any) -> None:
         validate_state(self.agent, state)
-        self._store.commit(state, self.last_seq)
+        self._store.commit(state, self.last_seq, side=self.agent.take_side_states())
         self._persisted = orjson.dumps(state)  # bytes: the handler may change the object after this
 
     def stop(self) -> None:
         self._stopping = True
+
+    def load_side(self, name: str) -> Any:
+        """The committed state of another name of this agent's shared environment (None if it has none)."""
+        load_of = getattr(self._store, "load_of", None)
+        return load_of(name)[0] if load_of is not None else None
 
     def _await_ref(self, ref: int, kinds: tuple[str, ...], timeout: float) -> dict[str, Any]:
         msg = self._receive_until(lambda m: m["kind"] in kinds and m.get("ref") == ref, timeout)

@@ -95,6 +95,18 @@ class Agent:
     def shutdown(self, state: Any) -> None:
         """Called on an orderly stop (SIGTERM), after the last message."""
 
+    def end_batch(self, state: Any) -> Any:
+        """Called once the messages that arrived together are handled, before their one commit; returns the state
+        to commit. What it sends leaves before the commit, as a handler's sends (a workflow host runs the inline
+        steps of all its workflows here, one intent commit a round for all of them). A call's reply is encoded when
+        its ``done`` leaves, after the commit: a reply object returned by a handler may be completed here."""
+        return state
+
+    def take_side_states(self) -> dict[str, Any] | None:
+        """States of other names in the same shared environment, to commit in the same transaction as this agent's
+        next commit (a workflow host's records: ipc/state_store.py). The runtime takes them just before committing."""
+        return None
+
     # ---- reaching out ----
 
     @property

@@ -57,7 +57,7 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _TOP_KEYS = ("daemon", "dashboard", "flags", "metrics", "migration", "resilience", "supervisor", "workflows",
              "cluster")
 _CLUSTER_KEYS = ("servers", "node", "creds", "replicas")
-_WORKFLOWS_KEYS = ("task_agents", "monitor", "pool")
+_WORKFLOWS_KEYS = ("task_agents", "monitor", "pool", "hosts")
 MAX_TASK_AGENTS = 64
 _DAEMON_KEYS = ("control_group", "fork_server", "log_dir", "log_keep", "log_max_size", "runtime_dir", "state_dir")
 _LOG_KEYS = {"log_dir": "directory", "log_max_size": "max_size", "log_keep": "keep"}  # [daemon] -> LogSettings
@@ -651,10 +651,17 @@ def _with_workflows(root: SupervisorSpec, value: object, source: str) -> Supervi
     warm = table.data.get("pool", 2)
     if isinstance(warm, bool) or not isinstance(warm, int) or not 0 <= warm <= MAX_TASK_AGENTS:
         raise table.error("pool", f"an integer from 0 to {MAX_TASK_AGENTS}, not {_describe(warm)}")
+    hosts = table.data.get("hosts", 1)
+    if isinstance(hosts, bool) or not isinstance(hosts, int) or not 0 <= hosts <= MAX_TASK_AGENTS:
+        raise table.error("hosts", f"an integer from 0 to {MAX_TASK_AGENTS}, not {_describe(hosts)}")
+    warm = 0 if hosts else warm  # runs without --id go to a host: a warm pool of processes would wait for nothing
     pool = (("FOUNDATION_TASK_AGENTS", str(count)),)
     added: list[ChildSpec] = [
         # A workflow process that keeps crashing is parked (attached so), never allowed to fail this supervisor.
-        SupervisorSpec(name="workflows", intensity=100, period=10.0),
+        # Its static children are the workflow hosts (agents/workflow/host.py), which run the runs given no --id.
+        SupervisorSpec(name="workflows", intensity=100, period=10.0, children=tuple(
+            WorkerSpec(name=f"wfhost-{i}", agent="agents.workflow.host:WorkflowHost", env=pool)
+            for i in range(1, hosts + 1))),
         WorkerSpec(name="coordinator", agent="agents.builtin.coordinator:Coordinator",
                    env=(*pool, ("FOUNDATION_WORKFLOW_POOL", str(warm)))),
         SupervisorSpec(name="tasks", intensity=10 * count, period=10.0, children=tuple(

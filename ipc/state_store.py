@@ -27,8 +27,8 @@ LMDB rules kept here and nowhere else (STYLE item 11):
 
 * open in the process that uses the store, never before a fork; a store used in a forked child raises StateError;
 * ``reader_check()`` right after opening clears reader slots left by a killed previous incarnation;
-* every transaction is a ``with env.begin(...)`` block, write transactions hold only three puts, and values are
-  copied out (``bytes``) before the transaction ends;
+* every transaction is a ``with env.begin(...)`` block, write transactions hold three puts per state (one agent's,
+  or a workflow host's and its side states), and values are copied out (``bytes``) before the transaction ends;
 * one ``StateStore`` per environment per process (py-lmdb refuses a second open, which would break LMDB's locks).
 
 Errors: every failure surfaces as :class:`StateError` with a stable ``code`` (see its docstring); the LMDB or orjson
@@ -231,11 +231,14 @@ class StateStore:
     def _migrations_key(self) -> bytes:
         return self._keys[0][: -len(_KEY_STATE)] + _KEY_MIGRATIONS
 
-    def commit(self, state: Any, last_seq: int, migrations: list[dict[str, Any]] | None = None) -> None:
+    def commit(self, state: Any, last_seq: int, migrations: list[dict[str, Any]] | None = None,
+               side: dict[str, Any] | None = None) -> None:
         """Replace the stored state and last_seq in one write transaction; durable (fsync'd) when it returns.
         ``migrations`` (a state migration's commit) replaces the list of applied state migrations in the same
         transaction.
 
+        ``side``: states of other agents of a shared environment, written in the same transaction (a workflow host
+        commits the records of the workflows it runs with its own mailbox position); only a shared store has them.
         On failure (StateError) the previously committed pair is left untouched.
         """
         env = self._usable()
@@ -251,14 +254,17 @@ class StateStore:
             raise StateError(f"state is not JSON-serialisable: {exc}", code="not_serialisable",
                              path=self._path) from exc
         seq = last_seq.to_bytes(_SEQ_BYTES, "big")
+        writes = [(self._keys, payload, seq)]
+        if side:
+            writes.extend(self._side_writes(side))
         resized = 0
         while True:
             try:
                 with env.begin(write=True) as txn:
-                    key_state, key_seq, key_format = self._keys
-                    txn.put(key_state, payload)
-                    txn.put(key_seq, seq)
-                    txn.put(key_format, FORMAT)
+                    for (key_state, key_seq, key_format), value, position in writes:
+                        txn.put(key_state, value)
+                        txn.put(key_seq, position)
+                        txn.put(key_format, FORMAT)
                     if migrations is not None:
                         txn.put(self._migrations_key(), orjson.dumps(migrations))
                 self._sync_dirs_once()
@@ -273,6 +279,10 @@ class StateStore:
                 self._adopt_map_size(env)
             except lmdb.Error as exc:
                 raise self._lmdb_error("commit", exc) from exc
+
+    def _side_writes(self, side: dict[str, Any]) -> list[tuple[tuple[bytes, bytes, bytes], bytes, bytes]]:
+        raise StateError(f"state store {self._path} holds one agent's state: no side states", code="invalid",
+                         path=self._path)
 
     def close(self) -> None:
         """Close the environment. Idempotent. In a forked child it only drops the parent's handle: closing it
@@ -356,11 +366,12 @@ class StateStore:
         return state, int.from_bytes(raw_seq, "big")
 
 
-SHARED_PREFIXES = {"workflow-": "workflows"}
+SHARED_PREFIXES = {"workflow-": "workflows", "wfhost-": "workflows"}
 """Agents whose name starts with one of these keep their state as keys of one shared environment,
 ``<state_dir>/<environment>``, instead of an environment of their own: short-lived agents started by the thousand (a
 workflow's process) would otherwise pay for creating an environment and two directory fsyncs at each start, and
-``workflow list`` would open one environment per workflow."""
+``workflow list`` would open one environment per workflow. A workflow host (``wfhost-K``) keeps its own state there
+too, so that it commits the records of the workflows it runs (side states) in its own transactions."""
 
 
 def shared_store_path(state_dir: str | os.PathLike[str], name: str) -> Path | None:
@@ -400,6 +411,18 @@ class SharedStateStore(StateStore):
         with env.begin() as txn:
             return [bytes(k)[: -len(suffix)].decode() for k in txn.cursor().iternext(values=False)
                     if bytes(k).endswith(suffix)]
+
+    def _side_writes(self, side: dict[str, Any]) -> list[tuple[tuple[bytes, bytes, bytes], bytes, bytes]]:
+        out = []
+        for name, value in side.items():
+            if value is None:
+                raise StateError(f"side state of {name!r} is None", code="invalid", path=self._path)
+            try:
+                out.append((_shared_keys(name), orjson.dumps(value), bytes(_SEQ_BYTES)))
+            except TypeError as exc:
+                raise StateError(f"side state of {name!r} is not JSON-serialisable: {exc}", code="not_serialisable",
+                                 path=self._path) from exc
+        return out
 
     def delete_of(self, name: str) -> None:
         """Forget an agent's state (its record is no longer wanted)."""

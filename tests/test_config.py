@@ -163,6 +163,7 @@ ERRORS = [
                                "supervisor, workflows)"),
     ("[workflows]\ntask_agents = 0", "workflows.task_agents", "an integer from 1 to 64"),
     ("[workflows]\nmonitors = 1", "workflows.monitors", "unknown key"),
+    ("[workflows]\nhosts = -1", "workflows.hosts", "an integer from 0 to 64"),
     ("[daemon]\nruntime = 1", "daemon.runtime",
      "known: control_group, fork_server, log_dir, log_keep, log_max_size, runtime_dir, state_dir"),
     ("[daemon]\nstate_dir = 1", "daemon.state_dir", "expected a string, got integer 1"),
@@ -264,6 +265,23 @@ def test_workflows_table_refuses_a_name_the_tree_has_already() -> None:
     text = '[[supervisor.children]]\nname = "coordinator"\ncommand = ["true"]\n[workflows]\n'
     with pytest.raises(ConfigError, match="adds a child named 'coordinator'"):
         parse_config(text, "x.toml")
+
+
+def test_workflows_table_adds_hosts_and_keeps_the_warm_pool_only_without_them() -> None:
+    def env_of(text: str) -> tuple[list[str], dict[str, str]]:
+        root = parse_config(text, "x.toml").root
+        workflows = next(c for c in root.children if c.name == "workflows")
+        coordinator = next(c for c in root.children if c.name == "coordinator")
+        assert isinstance(workflows, SupervisorSpec)
+        assert isinstance(coordinator, WorkerSpec)
+        return [c.name for c in workflows.children], dict(coordinator.env)
+
+    hosts, env = env_of("[workflows]\nhosts = 2\n")
+    assert hosts == ["wfhost-1", "wfhost-2"]
+    assert env["FOUNDATION_WORKFLOW_POOL"] == "0"
+    hosts, env = env_of("[workflows]\nhosts = 0\npool = 3\n")
+    assert hosts == []
+    assert env["FOUNDATION_WORKFLOW_POOL"] == "3"
 
 
 def test_embedded_default_loads_and_runs_on_our_interpreter() -> None:

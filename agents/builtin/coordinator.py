@@ -5,7 +5,8 @@
                                                └─ the definition rides in its environment (and in the durable
                                                   record of the attach): the run is on disk, the id is the reply;
                                                   a definition over 64 KiB goes by a call {"start"} instead
-    cancel, pause, resume, resolve ──> attach workflow-ID again if it has exited, then call it
+    cancel, pause, resume, resolve ──> attach workflow-ID again if it has exited, then call it; a workflow run by a
+                                       host (its record names it: agents/workflow/host.py) is the host's to answer
     list, status ──> read the workflows' committed records (<state>/workflows, shared by their processes)
 
 Killing the coordinator stops nothing: running workflows do not talk to it.
@@ -68,6 +69,11 @@ class Coordinator(Agent):
         for child in _children_of(tree, "workflows"):
             wf_id = child["name"][len(PREFIX):]
             if child["name"].startswith(PREFIX) and wf_id not in pool and self._read(wf_id) is None:
+                try:  # a run given an id whose process has not committed its record yet is no stray: the
+                    self._daemon.request("workflow", op="status", id=wf_id)  # daemon knows it from its attach
+                    continue
+                except FoundationError:
+                    pass
                 try:
                     self._daemon.request("detach", name=child["name"])
                 except FoundationError:
@@ -152,7 +158,9 @@ class Coordinator(Agent):
 
     def _operate(self, kind: str, body: dict[str, Any]) -> Any:
         wf_id = body.get("id")
-        self._record(wf_id)  # it exists
+        host = self._record(wf_id).get("host")  # it exists
+        if isinstance(host, str) and host:
+            return self.call(host, {"wf": wf_id, kind: body}, timeout=30.0)
         return self._ask(wf_id, {kind: body})
 
     def _ask(self, wf_id: str, request: dict[str, Any]) -> Any:
@@ -201,7 +209,7 @@ class Coordinator(Agent):
     def _list(self) -> list[dict[str, Any]]:
         out = []
         store = self._store()
-        for name in sorted(store.names() if store is not None else []):
+        for name in sorted(n for n in (store.names() if store is not None else []) if n.startswith(PREFIX)):
             wf_id = name[len(PREFIX):]
             record = self._read(wf_id)
             if record is not None:

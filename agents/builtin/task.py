@@ -77,5 +77,6 @@ class TaskAgent(Agent):
             self._report(run, {"error": classify(exc)})
 
     def _report(self, run: dict[str, Any], result: dict[str, Any]) -> None:
-        self.send(run["workflow"], {"step_done": {"step": run["step"], "attempt": run["attempt"], "result": result}})
+        self.send(run["workflow"], {"step_done": {"step": run["step"], "attempt": run["attempt"], "result": result,
+                                                  "key": run["key"]}})  # (a workflow host routes by the key)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -38,3 +40,10 @@ def append_and_wait(out: str, line: str, gate: str = "") -> str:
     while gate and not Path(gate).exists():
         time.sleep(0.01)
     return line
+
+
+def die(count: str) -> None:
+    """Counts its call in the file ``count``, then SIGKILLs the process running it (a step that crashes its host)."""
+    path = Path(count)
+    path.write_text(str(int(path.read_text()) + 1 if path.exists() else 1))
+    os.kill(os.getpid(), signal.SIGKILL)

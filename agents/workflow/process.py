@@ -27,7 +27,7 @@ from agents.sdk import Agent
 from agents.workflow import engine
 from agents.workflow.client import Daemon
 from agents.workflow.errors import classify
-from agents.workflow.steps import run_python
+from agents.workflow.steps import Quiet, run_python
 from ipc.errors import FoundationError
 from ipc.workflow_def import Step, inline, parse, tasks
 
@@ -64,6 +64,10 @@ class WorkflowProcess(Agent):
             else:
                 _warm_up()
             return
+        self._recover(state)
+
+    def _recover(self, state: dict[str, Any]) -> None:
+        """A record loaded at start: inline steps it shows running were interrupted; retries wait again."""
         self._root = parse(state["definition"])
         now = time.time()
         interrupted = [t for t in tasks(self._root) if inline(t) and state["steps"][t.id]["state"] == "running"]
@@ -74,8 +78,8 @@ class WorkflowProcess(Agent):
             if delay is not None:
                 state["steps"][task.id]["retry_at"] = now + delay
         if interrupted:  # then a message to ourselves: its handling settles the workflow (and may end this process)
-            self.persist(state)
-            self.send(self.name, {"advance": {}})
+            self._persist_record(state)
+            self._to_self({"advance": {}})
         for sid, step in state["steps"].items():
             if step.get("retry_wait"):
                 self._arm_retry(sid, step["attempts"], max(0.0, step.get("retry_at", now) - now))
@@ -91,7 +95,8 @@ class WorkflowProcess(Agent):
         state = self._apply(msg, state, inline_now=False)
         return engine.summary(state), state
 
-    def _apply(self, msg: Any, state: dict[str, Any], inline_now: bool = True) -> dict[str, Any]:
+    def _apply(self, msg: Any, state: dict[str, Any], inline_now: bool = True, advance: bool = True
+               ) -> dict[str, Any]:
         if not isinstance(msg, dict) or len(msg) != 1:
             raise ValueError(f"not a workflow message: {msg!r}")
         ((kind, body),) = msg.items()
@@ -100,7 +105,7 @@ class WorkflowProcess(Agent):
         if kind == "start":
             if state:
                 return state  # started already (a resend)
-            state = engine.new_record(body["id"], body["definition"], now)
+            state = self._new_record(body, now)
             self._root = parse(state["definition"])
         elif self._root is None:
             raise ValueError(f"{kind!r} before the workflow was started")
@@ -115,18 +120,35 @@ class WorkflowProcess(Agent):
             self._control(kind, body, state, now)
         if inline_now:
             self._run_inline(state)
-        elif self._inline_due(state):  # not in a call: its caller would wait for the steps
-            self.send(self.name, {"advance": {}})
+        elif advance and self._inline_due(state):  # not in a call: its caller would wait for the steps
+            self._to_self({"advance": {}})
         self._dispatch(state, now)
         if engine.idle(state):
-            self.stop()
+            self._finished()
         return state
+
+    # ---- what a workflow host (agents/workflow/host.py) does otherwise ----
+
+    def _new_record(self, body: dict[str, Any], now: float) -> dict[str, Any]:
+        return engine.new_record(body["id"], body["definition"], now)
+
+    def _to_self(self, body: dict[str, Any]) -> None:
+        """A message to this workflow, handled (and committed) as any other: replayable."""
+        self.send(self.name, body)
+
+    def _persist_record(self, record: dict[str, Any]) -> None:
+        """Commit the record now, in the middle of a handler (an inline step's intent)."""
+        self.persist(record)
+
+    def _finished(self) -> None:
+        """Nothing runs and nothing goes on without an operator: this process leaves the tree."""
+        self.stop()
 
     def handle_info(self, info: Any, state: dict[str, Any]) -> dict[str, Any]:
         ref = info.get("tick") if isinstance(info, dict) else None
         due = self._retries.pop(ref, None) if isinstance(ref, int) else None
         if due is not None:  # a cast to ourselves, so that the retry's dispatch is a replayable message
-            self.send(self.name, {"retry": {"step": due[0], "attempt": due[1]}})
+            self._to_self({"retry": {"step": due[0], "attempt": due[1]}})
         return state
 
     # ---- operators ----
@@ -179,18 +201,25 @@ class WorkflowProcess(Agent):
     def _run_inline(self, state: dict[str, Any]) -> None:
         """Run the ``inline`` python steps that may run, here, one after the other: each one's intent is committed
         with the previous one's result (one fsync a step), and all before any cast of this handler leaves (so a
-        crash never leaves a cast that a replay of this message would not make again)."""
+        crash never leaves a cast that a replay of this message would not make again). An ``idempotent`` step
+        gets its intent too: without it, a step that kills its process would be run again at each restart, forever
+        (a crash loop of a workflow host, which takes others' workflows with it), and never count an attempt."""
         assert self._root is not None
-        while batch := engine.dispatch(self._root, state, time.time(), select=inline):
-            self.persist(state)
-            for item in batch:
-                task = item.task
-                result = run_python(task.args, task.timeout, task_key(state["id"], task.id, item.attempt), self.busy)
-                now = time.time()
-                delay = engine.outcome(self._root, state, task.id, item.attempt, result, now=now)
-                if delay is not None:
-                    state["steps"][task.id]["retry_at"] = now + delay
-                    self._arm_retry(task.id, item.attempt, delay)
+        quiet = Quiet(self.busy)
+        try:
+            while batch := engine.dispatch(self._root, state, time.time(), select=inline):
+                self._persist_record(state)
+                for item in batch:
+                    task = item.task
+                    quiet.cover(task.timeout)
+                    result = run_python(task.args, task.timeout, task_key(state["id"], task.id, item.attempt))
+                    now = time.time()
+                    delay = engine.outcome(self._root, state, task.id, item.attempt, result, now=now)
+                    if delay is not None:
+                        state["steps"][task.id]["retry_at"] = now + delay
+                        self._arm_retry(task.id, item.attempt, delay)
+        finally:
+            quiet.end()
 
     def _inline_due(self, state: dict[str, Any]) -> bool:
         assert self._root is not None

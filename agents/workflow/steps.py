@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,6 +32,29 @@ def run_python(args: dict[str, Any], timeout: float, label: str, busy: Callable[
     finally:
         if busy is not None:
             busy(0)
+
+
+class Quiet:
+    """Tells the agent's liveness check how long it will be silent, once for a run of steps rather than twice a step
+    (each announcement is a frame the daemon wakes up for): a window of the step's timeout plus a margin, announced
+    again only when a step's timeout would outlast what is left of it, and closed (``busy(0)``) at the end."""
+
+    MARGIN = 60.0  # seconds a window outlasts the step that opened it: the next steps fit in it
+
+    def __init__(self, busy: Callable[[float], None]) -> None:
+        self._busy = busy
+        self._until = 0.0
+
+    def cover(self, timeout: float) -> None:
+        now = time.monotonic()
+        if now + timeout + 5.0 > self._until:
+            self._busy(timeout + 5.0 + self.MARGIN)
+            self._until = now + timeout + 5.0 + self.MARGIN
+
+    def end(self) -> None:
+        if self._until:
+            self._busy(0)
+            self._until = 0.0
 
 
 def _run(args: dict[str, Any], timeout: float, label: str) -> dict[str, Any]:

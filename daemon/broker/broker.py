@@ -84,7 +84,8 @@ class Broker:
         self.heartbeat = heartbeat
         self.liveness = liveness
         self._on_hello = on_hello
-        self.on_done: Callable[[str], None] = lambda name: None  # an agent finished a message (and committed)
+        # An agent finished a message (and committed): its name and the message's body.
+        self.on_done: Callable[[str, Any], None] = lambda name, body: None
         self.window = window
         check_startup_socket(runtime_dir / wire.BROKER_SOCKET)  # before anything is opened: exit 1, one line
         self._outbox = Outbox(outbox_path(state_dir))
@@ -294,7 +295,7 @@ class Broker:
         elif entry.kind == "info" and isinstance(entry.body, dict) and "tick" in entry.body:
             self._timers.ticked(session.name, entry.body["tick"])
         self._pump(session.name)
-        self.on_done(session.name)
+        self.on_done(session.name, entry.body)
 
     def _on_answer(self, session: Session, msg: dict[str, Any]) -> None:
         if session.name is not None:

@@ -110,7 +110,7 @@ class Tasks:
             self._finish(name, {"error": _error("spawn_failed", "infrastructure", why or "spawn failed")})
             return {"key": key, "state": "done"}
         self._timers[name] = self._call_later(timeout, lambda: self._expire(name, "timeout"))
-        self.on_step("started", **_about(record), pid=getattr(node, "pid", None))
+        self.on_step("started", **_about(key, record), pid=getattr(node, "pid", None))
         return {"key": key, "state": "running", "name": name}
 
     def kill(self, key: str) -> dict[str, Any]:
@@ -168,7 +168,7 @@ class Tasks:
                           result={"lost": "the daemon died while the command ran (it was killed with it)"})
             self._put(key, record)
             untold.append((key, record))
-            self.on_step("ended", **_about(record), outcome="lost")
+            self.on_step("ended", **_about(key, record), outcome="lost")
         self._delete(stale)
         for key, record in untold:
             self._notify(key, record)
@@ -229,14 +229,15 @@ class Tasks:
             return
         record.update(state="done", finished=time.time(), result=result)
         self._put(key, record)
-        self.on_step("ended", **_about(record), outcome="ok" if "ok" in result else result["error"]["code"],
+        self.on_step("ended", **_about(key, record), outcome="ok" if "ok" in result else result["error"]["code"],
                      seconds=round(record["finished"] - record["at"], 3))
         self._notify(key, record)
 
     def _notify(self, key: str, record: dict[str, Any], tries: int = 0) -> None:
         if self.broker is None:
             return
-        body = {"step_done": {"step": record["step"], "attempt": record["attempt"], "result": record["result"]}}
+        body = {"step_done": {"step": record["step"], "attempt": record["attempt"], "result": record["result"],
+                              "key": key}}  # (a workflow host, wfhost-K, routes by the key's workflow id)
 
         def respond(receipt: Any, err: FoundationError | None) -> None:
             if err is None:
@@ -273,9 +274,10 @@ class Tasks:
                     txn.delete(key.encode())
 
 
-def _about(record: dict[str, Any]) -> dict[str, Any]:
-    """A command step's fields in a ``workflow_step`` event."""
-    return {"workflow": str(record["notify"]).removeprefix("workflow-"), "step": record["step"],
+def _about(key: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A command step's fields in a ``workflow_step`` event (the workflow's id is the key's first part, whoever is
+    told: its own process or a workflow host)."""
+    return {"workflow": key.split("/", maxsplit=1)[0], "step": record["step"],
             "attempt": record["attempt"], "kind": "command", "name": record["name"]}
 
 

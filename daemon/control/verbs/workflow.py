@@ -1,7 +1,9 @@
 """``workflow``: run and watch durable workflows (DESIGN 3.6).
 
 Wire: ``{"verb": "workflow", "args": {"op": OP, ...}}`` with OP
-  ``run`` (``definition``, ``id``?) -> ``{"id"}`` once the run is on disk (the coordinator answers);
+  ``run`` (``definition``, ``id``?, ``wait``?) -> ``{"id"}`` once the run is on disk: without ``id`` a workflow
+  host takes it (the daemon hands it over: daemon/services/workflows.py), with one the coordinator attaches its own
+  process; with ``wait`` (seconds) the answer is ``wait``'s, plus ``"id"``, in one request;
   ``status`` / ``results`` (``id``) -> the record's summary / ``{"step id": result}``, read from the workflow's
   committed state by the daemon itself, so they answer while the coordinator is down;
   ``wait`` (``id``, ``timeout``) -> the summary once the workflow's process has left the tree (it has finished, or
@@ -53,7 +55,10 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
             raise FoundationError(ErrorCode.BAD_REQUEST, f"'state' must be one of {', '.join(STATES)}")
         reply([w for w in side.listing() if state is None or w["state"] == state])
         return
-    if op in ("run", "cancel", "pause", "resume", "resolve"):
+    if op == "run":
+        _run(ctx, req.args, reply)
+        return
+    if op in ("cancel", "pause", "resume", "resolve"):
         _ask_coordinator(ctx, op, req.args, reply)
         return
     wf_id = str_arg(req.args, "id")
@@ -70,6 +75,32 @@ def handle(ctx: Context, req: Request, peer: object, reply: Reply) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 86400:
             raise FoundationError(ErrorCode.BAD_REQUEST, "'timeout' must be seconds in (0, 86400]")
         side.wait(wf_id, reply, float(timeout))
+
+
+def _run(ctx: Context, args: dict[str, Any], reply: Reply) -> None:
+    try:
+        parse(args.get("definition"))
+    except DefinitionError as exc:
+        raise FoundationError(ErrorCode.BAD_REQUEST, f"invalid workflow: {exc}") from None
+    wait = args.get("wait")
+    if wait is not None and (isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 < wait <= 86400):
+        raise FoundationError(ErrorCode.BAD_REQUEST, "'wait' must be seconds in (0, 86400]")
+    side = ctx.workflows
+
+    def then(result: Any) -> None:  # the coordinator's answer; with wait, then wait here
+        if wait is not None and isinstance(result, dict) and "id" in result:
+            try:
+                side.wait(result["id"], lambda summary: reply(
+                    summary if isinstance(summary, Exception) else {**summary, "id": result["id"]}), float(wait))
+            except FoundationError as exc:
+                reply(exc)
+            return
+        reply(result)
+
+    if not args.get("id") and side.hosts():
+        side.run(args["definition"], reply, float(wait) if wait is not None else None)
+    else:
+        _ask_coordinator(ctx, "run", {k: v for k, v in args.items() if k != "wait"}, then)
 
 
 def _ask_coordinator(ctx: Context, op: str, args: dict[str, Any], reply: Reply) -> None:
