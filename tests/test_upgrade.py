@@ -234,16 +234,16 @@ def test_a_call_pending_across_the_upgrade_fails_clearly_and_the_agent_carries_o
 
 
 def test_the_default_tree_is_upgradable(start_daemon) -> None:
-    """`make run`'s tree: agents, the workflows' coordinator and task agents, the warm pool (durable children)."""
+    """`make run`'s tree: agents, the workflows' coordinator, task agents and workflow host."""
     daemon = start_daemon(None)
     wait_for(lambda: all(w["state"] == "running" for w in workers(daemon).values())
-             and any(name.startswith("workflow-") for name in workers(daemon)), timeout=60, what="the default tree")
+             and any(name.startswith("wfhost-") for name in workers(daemon)), timeout=60, what="the default tree")
     done = ctl(daemon, "upgrade", "--wait", "--json", timeout=90)
     if done.returncode != 0 and "flaky is" in done.stdout + done.stderr:  # caught between its crash and restart
         done = ctl(daemon, "upgrade", "--wait", "--json", timeout=90)
     assert done.returncode == 0, done.stdout + done.stderr + daemon.log()
     after = workers(daemon)
-    assert any(name.startswith("workflow-") for name in after)
+    assert any(name.startswith("wfhost-") for name in after)
     assert "stopping it" not in daemon.log()
     assert ctl(daemon, "send", "counter", '{"add": 2}').returncode == 0
     wait_for(lambda: get(daemon, "counter")["count"] >= 2, timeout=20, what="the counter after the upgrade")
