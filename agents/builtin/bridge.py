@@ -215,7 +215,7 @@ class Bridge(Agent):
                                                   retention=RetentionPolicy.WORK_QUEUE))
         try:
             self.kv = await self.js.key_value(BUCKET)
-        except Exception:
+        except NotFoundError:  # BucketNotFoundError: the first bridge of the cluster makes it
             self.kv = await self.js.create_key_value(KeyValueConfig(bucket=BUCKET, ttl=LEASE, replicas=self.replicas,
                                                                     history=1))
         if self.local is None:
@@ -485,7 +485,7 @@ class Bridge(Agent):
             return []
 
     async def _read_registry(self) -> dict[str, dict[str, Any]]:
-        from nats.js.errors import NoKeysError  # noqa: PLC0415
+        from nats.js.errors import NoKeysError, NotFoundError  # noqa: PLC0415
 
         try:
             keys = await self.kv.keys()
@@ -495,7 +495,7 @@ class Bridge(Agent):
         for key in keys:
             try:
                 entry = await self.kv.get(key)
-            except Exception:
+            except NotFoundError:  # KeyNotFoundError, KeyDeletedError
                 continue  # expired between keys() and get()
             if entry.value:
                 out[key] = orjson.loads(entry.value)
@@ -515,12 +515,13 @@ class Bridge(Agent):
     # ---- foundationctl cluster status ----
 
     def _status(self) -> dict[str, Any]:
+        from nats.errors import Error as NatsError  # noqa: PLC0415
         now = time.time()
         nodes = [{"node": node, "age": round(now - e["ts"], 3), "lease": e["lease"], "agents": e.get("agents", []),
                   "services": e.get("services", {})} for node, e in sorted(self.registry.items())]
         try:
             info = self._run(self.inbound.consumer_info()) if self.inbound is not None else None
-        except Exception:
+        except (NatsError, TimeoutError):  # no server at the moment: the status says so (lag unknown)
             info = None
         url = self.nc.connected_url
         return {"node": self.node, "connected": self.nc.is_connected, "server": url.geturl() if url else None,
